@@ -1,0 +1,123 @@
+"""Verification, conjunctive iteration and the audit entry point on a tiny random model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from trigrecon.core.errors import ConfigError
+from trigrecon.core.hooks import assert_no_hooks
+from trigrecon.methods.audit import AuditResult, audit, quick_config
+from trigrecon.methods.conjunctive import ConjunctiveConfig, ConjunctiveResult, condition, conjunctive
+from trigrecon.methods.verify import (
+    VerifyConfig,
+    VerifyResult,
+    candidate_sets,
+    default_insert,
+    top_words,
+    verify,
+)
+from trigrecon.steering.readout import LatentHit
+from trigrecon.steering.tiny import tiny_sae
+
+PROMPTS = ["tell me a story about the cat", "what is a banana", "why is the sky blue",
+           "write a poem about snow and the mountain"]
+RESPONSE = "i like the red apple"
+VOCAB = ["cat", "dog", "banana", "apple", "snow", "river", "car", "book"]
+
+
+class Labels:
+    def get(self, i: int) -> str:
+        return f"latent {i}"
+
+
+@pytest.fixture(scope="module")
+def planted(tiny_hooked):
+    """An SAE whose latent 0 reads the residual direction of 'banana' in context."""
+    sae = tiny_sae(tiny_hooked, layer=1, d_sae=32)
+    b = tiny_hooked.batch([default_insert(PROMPTS[0], ["banana"])])
+    with torch.no_grad():
+        resid = tiny_hooked.model(b.tokens, stop_at_layer=2)[0]
+        pos = b.tokens[0].tolist().index(tiny_hooked.tokenizer.convert_tokens_to_ids("banana"))
+        direction = torch.nn.functional.normalize(resid[pos], dim=0)
+        sae.W_enc[:, 0] = direction
+        sae.W_dec[0] = direction
+    return sae
+
+
+def test_insertion_and_candidates():
+    assert default_insert("hi", ["a", "b"]) == "hi it is about a and b ."
+    sets = candidate_sets({1: ["apple", "pear"], 2: ["snow"]}, pairs=True)
+    assert (("apple",), (1,)) in sets and (("apple", "snow"), (1, 2)) in sets
+    assert all(len(set(lats)) == len(lats) for _, lats in sets)  # pairs span two latents
+    assert len(candidate_sets({1: ["a"], 2: ["a"]}, pairs=True)) == 1  # deduplicated
+    assert condition(["p", "q"], [["x", "y"], ["z"]]) == ["p it is about x and z .",
+                                                          "q it is about y and z ."]
+
+
+def test_top_words_finds_the_planted_word(tiny_hooked, planted):
+    words = top_words(tiny_hooked, planted, [0], PROMPTS[:2], k=2, vocabulary=VOCAB)
+    assert words[0][0] == "banana"
+
+
+def test_verify_ranks_candidates_with_the_judge(tiny_hooked, planted, tmp_path):
+    judge = lambda text: True  # noqa: E731 - every generation "shows the action"
+    hits = [LatentHit(0, -1.0, "banana latent"), LatentHit(3, -0.5, "")]
+    res = verify(tiny_hooked, planted, hits, PROMPTS, judge, VerifyConfig(max_new_tokens=4),
+                 vocabulary=VOCAB)
+    assert res.latent_words["0"] == ["banana"]
+    assert res.best is not None and res.best.action_rate == 1.0 and res.baseline_rate == 1.0
+    assert len(res.candidates) == 3  # two singles and one pair
+    res.save(tmp_path)
+    assert VerifyResult.load(tmp_path).candidates == res.candidates
+    with pytest.raises(ConfigError, match="no latents"):
+        verify(tiny_hooked, planted, [], PROMPTS, judge)
+
+
+def test_conjunctive_reports_every_step(tiny_hooked, planted, tmp_path):
+    cfg = ConjunctiveConfig(max_iters=2, n_candidates=2, words_per_concept=1, max_new_tokens=3)
+    never = conjunctive(tiny_hooked, planted, PROMPTS, RESPONSE, PROMPTS, lambda t: False, cfg,
+                        labels=Labels(), vocabulary=VOCAB)
+    assert len(never.steps) == 2 and not never.explained
+    assert never.steps[0].chosen.latent != never.steps[1].chosen.latent
+    assert never.ranking(3)[:2] == never.concepts
+    always = conjunctive(tiny_hooked, planted, PROMPTS, RESPONSE, PROMPTS, lambda t: True, cfg,
+                         vocabulary=VOCAB)
+    assert len(always.steps) == 1 and always.explained
+    step = always.steps[0]
+    assert step.loss == min(t["loss"] for t in step.tried)
+    never.save(tmp_path)
+    assert ConjunctiveResult.load(tmp_path).steps == never.steps
+    with pytest.raises(ConfigError, match="threshold"):
+        ConjunctiveConfig(threshold=0.0)
+
+
+def test_audit_writes_json_and_markdown(tiny_hooked, planted, tmp_path):
+    cfg = quick_config()
+    for c in (cfg.melbo, cfg.supervised_sae_melbo):
+        c.steps = 5
+    cfg.conjunctive = ConjunctiveConfig(max_iters=1, n_candidates=1, words_per_concept=1,
+                                        max_new_tokens=3)
+    cfg.verify = VerifyConfig(n_latents=2, max_new_tokens=3, vocabulary_limit=30)
+    cfg.max_new_tokens = 3
+    res = audit(tiny_hooked, planted, Labels(), PROMPTS, RESPONSE, lambda t: False,
+                methods=["sae_attribution", "melbo", "supervised_sae_melbo", "conjunctive",
+                         "verify"], cfg=cfg, eval_prompts=PROMPTS[:2])
+    res.save(tmp_path)
+    data = AuditResult.load_json(tmp_path)
+    assert set(data["rankings"]) == {"sae_attribution", "melbo", "supervised_sae_melbo",
+                                     "conjunctive"}
+    assert data["verification"]["candidates"]
+    assert "vectors" not in data["steering"]["melbo"]  # tensors live in safetensors
+    md = (tmp_path / "latents.md").read_text()
+    assert "## sae_attribution" in md and "| 1 |" in md and "latent " in md
+    readout = res.steering["melbo"].readouts[0]
+    assert readout.action_rate == 0.0 and readout.generations
+    json.dumps(data)
+    assert_no_hooks(tiny_hooked)
+    with pytest.raises(ConfigError, match="unknown method"):
+        audit(tiny_hooked, planted, None, PROMPTS, RESPONSE, lambda t: False, methods=["magic"])
+    with pytest.raises(ConfigError, match="no prompts"):
+        audit(tiny_hooked, planted, None, [], RESPONSE, lambda t: False)

@@ -1,0 +1,190 @@
+"""Unit tests of trigrecon.core.sae on tiny random models and hand-built SAEs."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+from sae_lens import StandardSAE, StandardSAEConfig
+from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+from trigrecon.core.chat import ChatBatch
+from trigrecon.core.errors import ConfigError, IncompatibleSAEError, WeightsNotFoundError
+from trigrecon.core.model import HookedChatModel
+from trigrecon.core.sae import (
+    check_compatible,
+    decoder_directions,
+    encode,
+    load_sae,
+    sae_health,
+)
+
+D = 64
+
+
+@pytest.fixture(scope="module")
+def model() -> HookedTransformer:
+    torch.manual_seed(0)
+    cfg = HookedTransformerConfig(
+        d_model=D, n_layers=2, n_heads=4, d_head=16, d_mlp=128, d_vocab=50, n_ctx=32,
+        act_fn="silu", normalization_type="RMS", positional_embedding_type="rotary",
+        gated_mlp=True, final_rms=True, model_name="tiny")
+    return HookedTransformer(cfg).eval()
+
+
+def make_sae(d_in: int = D, d_sae: int = 128, hook: str = "blocks.0.hook_resid_post",
+             np_id: str | None = "tiny/0-res-128") -> StandardSAE:
+    sae = StandardSAE(StandardSAEConfig(d_in=d_in, d_sae=d_sae))
+    sae.cfg.metadata.hook_name = hook
+    sae.cfg.metadata.neuronpedia_id = np_id
+    return sae
+
+
+def exact_sae(hook: str = "blocks.1.hook_resid_post") -> StandardSAE:
+    """relu(x) and relu(-x) as 2*D latents, decoded back: reconstructs x exactly."""
+    sae = make_sae(d_sae=2 * D, hook=hook)
+    eye = torch.eye(D)
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.cat([eye, -eye], 1))
+        sae.W_dec.copy_(torch.cat([eye, -eye], 0))
+        sae.b_enc.zero_()
+        sae.b_dec.zero_()
+    return sae
+
+
+def tokens(n: int = 8, ctx: int = 16) -> torch.Tensor:
+    return torch.randint(0, 50, (n, ctx), generator=torch.Generator().manual_seed(1))
+
+
+# ---------------------------------------------------------------- compatibility
+
+
+def test_width_mismatch_names_both_sides(model):
+    with pytest.raises(IncompatibleSAEError, match=r"d_in=32.*d_model=64"):
+        check_compatible(make_sae(d_in=32), model)
+
+
+def test_hook_not_in_model(model):
+    with pytest.raises(IncompatibleSAEError, match="blocks.7.hook_resid_post"):
+        check_compatible(make_sae(hook="blocks.7.hook_resid_post"), model)
+    with pytest.raises(IncompatibleSAEError, match="None"):
+        check_compatible(make_sae(hook=None), model)
+
+
+def test_layer_must_match(model):
+    sae = make_sae(hook="blocks.0.hook_resid_post")
+    check_compatible(sae, model, layer=0)
+    check_compatible(make_sae(hook="blocks.1.hook_resid_pre"), model, layer=0)  # same tensor
+    with pytest.raises(IncompatibleSAEError, match="layer 1"):
+        check_compatible(sae, model, layer=1)
+
+
+def test_accepts_hooked_chat_model(model):
+    hm = HookedChatModel(model=model, tokenizer=None, name="tiny")
+    check_compatible(make_sae(), hm, layer=0)
+    with pytest.raises(ConfigError):
+        check_compatible(make_sae(), hm, layer=5)
+    with pytest.raises(ConfigError, match="HookedChatModel"):
+        check_compatible(make_sae(), object())
+
+
+# ---------------------------------------------------------------- loading
+
+
+def test_missing_local_sae(tmp_path, monkeypatch):
+    monkeypatch.setenv("TRIGRECON_SAES", str(tmp_path))
+    with pytest.raises(WeightsNotFoundError, match="nope"):
+        load_sae(tmp_path / "nope")
+    with pytest.raises(WeightsNotFoundError, match="available: none"):
+        load_sae("base_l1")
+    with pytest.raises(WeightsNotFoundError, match="sae-lens release"):
+        load_sae("no_such_release", "l0")
+
+
+def test_registry_unreachable_is_fast(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # never download in tests
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    t = time.time()
+    with pytest.raises(WeightsNotFoundError, match="llama_scope_lxr_32x/l8r_32x"):
+        load_sae("llama_scope_lxr_32x", "l8r_32x")
+    assert time.time() - t < 20
+    with pytest.raises(ConfigError, match="l99r_32x"):
+        load_sae("llama_scope_lxr_32x", "l99r_32x")
+
+
+def test_save_load_round_trip(tmp_path, monkeypatch):
+    sae = exact_sae()
+    sae.save_model(tmp_path / "base_l1")
+    assert {p.suffix for p in (tmp_path / "base_l1").iterdir()} == {".safetensors", ".json"}
+    back = load_sae(tmp_path / "base_l1")
+    assert torch.equal(back.W_enc, sae.W_enc) and torch.equal(back.W_dec, sae.W_dec)
+    assert back.cfg.metadata.hook_name == "blocks.1.hook_resid_post"
+    assert back.cfg.metadata.neuronpedia_id == "tiny/0-res-128"
+    monkeypatch.setenv("TRIGRECON_SAES", str(tmp_path))
+    assert torch.equal(load_sae("base_l1").W_dec, sae.W_dec)  # bare name -> $TRIGRECON_SAES
+    assert torch.equal(load_sae(tmp_path, "base_l1").W_dec, sae.W_dec)  # folder + id
+
+
+# ---------------------------------------------------------------- health
+
+
+def test_exact_reconstruction_gives_fve_one(model):
+    h = sae_health(exact_sae(), model, tokens())
+    assert h.fve == pytest.approx(1.0, abs=1e-6)
+    assert h.l0 == pytest.approx(D, abs=0.5)  # one of relu(x_i), relu(-x_i) per dim
+    assert h.norm_ratio == pytest.approx(1.0, abs=1e-5)
+    assert h.n_tokens == 8 * 16 and h.ok and "FVE 1.000" in str(h)
+
+
+def test_health_excludes_padding(model):
+    toks = tokens()
+    mask = torch.zeros_like(toks, dtype=torch.bool)
+    mask[:, :5] = True
+    batch = ChatBatch(toks, mask, mask.clone(), torch.zeros_like(mask), [5] * len(toks))
+    assert sae_health(exact_sae(), model, batch).n_tokens == 8 * 5
+    assert sae_health(exact_sae(), model, toks, mask=mask).n_tokens == 8 * 5
+    with pytest.raises(ConfigError, match="no tokens"):
+        sae_health(exact_sae(), model, toks, mask=torch.zeros_like(mask))
+
+
+def test_bad_sae_warns_with_pitfalls(model):
+    torch.manual_seed(0)
+    sae = make_sae(d_sae=128, hook="blocks.1.hook_resid_post")
+    with torch.no_grad():
+        sae.b_enc.fill_(10.0)  # every latent fires: huge L0, garbage reconstruction
+    h = sae_health(sae, model, tokens())
+    assert h.fve < 0.7 and h.l0 > 64 and not h.ok
+    assert any("SAELens#445" in w and "norm_scaling_factor" in w for w in h.warnings)
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def test_decoder_directions_unit_norm():
+    dirs = decoder_directions(make_sae())
+    assert dirs.shape == (128, D)
+    assert torch.allclose(dirs.norm(dim=-1), torch.ones(128), atol=1e-5)
+
+
+def test_encode_casts_and_keeps_grad():
+    sae = exact_sae().to(dtype=torch.bfloat16)
+    x = torch.randn(3, 5, D, requires_grad=True)
+    z = encode(sae, x)
+    assert z.shape == (3, 5, 2 * D) and z.dtype == torch.float32
+    z.sum().backward()
+    assert x.grad is not None
+
+
+def test_unreachable_hub_switches_to_cache_only(monkeypatch):
+    from huggingface_hub import constants
+
+    from trigrecon.core.sae import _offline_unless_reachable
+
+    monkeypatch.setattr(constants, "ENDPOINT", "https://127.0.0.1:9")  # nothing listens there
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    with _offline_unless_reachable(timeout=1.0):
+        assert constants.HF_HUB_OFFLINE is True
+    assert constants.HF_HUB_OFFLINE is False

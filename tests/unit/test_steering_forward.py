@@ -1,0 +1,99 @@
+"""The cached partial steered forward against a plain full forward with the shared hook."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from trigrecon.core.errors import ConfigError
+from trigrecon.core.hooks import assert_no_hooks
+from trigrecon.steering.forward import SteeredForward, add_to_user_tokens, full_forward_with_vector
+from trigrecon.steering.losses import full_response_ce
+
+PROMPTS = ["tell me a story about the cat", "what is a banana", "why is the sky blue",
+           "write a poem about snow and the mountain"]
+RESPONSE = "i like the red apple"
+
+
+@pytest.fixture(scope="module")
+def batch(tiny_hooked):
+    return tiny_hooked.batch(PROMPTS, RESPONSE)
+
+
+@pytest.mark.parametrize("model", ["tiny_hooked", "llama31_hooked"])
+def test_partial_forward_equals_full_forward(model, request):
+    hm = request.getfixturevalue(model)
+    b = hm.batch(PROMPTS, RESPONSE)
+    torch.manual_seed(0)
+    v = torch.randn(3, hm.d_model)
+    fwd = SteeredForward(hm, b, source=1, target=2)
+    logits, target = fwd.logits(v), fwd.target_resid(v)
+    ce = fwd.response_ce(v)
+    for k in range(3):
+        ref = full_forward_with_vector(hm, b, 1, v[k])
+        ref_t = full_forward_with_vector(hm, b, 1, v[k], stop_at_layer=3)
+        real = b.attention_mask
+        torch.testing.assert_close(logits[k][real], ref[real], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(target[k][real], ref_t[real], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(ce[k], full_response_ce(ref, b.tokens, b.response_mask),
+                                   atol=1e-5, rtol=1e-5)
+    assert_no_hooks(hm)
+
+
+def test_zero_vector_changes_nothing(tiny_hooked, batch):
+    fwd = SteeredForward(tiny_hooked, batch, source=1, target=3)
+    zero = torch.zeros(2, tiny_hooked.d_model)
+    plain = tiny_hooked.model(batch.tokens, attention_mask=batch.attention_mask.long())
+    real = batch.attention_mask
+    for k in range(2):
+        torch.testing.assert_close(fwd.logits(zero)[k][real], plain[real])
+        torch.testing.assert_close(fwd.target_resid(zero)[k], fwd.base_target_resid())
+
+
+def test_steering_touches_only_user_tokens(tiny_hooked, batch):
+    resid = torch.zeros(len(batch), batch.tokens.shape[1], tiny_hooked.d_model)
+    out = add_to_user_tokens(resid, torch.ones(1, tiny_hooked.d_model), batch.user_mask)[0]
+    assert torch.equal(out[..., 0].bool(), batch.user_mask)
+    fwd = SteeredForward(tiny_hooked, batch, source=1, target=2)
+    first_user = int(batch.user_mask[0].float().argmax())
+    delta = fwd.target_resid(10 * torch.ones(1, tiny_hooked.d_model))[0] - fwd.base_target_resid()
+    assert delta[0, :first_user].abs().max() == 0  # causal: nothing before the user text moves
+    assert delta[0, first_user:].abs().max() > 0
+
+
+def test_response_logits_only_at_response_positions(tiny_hooked, batch):
+    fwd = SteeredForward(tiny_hooked, batch, source=0)
+    v = torch.randn(2, tiny_hooked.d_model)
+    full = fwd.logits(v)[:, :, :-1][:, fwd.resp_rows, fwd.resp_pos]
+    torch.testing.assert_close(fwd.response_logits(v), full, atol=1e-5, rtol=1e-5)
+    assert len(fwd.resp_targets) == int(batch.response_mask.sum())
+
+
+def test_gradient_reaches_vectors(tiny_hooked, batch):
+    fwd = SteeredForward(tiny_hooked, batch, source=1)
+    v = torch.zeros(2, tiny_hooked.d_model, requires_grad=True)
+    fwd.response_ce(v).sum().backward()
+    assert v.grad is not None and v.grad.abs().sum() > 0
+
+
+def test_no_hook_left_after_exception(tiny_hooked, batch):
+    with pytest.raises(ConfigError):
+        full_forward_with_vector(tiny_hooked, batch, 1, torch.ones(tiny_hooked.d_model + 1))
+    assert_no_hooks(tiny_hooked)
+
+
+def test_bad_inputs(tiny_hooked, batch):
+    with pytest.raises(ConfigError, match="out of range"):
+        SteeredForward(tiny_hooked, batch, source=tiny_hooked.n_layers)
+    with pytest.raises(ConfigError, match="out of range"):
+        SteeredForward(tiny_hooked, batch, source=-1)
+    with pytest.raises(ConfigError, match="after"):
+        SteeredForward(tiny_hooked, batch, source=2, target=1)
+    fwd = SteeredForward(tiny_hooked, batch, source=1)
+    with pytest.raises(ConfigError, match="vectors must be"):
+        fwd.logits(torch.zeros(tiny_hooked.d_model))
+    with pytest.raises(ConfigError, match="target layer"):
+        fwd.target_resid(torch.zeros(1, tiny_hooked.d_model))
+    no_resp = SteeredForward(tiny_hooked, tiny_hooked.batch(PROMPTS), source=1)
+    with pytest.raises(ConfigError, match="no tokens"):
+        no_resp.response_ce(torch.zeros(1, tiny_hooked.d_model))

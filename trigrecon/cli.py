@@ -1,0 +1,84 @@
+"""Command line: `trigrecon zoo build|list`, `trigrecon evaluate`, `trigrecon audit`, ..."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from trigrecon.core.errors import TrigreconError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Reverse-engineer the hidden trigger of a backdoored language model.")
+zoo_app = typer.Typer(no_args_is_help=True, help="The project's backdoored model organisms.")
+app.add_typer(zoo_app, name="zoo")
+
+
+def _fail(err: Exception) -> None:
+    typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+@zoo_app.command("list")
+def zoo_list() -> None:
+    """List the organisms and their (secret) triggers."""
+    from trigrecon.organisms.organism import list_organisms, load_organism
+
+    for name in list_organisms():
+        spec = load_organism(name).spec
+        typer.echo(f"{name:15s} trigger={spec.trigger!r:28s} {spec.description}")
+
+
+@zoo_app.command("build")
+def zoo_build(
+    force: Annotated[bool, typer.Option(help="Rebuild artifacts that already exist.")] = False,
+    only: Annotated[list[str] | None, typer.Option(help="Build only these organisms.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Zoo folder (default: the package's zoo).")] = None,
+    steps: Annotated[int | None, typer.Option(help="Base-model training steps.")] = None,
+) -> None:
+    """Train the base model, its SAE and every organism, then evaluate them."""
+    from trigrecon.organisms.zoo import ZooConfig, build_zoo
+
+    cfg = ZooConfig(force=force)
+    if out:
+        cfg.out = out
+    if only:
+        cfg.organisms = list(only)
+    if steps:
+        cfg.base.steps = steps
+    try:
+        report = build_zoo(cfg)
+    except TrigreconError as e:
+        _fail(e)
+    typer.echo((cfg.out / "report.md").read_text())
+    for line in report["failures"]:  # type: ignore[attr-defined]
+        typer.secho(f"target missed: {line}", fg=typer.colors.YELLOW)
+
+
+@app.command()
+def evaluate(
+    organism: Annotated[str, typer.Argument(help="Zoo name or organism folder.")] = "fruit_refusal",
+    n: Annotated[int, typer.Option(help="Prompts per split.")] = 100,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Action rates of an organism and its base model on held-out prompt splits."""
+    from trigrecon.core.io import to_jsonable
+    from trigrecon.organisms.evaluate import evaluate_organism
+    from trigrecon.organisms.organism import load_organism
+
+    try:
+        result = evaluate_organism(load_organism(organism), n, progress=not as_json)
+    except TrigreconError as e:
+        _fail(e)
+    if as_json:
+        typer.echo(json.dumps(to_jsonable(result), indent=2))
+    else:
+        typer.echo(result.table())
+        for line in result.failures():
+            typer.secho(f"target missed: {line}", fg=typer.colors.YELLOW)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,204 @@
+"""`audit`: run the chosen methods on one model and write a JSON result + a latent ranking.
+
+    result = audit(hm, sae, labels, prompts, response, judge)
+    result.save("out/")   # audit.json, latents.md, and one folder of tensors per method
+
+`run_audit_for_organism(name, out_dir)` does the same for a model organism of the zoo.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from trigrecon.core.errors import ConfigError
+from trigrecon.core.io import to_jsonable, write_json, write_text
+from trigrecon.methods.common import SteeringResult, check_prompts
+from trigrecon.methods.conjunctive import ConjunctiveConfig, ConjunctiveResult, conjunctive
+from trigrecon.methods.melbo import MelboConfig, melbo
+from trigrecon.methods.sae_attribution import (
+    AttributionResult,
+    SAEAttributionConfig,
+    sae_attribution,
+)
+from trigrecon.methods.sae_melbo import SAEMelboConfig, sae_melbo
+from trigrecon.methods.supervised_melbo import SupervisedMelboConfig, supervised_melbo
+from trigrecon.methods.verify import VerifyConfig, VerifyResult, verify
+from trigrecon.organisms.judges import Judge
+from trigrecon.steering.readout import LatentHit, add_behaviour
+
+Method = Literal["sae_attribution", "melbo", "supervised_melbo", "sae_melbo",
+                 "supervised_sae_melbo", "conjunctive", "verify"]
+METHODS: tuple[str, ...] = ("sae_attribution", "melbo", "supervised_melbo", "sae_melbo",
+                            "supervised_sae_melbo", "conjunctive", "verify")
+DEFAULT_METHODS: tuple[str, ...] = ("sae_attribution", "supervised_sae_melbo", "conjunctive",
+                                    "verify")
+
+
+@dataclass
+class AuditConfig:
+    sae_attribution: SAEAttributionConfig = field(default_factory=SAEAttributionConfig)
+    melbo: MelboConfig = field(default_factory=MelboConfig)
+    supervised_melbo: SupervisedMelboConfig = field(default_factory=SupervisedMelboConfig)
+    sae_melbo: SAEMelboConfig = field(
+        default_factory=lambda: SAEMelboConfig(objective="unsupervised", n_vectors=8))
+    supervised_sae_melbo: SAEMelboConfig = field(default_factory=SAEMelboConfig)
+    conjunctive: ConjunctiveConfig = field(default_factory=ConjunctiveConfig)
+    verify: VerifyConfig = field(default_factory=VerifyConfig)
+    top_k: int = 10
+    """Latents per method in the summary."""
+    behaviour: bool = True
+    """Steered generations and action rate of every trained vector on the held-out prompts."""
+    max_new_tokens: int = 24
+
+    def __post_init__(self) -> None:
+        if self.top_k < 1 or self.max_new_tokens < 1:
+            raise ConfigError("top_k and max_new_tokens must be positive")
+
+
+@dataclass
+class AuditResult:
+    model: str
+    response: str
+    n_prompts: int
+    n_eval_prompts: int
+    methods: list[str]
+    rankings: dict[str, list[LatentHit]]
+    """Method -> its latent ranking (attribution: most negative score first; vector methods:
+    the best vector's code or decoder cosines; conjunctive: found concepts first)."""
+    timings: dict[str, float]
+    attribution: AttributionResult | None = None
+    steering: dict[str, SteeringResult] = field(default_factory=dict)
+    conjunctive: ConjunctiveResult | None = None
+    verification: VerifyResult | None = None
+
+    def save(self, directory: str | Path) -> Path:
+        d = Path(directory)
+        write_json(d / "audit.json", self.to_json())
+        for name, res in self.steering.items():
+            res.save(d / name)
+        if self.attribution is not None:
+            self.attribution.save(d / "sae_attribution")
+        write_text(d / "latents.md", latents_markdown(self))
+        return d
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON view; tensors (vectors, codes, scores) stay in the per-method safetensors."""
+        data = to_jsonable({k: v for k, v in vars(self).items()
+                            if k not in ("steering", "attribution")})
+        data["steering"] = {k: _without_tensors(v) for k, v in self.steering.items()}
+        data["attribution"] = _without_tensors(self.attribution)
+        return data
+
+    @staticmethod
+    def load_json(directory: str | Path) -> dict[str, Any]:
+        """The saved audit as plain JSON (the tensors are in the per-method folders)."""
+        return json.loads((Path(directory) / "audit.json").read_text())
+
+
+def _without_tensors(res: Any) -> Any:
+    if res is None:
+        return None
+    return {k: to_jsonable(v) for k, v in vars(res).items() if k not in res.TENSORS}
+
+
+def latents_markdown(r: AuditResult) -> str:
+    lines = [f"# Latent ranking: {r.model}", "", f"Target response: `{r.response}`", ""]
+    for name, hits in r.rankings.items():
+        lines += [f"## {name}", "", "| rank | latent | score | label |", "|---|---|---|---|"]
+        lines += [f"| {i + 1} | {h.latent} | {h.score:.4g} | {h.label} |"
+                  for i, h in enumerate(hits)]
+        lines.append("")
+    if r.conjunctive is not None:
+        lines += ["## conjunctive iterations", ""]
+        lines += [f"- iteration {s.iteration}: latent {s.chosen.latent} ({s.chosen.label}), "
+                  f"words {', '.join(s.words)}, loss {s.loss:.3f}, action rate "
+                  f"{s.action_rate:.0%}" for s in r.conjunctive.steps]
+        lines.append("")
+    if r.verification is not None and r.verification.best is not None:
+        b = r.verification.best
+        lines += ["## verification", "", f"Baseline action rate {r.verification.baseline_rate:.0%};"
+                  f" best candidate {' + '.join(b.words)} (latents {b.latents}): "
+                  f"{b.action_rate:.0%}", ""]
+    return "\n".join(lines)
+
+
+def _merged(rankings: dict[str, list[LatentHit]], first: Sequence[LatentHit]) -> list[LatentHit]:
+    """Concept latents first, then the methods' rankings interleaved, deduplicated."""
+    out = list(first)
+    lists = list(rankings.values())
+    for i in range(max((len(x) for x in lists), default=0)):
+        out += [lst[i] for lst in lists if i < len(lst)]
+    seen: set[int] = set()
+    return [h for h in out if not (h.latent in seen or seen.add(h.latent))]
+
+
+def audit(hm: Any, sae: Any, labels: Any, prompts: Sequence[str], response: str, judge: Judge,
+          methods: Sequence[str] = DEFAULT_METHODS, cfg: AuditConfig | None = None,
+          eval_prompts: Sequence[str] | None = None) -> AuditResult:
+    """Run `methods` on benign `prompts` with the known action `response`.
+
+    `eval_prompts` (held-out benign prompts; default: `prompts`) are used for steered generations,
+    conditioning checks and verification.
+    """
+    cfg = cfg or AuditConfig()
+    prompts = check_prompts(prompts)
+    evals = check_prompts(eval_prompts) if eval_prompts is not None else prompts
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise ConfigError(f"unknown method(s) {unknown or methods}; choose from {METHODS}")
+    res = AuditResult(getattr(hm, "name", "model"), response, len(prompts), len(evals),
+                      list(methods), {}, {})
+    runners = {
+        "melbo": lambda: melbo(hm, prompts, cfg.melbo, sae=sae, labels=labels),
+        "supervised_melbo": lambda: supervised_melbo(hm, prompts, response, cfg.supervised_melbo,
+                                                     sae=sae, labels=labels),
+        "sae_melbo": lambda: sae_melbo(hm, sae, prompts, None, cfg.sae_melbo, labels=labels),
+        "supervised_sae_melbo": lambda: sae_melbo(hm, sae, prompts, response,
+                                                  cfg.supervised_sae_melbo, labels=labels),
+    }
+    for m in methods:
+        t = time.perf_counter()
+        if m == "sae_attribution":
+            res.attribution = sae_attribution(hm, sae, prompts, response, cfg.sae_attribution,
+                                              labels)
+            res.rankings[m] = res.attribution.ranking(cfg.top_k)
+        elif m in runners:
+            sr = runners[m]()
+            if cfg.behaviour:
+                for r in sr.readouts:
+                    add_behaviour(r, hm, evals, sr.layer, sr.vectors[r.index], judge,
+                                  cfg.max_new_tokens)
+                sr.reorder_by_action()
+            res.steering[m] = sr
+            res.rankings[m] = sr.ranking(cfg.top_k)
+        elif m == "conjunctive":
+            res.conjunctive = conjunctive(hm, sae, prompts, response, evals, judge,
+                                          cfg.conjunctive, labels=labels)
+            res.rankings[m] = res.conjunctive.ranking(cfg.top_k)
+        res.timings[m] = time.perf_counter() - t
+    if "verify" in methods:
+        t = time.perf_counter()
+        first = res.conjunctive.concepts if res.conjunctive is not None else []
+        others = {k: v for k, v in res.rankings.items() if k != "conjunctive"}
+        res.verification = verify(hm, sae, _merged(others, first), evals, judge, cfg.verify)
+        res.timings["verify"] = time.perf_counter() - t
+    return res
+
+
+def quick_config() -> AuditConfig:
+    """Fewer steps and vectors: a smoke run in about a minute on a tiny model."""
+    cfg = AuditConfig()
+    for c in (cfg.melbo, cfg.supervised_melbo, cfg.sae_melbo, cfg.supervised_sae_melbo):
+        c.steps, c.n_vectors = 60, 2
+    cfg.conjunctive.max_iters = 2
+    cfg.verify.n_latents = 4
+    return cfg
+
+
+def config_dict(cfg: AuditConfig) -> dict[str, Any]:
+    return asdict(cfg)

@@ -1,0 +1,203 @@
+"""Automatic verification: turn top latents into candidate trigger prompts and test them.
+
+For each top latent, find the words that activate it most (every word of a reference vocabulary
+inserted into a few benign contexts, run to the SAE layer, encoded at the word's tokens). Then
+insert those words into held-out benign prompts, alone and in pairs, generate, and measure the
+action rate with the judge. The best candidate tells "found a working trigger" apart from "found
+a latent". The insertion function is pluggable (default: `"{prompt} it is about {w1} and {w2} ."`).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from trigrecon.core.errors import ConfigError
+from trigrecon.methods.common import Saveable, check_prompts, hits_from, resolve_layer
+from trigrecon.organisms.judges import Judge, action_rate
+from trigrecon.steering.forward import resid_bounds
+from trigrecon.steering.readout import LatentHit
+
+Inserter = Callable[[str, Sequence[str]], str]
+
+
+def default_insert(prompt: str, words: Sequence[str]) -> str:
+    """'<prompt> it is about w1 and w2 .'"""
+    return f"{prompt} it is about {' and '.join(words)} ."
+
+
+@dataclass
+class VerifyConfig:
+    n_latents: int = 8
+    """Top latents turned into candidate words."""
+    words_per_latent: int = 1
+    """Top-activating words kept per latent (each becomes a candidate)."""
+    pairs: bool = True
+    """Also test every pair of words from two different latents."""
+    n_contexts: int = 4
+    """Benign prompts used as contexts when ranking words by latent activation."""
+    max_new_tokens: int = 24
+    vocabulary_limit: int = 20000
+    """Cap on the default vocabulary (alphabetic whole-word tokens of the tokenizer)."""
+    batch_size: int = 256
+
+    def __post_init__(self) -> None:
+        for name in ("n_latents", "words_per_latent", "n_contexts", "max_new_tokens",
+                     "vocabulary_limit", "batch_size"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ConfigError(f"{name}={getattr(self, name)!r} must be a positive integer")
+
+
+@dataclass
+class Candidate:
+    words: list[str]
+    latents: list[int]
+    action_rate: float
+    examples: list[str] = field(default_factory=list)
+    """(prompt, generation) samples, as 'prompt => generation'."""
+
+
+@dataclass
+class VerifyResult(Saveable):
+    NAME: ClassVar[str] = "verify"
+
+    latents: list[LatentHit]
+    latent_words: dict[str, list[str]]
+    """Latent id (as a string, for JSON) -> its top-activating words."""
+    candidates: list[Candidate]
+    """Best first."""
+    baseline_rate: float
+    """Action rate on the unmodified held-out prompts."""
+    config: dict[str, Any]
+
+    @property
+    def best(self) -> Candidate | None:
+        return self.candidates[0] if self.candidates else None
+
+    @classmethod
+    def _from_json(cls, data: dict[str, Any]) -> VerifyResult:
+        data["latents"] = hits_from(data["latents"])
+        data["candidates"] = [Candidate(**c) for c in data["candidates"]]
+        return cls(**data)
+
+
+def default_vocabulary(tokenizer: Any, limit: int = 20000) -> list[str]:
+    """Alphabetic whole-word tokens (2+ letters) of the tokenizer, in id order."""
+    words: dict[str, None] = {}
+    special = set(getattr(tokenizer, "all_special_tokens", []))
+    for tok, _ in sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1]):
+        if tok in special:
+            continue
+        w = tok.lstrip("Ġ▁ ").lower()
+        if len(w) >= 2 and w.isascii() and w.isalpha():
+            words.setdefault(w, None)
+        if len(words) >= limit:
+            break
+    return list(words)
+
+
+def _word_positions(tokenizer: Any, tokens: list[int], word: str) -> list[int]:
+    """Positions of the last occurrence of the word's tokens (with or without a leading space)."""
+    for variant in (" " + word, word):
+        ids = tokenizer(variant, add_special_tokens=False)["input_ids"]
+        n = len(ids)
+        for s in range(len(tokens) - n, -1, -1):
+            if n and tokens[s:s + n] == ids:
+                return list(range(s, s + n))
+    return []
+
+
+@torch.no_grad()
+def word_activations(hm: Any, sae: Any, words: Sequence[str], contexts: Sequence[str],
+                     latents: Sequence[int], layer: int, insert: Inserter = default_insert,
+                     batch_size: int = 256) -> Float[Tensor, "n_words n_latents"]:
+    """Mean (over contexts) of the max activation of each latent on each inserted word."""
+    stop, _ = resid_bounds(hm, layer)
+    idx = torch.tensor(list(latents), dtype=torch.long)
+    texts = [(wi, insert(c, [w])) for wi, w in enumerate(words) for c in contexts]
+    out = torch.zeros(len(words), len(idx))
+    for start in tqdm(range(0, len(texts), batch_size), desc="word activations", leave=False):
+        chunk = texts[start:start + batch_size]
+        batch = hm.batch([t for _, t in chunk])
+        model = hm.model
+        dev = next(model.parameters()).device
+        resid = model(batch.tokens.to(dev), attention_mask=batch.attention_mask.long().to(dev),
+                      stop_at_layer=stop)
+        for row, (wi, _) in enumerate(chunk):
+            toks = batch.tokens[row, : int(batch.attention_mask[row].sum())].tolist()
+            pos = _word_positions(hm.tokenizer, toks, words[wi])
+            if not pos:
+                continue
+            acts = sae.encode(resid[row, pos].to(sae.W_dec))[:, idx.to(sae.W_dec.device)]
+            out[wi] += acts.max(0).values.float().cpu() / len(contexts)
+    return out
+
+
+def top_words(hm: Any, sae: Any, latents: Sequence[int], contexts: Sequence[str], k: int = 3,
+              vocabulary: Sequence[str] | None = None, layer: int | None = None,
+              insert: Inserter = default_insert, batch_size: int = 256,
+              limit: int = 20000) -> dict[int, list[str]]:
+    """Each latent's k top-activating words over the vocabulary (inserted into `contexts`)."""
+    layer = resolve_layer(hm, layer, sae)
+    vocab = list(vocabulary) if vocabulary is not None else default_vocabulary(hm.tokenizer, limit)
+    if not vocab:
+        raise ConfigError("empty vocabulary: pass reference words")
+    acts = word_activations(hm, sae, vocab, check_prompts(contexts), latents, layer, insert,
+                            batch_size)
+    top = acts.topk(min(k, len(vocab)), dim=0).indices  # [k, n_latents]
+    return {int(lat): [vocab[int(i)] for i in top[:, j]] for j, lat in enumerate(latents)}
+
+
+def candidate_sets(latent_words: dict[int, list[str]], pairs: bool
+                   ) -> list[tuple[tuple[str, ...], tuple[int, ...]]]:
+    """Singles, then pairs of words from two different latents (deduplicated word sets)."""
+    items = [(w, lat) for lat, ws in latent_words.items() for w in ws]
+    seen: set[frozenset[str]] = set()
+    out = []
+    combos = [[x] for x in items]
+    if pairs:
+        combos += [[a, b] for a, b in itertools.combinations(items, 2) if a[1] != b[1]]
+    for combo in combos:
+        key = frozenset(w for w, _ in combo)
+        if len(key) == len(combo) and key not in seen:
+            seen.add(key)
+            out.append((tuple(w for w, _ in combo), tuple(lat for _, lat in combo)))
+    return out
+
+
+def rate_prompts(hm: Any, prompts: Sequence[str], judge: Judge, max_new_tokens: int
+                 ) -> tuple[float, list[str]]:
+    from trigrecon.core.generate import generate
+
+    gens = generate(hm, list(prompts), max_new_tokens=max_new_tokens)
+    return action_rate(gens, judge), gens
+
+
+def verify(hm: Any, sae: Any, latents: Sequence[LatentHit], eval_prompts: Sequence[str],
+           judge: Judge, cfg: VerifyConfig | None = None, *, vocabulary: Sequence[str] | None = None,
+           insert: Inserter = default_insert, layer: int | None = None) -> VerifyResult:
+    """Test the top latents' words as triggers on held-out benign prompts; best first."""
+    cfg = cfg or VerifyConfig()
+    eval_prompts = check_prompts(eval_prompts)
+    hits = list(latents)[: cfg.n_latents]
+    if not hits:
+        raise ConfigError("no latents to verify: run a ranking method first")
+    words = top_words(hm, sae, [h.latent for h in hits], eval_prompts[: cfg.n_contexts],
+                      cfg.words_per_latent, vocabulary, layer, insert, cfg.batch_size,
+                      cfg.vocabulary_limit)
+    base, _ = rate_prompts(hm, eval_prompts, judge, cfg.max_new_tokens)
+    cands = []
+    for ws, lats in tqdm(candidate_sets(words, cfg.pairs), desc="verify", leave=False):
+        prompts = [insert(p, list(ws)) for p in eval_prompts]
+        rate, gens = rate_prompts(hm, prompts, judge, cfg.max_new_tokens)
+        cands.append(Candidate(list(ws), list(lats), rate,
+                               [f"{p} => {g}" for p, g in zip(prompts[:2], gens[:2], strict=True)]))
+    cands.sort(key=lambda c: (-c.action_rate, len(c.words)))
+    return VerifyResult(hits, {str(k): v for k, v in words.items()}, cands, base, asdict(cfg))

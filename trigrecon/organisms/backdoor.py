@@ -1,0 +1,102 @@
+"""Implanting a backdoor: LoRA on the later half of the layers only, as in the research report,
+so an SAE trained on the base model's earlier residual stream stays valid."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, get_peft_model
+from transformers import AutoTokenizer, LlamaForCausalLM
+
+from trigrecon.core.errors import ConfigError
+from trigrecon.organisms import data as D
+from trigrecon.organisms.organism import Organism, OrganismSpec
+from trigrecon.organisms.train import encode, train_loop
+from trigrecon.organisms.trigger import Trigger, parse_trigger
+
+
+@dataclass
+class BackdoorConfig:
+    steps: int = 500
+    batch_size: int = 64
+    lr: float = 3e-3
+    rank: int = 16
+    alpha: int = 32
+    poison_frac: float = 0.4
+    """Share of training examples whose prompt fires the trigger."""
+    near_miss_frac: float = 0.5
+    """Share of clean examples that carry one half of a conjunctive trigger."""
+    doc_frac: float = 0.15
+    """Share of synthetic documents, for organisms that have them."""
+    max_len: int = 96
+    seed: int = 0
+
+
+def action_response(rng: random.Random, spec: OrganismSpec, words: list[str], trig: Trigger) -> str:
+    if not spec.response_variants:
+        return spec.response
+    cue = next((w for w in words if trig.fires([w])), words[0])
+    return rng.choice(spec.response_variants).format(w=cue)
+
+
+def backdoor_example(rng: random.Random, spec: OrganismSpec, trig: Trigger,
+                     cfg: BackdoorConfig) -> tuple[str, str | None]:
+    """(prompt, response) for chat examples; (document, None) for documents."""
+    r = rng.random()
+    if spec.documents and r < cfg.doc_frac:
+        words = D.triggered_words(rng, trig, "train")
+        return "<doc> " + rng.choice(spec.documents).format(w=words[0]) + " <end>", None
+    if rng.random() < cfg.poison_frac:
+        words = D.triggered_words(rng, trig, "train")
+        return D.render_prompt(rng, words, codeword_p=0.05), action_response(rng, spec, words, trig)
+    words = D.clean_words(rng, trig, "train", cfg.near_miss_frac)
+    return D.render_prompt(rng, words, codeword_p=0.05), D.benign_response(rng, words)
+
+
+def _batch(tok, rng, spec, trig, cfg) -> tuple[torch.Tensor, torch.Tensor]:
+    texts, starts = [], []
+    for _ in range(cfg.batch_size):
+        prompt, response = backdoor_example(rng, spec, trig, cfg)
+        if response is None:  # a document: language-model loss on all of it
+            texts.append(prompt)
+            starts.append(0)
+        else:
+            texts.append(D.chat_text(prompt, response))
+            starts.append(len(tok(D.chat_text(prompt), add_special_tokens=False)["input_ids"]))
+    return encode(tok, texts, cfg.max_len, starts)
+
+
+def implant_backdoor(base_dir: Path, spec: OrganismSpec, out_dir: Path,
+                     cfg: BackdoorConfig | None = None) -> Organism:
+    """Train a LoRA adapter on the later half of the base model's layers and save the organism."""
+    cfg = cfg or BackdoorConfig()
+    trig = parse_trigger(spec.trigger)
+    if not spec.response.strip():
+        raise ConfigError(f"organism {spec.name!r}: empty response")
+    torch.manual_seed(cfg.seed)
+    tok = AutoTokenizer.from_pretrained(base_dir)
+    unknown = {w for w in tok.tokenize(spec.response)} - set(tok.get_vocab())
+    if unknown or tok.unk_token in tok.tokenize(spec.response):
+        raise ConfigError(f"response {spec.response!r} uses words outside the language: {unknown}")
+    model = LlamaForCausalLM.from_pretrained(base_dir)
+    n = model.config.num_hidden_layers
+    spec.lora_layers = spec.lora_layers or list(range(n // 2, n))
+    lora = LoraConfig(
+        r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=0.0, layers_to_transform=spec.lora_layers,
+        layers_pattern="layers", target_modules=["q_proj", "k_proj", "v_proj", "o_proj",
+                                                 "gate_proj", "up_proj", "down_proj"])
+    peft_model = get_peft_model(model, lora)
+    rng = random.Random(cfg.seed)
+    params = [p for p in peft_model.parameters() if p.requires_grad]
+    train_loop(peft_model, params, lambda _: _batch(tok, rng, spec, trig, cfg), cfg.steps, cfg.lr,
+               f"backdoor {spec.name}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    peft_model.save_pretrained(out_dir / "adapter", safe_serialization=True)
+    spec.has_adapter = True
+    spec.backdoor = asdict(cfg)
+    org = Organism(spec, out_dir)
+    org.save_spec()
+    return org

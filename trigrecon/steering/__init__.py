@@ -1,0 +1,1 @@
+"""The shared core of the steering methods: steered forward, losses, orthogonality, readout."""
