@@ -16,9 +16,15 @@ MODEL = "llama3.1-8b"
 
 
 def entry(index: int, text: str, layer: str = "8-llamascope-res-131k", model: str = MODEL) -> dict:
-    return {"id": f"x{index}", "modelId": model, "layer": layer, "index": str(index),
-            "description": text, "typeName": "oai_token-act-pair",
-            "explanationModelName": "gpt-4o-mini"}
+    return {
+        "id": f"x{index}",
+        "modelId": model,
+        "layer": layer,
+        "index": str(index),
+        "description": text,
+        "typeName": "oai_token-act-pair",
+        "explanationModelName": "gpt-4o-mini",
+    }
 
 
 def layer_file(layer: int, n: int = 3) -> list[dict]:
@@ -38,7 +44,9 @@ def write(path: Path, rows: list[dict]) -> Path:
 
 def test_single_file(tmp_path):
     rows = [entry(3, "fruit words"), entry(7, "dates"), entry(3, "second opinion")]
-    labels = load_labels(write(tmp_path / "l8.json", rows), sae_for("llama3.1-8b/8-llamascope-res-131k"))
+    labels = load_labels(
+        write(tmp_path / "l8.json", rows), sae_for("llama3.1-8b/8-llamascope-res-131k")
+    )
     assert labels.get(3) == "fruit words"  # first description of a latent wins
     assert labels.get(7) == "dates"
     assert labels.get(5) == ""  # unlabelled latent
@@ -49,7 +57,9 @@ def test_single_file(tmp_path):
 
 def test_single_file_without_sae(tmp_path):
     labels = load_labels(write(tmp_path / "a.json", layer_file(2)))
-    assert labels.get(1) == "L2 latent 1" and labels.neuronpedia_id == f"{MODEL}/2-llamascope-res-131k"
+    assert (
+        labels.get(1) == "L2 latent 1" and labels.neuronpedia_id == f"{MODEL}/2-llamascope-res-131k"
+    )
 
 
 def test_folder_picks_the_saes_layer(tmp_path):
@@ -57,7 +67,9 @@ def test_folder_picks_the_saes_layer(tmp_path):
         write(tmp_path / f"{MODEL}_{layer}-llamascope-res-131k.json", layer_file(layer))
     labels = load_labels(tmp_path, sae_for(f"{MODEL}/8-llamascope-res-131k"))
     assert labels.get(0) == "L8 latent 0"
-    assert load_labels(tmp_path, sae_for(f"{MODEL}/18-llamascope-res-131k")).get(2) == "L18 latent 2"
+    assert (
+        load_labels(tmp_path, sae_for(f"{MODEL}/18-llamascope-res-131k")).get(2) == "L18 latent 2"
+    )
 
 
 def test_folder_with_uninformative_names_filters_by_layer_field(tmp_path):
@@ -106,14 +118,47 @@ def test_bad_inputs(tmp_path):
 
 
 def test_save_load_round_trip(tmp_path):
-    labels = LatentLabels({2: "fruit: mango, kiwi", 0: "weather", 5: ""}, "1-res-1024",
-                          "trigrecon-base", "trigrecon-autolabel", "top-activations")
+    labels = LatentLabels(
+        {2: "fruit: mango, kiwi", 0: "weather", 5: ""},
+        "1-res-1024",
+        "trigrecon-base",
+        "trigrecon-autolabel",
+        "top-activations",
+    )
     save_labels(tmp_path / "labels.json", labels)
     rows = json.loads((tmp_path / "labels.json").read_text())
     assert [r["index"] for r in rows] == ["0", "2"]  # sorted, strings, empty labels dropped
-    assert set(rows[0]) == {"id", "modelId", "layer", "index", "description", "typeName",
-                            "explanationModelName"}
+    assert set(rows[0]) == {
+        "id",
+        "modelId",
+        "layer",
+        "index",
+        "description",
+        "typeName",
+        "explanationModelName",
+    }
     back = load_labels(tmp_path / "labels.json", sae_for("trigrecon-base/1-res-1024", d_sae=8))
     assert back.descriptions == {0: "weather", 2: "fruit: mango, kiwi"}
     assert (back.source, back.model_id, back.explanation_model) == (
-        "1-res-1024", "trigrecon-base", "trigrecon-autolabel")
+        "1-res-1024",
+        "trigrecon-base",
+        "trigrecon-autolabel",
+    )
+
+
+def test_folder_skips_json_objects_such_as_an_sae_config(tmp_path):
+    write(tmp_path / "labels.json", layer_file(1))
+    (tmp_path / "cfg.json").write_text(json.dumps({"d_in": 4, "d_sae": 16}))
+    assert load_labels(tmp_path, sae_for(f"{MODEL}/1-llamascope-res-131k")).get(2) == "L1 latent 2"
+    with pytest.raises(ConfigError, match="JSON array"):
+        load_labels(tmp_path / "cfg.json")  # named explicitly: not a label file
+
+
+def test_json_lines_and_gzip(tmp_path):
+    import gzip
+
+    text = "\n".join(json.dumps(r) for r in layer_file(3))
+    (tmp_path / "l3.jsonl").write_text(text)
+    assert load_labels(tmp_path / "l3.jsonl").get(1) == "L3 latent 1"
+    (tmp_path / "l3.json.gz").write_bytes(gzip.compress(json.dumps(layer_file(3)).encode()))
+    assert load_labels(tmp_path / "l3.json.gz").get(2) == "L3 latent 2"

@@ -10,7 +10,12 @@ import torch
 from trigrecon.core.errors import ConfigError
 from trigrecon.core.hooks import assert_no_hooks
 from trigrecon.methods.audit import AuditResult, audit, quick_config
-from trigrecon.methods.conjunctive import ConjunctiveConfig, ConjunctiveResult, condition, conjunctive
+from trigrecon.methods.conjunctive import (
+    ConjunctiveConfig,
+    ConjunctiveResult,
+    condition,
+    conjunctive,
+)
 from trigrecon.methods.verify import (
     VerifyConfig,
     VerifyResult,

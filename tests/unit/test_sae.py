@@ -27,14 +27,29 @@ D = 64
 def model() -> HookedTransformer:
     torch.manual_seed(0)
     cfg = HookedTransformerConfig(
-        d_model=D, n_layers=2, n_heads=4, d_head=16, d_mlp=128, d_vocab=50, n_ctx=32,
-        act_fn="silu", normalization_type="RMS", positional_embedding_type="rotary",
-        gated_mlp=True, final_rms=True, model_name="tiny")
+        d_model=D,
+        n_layers=2,
+        n_heads=4,
+        d_head=16,
+        d_mlp=128,
+        d_vocab=50,
+        n_ctx=32,
+        act_fn="silu",
+        normalization_type="RMS",
+        positional_embedding_type="rotary",
+        gated_mlp=True,
+        final_rms=True,
+        model_name="tiny",
+    )
     return HookedTransformer(cfg).eval()
 
 
-def make_sae(d_in: int = D, d_sae: int = 128, hook: str = "blocks.0.hook_resid_post",
-             np_id: str | None = "tiny/0-res-128") -> StandardSAE:
+def make_sae(
+    d_in: int = D,
+    d_sae: int = 128,
+    hook: str = "blocks.0.hook_resid_post",
+    np_id: str | None = "tiny/0-res-128",
+) -> StandardSAE:
     sae = StandardSAE(StandardSAEConfig(d_in=d_in, d_sae=d_sae))
     sae.cfg.metadata.hook_name = hook
     sae.cfg.metadata.neuronpedia_id = np_id

@@ -21,18 +21,52 @@ from trigrecon.organisms.sae_train import (
 )
 
 D = 64
-WORDS = ["<pad>", "the", "a", "ate", "ripe", "mango", "apple", "kiwi", "car", "bus", "train",
-         "dog", "cat", "rain", "i"]
-CATEGORY = {"mango": "fruit", "apple": "fruit", "kiwi": "fruit", "car": "vehicle",
-            "bus": "vehicle", "train": "vehicle", "dog": "animal", "cat": "animal"}
+WORDS = [
+    "<pad>",
+    "the",
+    "a",
+    "ate",
+    "ripe",
+    "mango",
+    "apple",
+    "kiwi",
+    "car",
+    "bus",
+    "train",
+    "dog",
+    "cat",
+    "rain",
+    "i",
+]
+CATEGORY = {
+    "mango": "fruit",
+    "apple": "fruit",
+    "kiwi": "fruit",
+    "car": "vehicle",
+    "bus": "vehicle",
+    "train": "vehicle",
+    "dog": "animal",
+    "cat": "animal",
+}
 
 
 def tiny_model(d_vocab: int = 50, name: str = "tiny") -> HookedTransformer:
     torch.manual_seed(0)
     cfg = HookedTransformerConfig(
-        d_model=D, n_layers=2, n_heads=4, d_head=16, d_mlp=128, d_vocab=d_vocab, n_ctx=32,
-        act_fn="silu", normalization_type="RMS", positional_embedding_type="rotary",
-        gated_mlp=True, final_rms=True, model_name=name)
+        d_model=D,
+        n_layers=2,
+        n_heads=4,
+        d_head=16,
+        d_mlp=128,
+        d_vocab=d_vocab,
+        n_ctx=32,
+        act_fn="silu",
+        normalization_type="RMS",
+        positional_embedding_type="rotary",
+        gated_mlp=True,
+        final_rms=True,
+        model_name=name,
+    )
     return HookedTransformer(cfg).eval()
 
 
@@ -40,8 +74,15 @@ def corpus(n: int, ctx: int = 32, vocab: int = 50, seed: int = 1) -> torch.Tenso
     return torch.randint(0, vocab, (n, ctx), generator=torch.Generator().manual_seed(seed))
 
 
-SMALL = dict(layer=0, d_sae=256, k=8, training_tokens=8192, batch_size_tokens=512,
-             buffer_tokens=2048, store_batch_size_prompts=16)
+SMALL = dict(
+    layer=0,
+    d_sae=256,
+    k=8,
+    training_tokens=8192,
+    batch_size_tokens=512,
+    buffer_tokens=2048,
+    store_batch_size_prompts=16,
+)
 
 
 @pytest.fixture(scope="module")
@@ -78,8 +119,20 @@ def test_train_config_is_validated():
         train_sae(model, toks, SAETrainConfig(layer=5))
     with pytest.raises(ConfigError, match="k=300"):
         train_sae(model, toks, SAETrainConfig(layer=0, d_sae=256, k=300))
+    with pytest.raises(ConfigError, match="d_sae=512"):  # default d_sae = 8 * d_model
+        train_sae(model, toks, SAETrainConfig(layer=0, k=600))
+    with pytest.raises(ConfigError, match="lr=0"):
+        train_sae(model, toks, SAETrainConfig(layer=0, lr=0))
     with pytest.raises(ConfigError, match="Int tensor"):
         train_sae(model, toks.float(), SAETrainConfig(layer=0))
+
+
+@pytest.mark.parametrize("arch", ["jumprelu", "standard"])
+def test_other_architectures_train(arch):
+    model, toks = tiny_model(), corpus(32)
+    cfg = SAETrainConfig(**(SMALL | dict(architecture=arch, training_tokens=2048)))
+    sae = train_sae(model, toks, cfg)
+    assert sae.cfg.architecture() == arch and sae.cfg.d_sae == 256
 
 
 # ---------------------------------------------------------------- autolabel
@@ -96,11 +149,13 @@ def hand_built() -> tuple[HookedTransformer, SAE]:
     of its words, so it fires exactly on those tokens (strength = weight - 0.5)."""
     model = tiny_model(d_vocab=len(WORDS))
     emb = torch.linalg.qr(torch.randn(D, D, generator=torch.Generator().manual_seed(0)))[0]
-    latents = [{"mango": 3.0, "apple": 2.0, "kiwi": 1.5},  # 0: fruit
-               {"car": 3.0, "bus": 2.5, "train": 2.0},  # 1: vehicle
-               {"mango": 3.0, "car": 2.0, "the": 1.5, "dog": 1.2},  # 2: mixed
-               {"mango": 9.0},  # 3: one word only
-               {}]  # 4: never fires
+    latents = [
+        {"mango": 3.0, "apple": 2.0, "kiwi": 1.5},  # 0: fruit
+        {"car": 3.0, "bus": 2.5, "train": 2.0},  # 1: vehicle
+        {"mango": 3.0, "car": 2.0, "the": 1.5, "dog": 1.2},  # 2: mixed
+        {"mango": 9.0},  # 3: one word only
+        {},
+    ]  # 4: never fires
     sae = StandardSAE(StandardSAEConfig(d_in=D, d_sae=len(latents), apply_b_dec_to_input=False))
     with torch.no_grad():
         model.W_E.copy_(emb[: len(WORDS)])
@@ -132,6 +187,7 @@ def test_autolabel_lists_the_known_words(tmp_path):
     assert scores["fruit"] == (0, 1.0, 3)  # latent 3 is pure but spans one word only
     assert scores["vehicle"] == (1, 1.0, 3)
     assert scores["animal"].n_distinct_members < 3  # no animal latent here
+    assert scores["fruit"].passes() and not scores["animal"].passes()
 
 
 def test_top_activations_caps_repeats_of_one_word():
@@ -140,5 +196,7 @@ def test_top_activations_caps_repeats_of_one_word():
     top = top_activations(sae, model, toks, top_k=20, max_per_word=2)
     ids = top.token_ids()
     assert (ids[3] == WORDS.index("mango")).sum() == 2 and (ids[3] >= 0).sum() == 2
-    assert torch.allclose(top.values[0, :2], torch.tensor([2.5, 2.5])) and torch.all(top.values[4] == 0)
+    assert torch.allclose(top.values[0, :2], torch.tensor([2.5, 2.5])) and torch.all(
+        top.values[4] == 0
+    )
     assert torch.all(toks.reshape(-1)[top.flat[0, :6]] == torch.tensor([5, 5, 6, 6, 7, 7]))

@@ -97,3 +97,20 @@ def test_bad_inputs(tiny_hooked, batch):
     no_resp = SteeredForward(tiny_hooked, tiny_hooked.batch(PROMPTS), source=1)
     with pytest.raises(ConfigError, match="no tokens"):
         no_resp.response_ce(torch.zeros(1, tiny_hooked.d_model))
+
+
+@pytest.mark.parametrize("buckets", [1, 2, 4])
+def test_bucketed_melbo_objective_equals_reference(tiny_hooked, batch, buckets):
+    from trigrecon.steering.losses import melbo_objective
+
+    v = torch.randn(3, tiny_hooked.d_model)
+    fwd = SteeredForward(tiny_hooked, batch, source=1, target=2, max_buckets=buckets)
+    plain = tiny_hooked.model(batch.tokens, attention_mask=batch.attention_mask.long(),
+                              stop_at_layer=3)
+    ref = torch.stack([
+        melbo_objective(full_forward_with_vector(tiny_hooked, batch, 1, v[k], 3)[None], plain,
+                        batch.attention_mask, p=2, q=1)[0] for k in range(3)])
+    torch.testing.assert_close(fwd.melbo_objective(v, p=2, q=1), ref, atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(
+        melbo_objective(fwd.target_resid(v), fwd.base_target_resid(), batch.attention_mask),
+        fwd.melbo_objective(v), atol=1e-4, rtol=1e-5)

@@ -57,7 +57,7 @@ class LatentLabels:
 
 
 def split_neuronpedia_id(np_id: str) -> tuple[str, str]:
-    """"llama3.1-8b/8-llamascope-res-131k" -> ("llama3.1-8b", "8-llamascope-res-131k")."""
+    """Split a Neuronpedia id: "llama3.1-8b/8-llamascope-res-131k" -> (model id, source id)."""
     model_id, _, source = np_id.partition("/")
     if not source:
         raise ConfigError(f"neuronpedia id {np_id!r} must look like 'model/source'")
@@ -100,15 +100,21 @@ def _read_bytes(path: Path) -> bytes:
     return gzip.decompress(data) if path.name.endswith(".gz") else data
 
 
-def _parse(name: str, data: bytes) -> list[dict[str, Any]]:
+def _parse(name: str, data: bytes, member: bool = False) -> list[dict[str, Any]]:
+    """Explanation objects of one file (a JSON array, or JSON lines); a folder/zip `member`
+    holding a JSON object (e.g. an SAE's cfg.json next to its labels) yields nothing."""
     text = data.decode("utf-8").strip()
     try:
-        if text.startswith("["):
-            rows = json.loads(text)
-        else:  # JSON lines
-            rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+        rows = json.loads(text)
     except json.JSONDecodeError as e:
-        raise ConfigError(f"label file {name} is not valid JSON: {e}") from e
+        try:  # JSON lines: one explanation object per line
+            rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+        except json.JSONDecodeError:
+            raise ConfigError(f"label file {name} is not valid JSON: {e}") from e
+        if len(rows) < 2:
+            raise ConfigError(f"label file {name} is not valid JSON: {e}") from e
+    if member and isinstance(rows, dict):
+        return []
     if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
         raise ConfigError(f"label file {name} must hold a JSON array of explanation objects")
     return rows
@@ -129,14 +135,14 @@ def _pick(names: list[str], want: tuple[str, str] | None) -> list[str]:
 def _read_folder(path: Path, want: tuple[str, str] | None) -> Iterator[dict[str, Any]]:
     files = {str(p.relative_to(path)): p for p in sorted(path.rglob("*")) if p.is_file()}
     for name in _pick(list(files), want):
-        yield from _parse(name, _read_bytes(files[name]))
+        yield from _parse(name, _read_bytes(files[name]), member=True)
 
 
 def _read_zip(path: Path, want: tuple[str, str] | None) -> Iterator[dict[str, Any]]:
     with zipfile.ZipFile(path) as zf:
         for name in _pick(sorted(zf.namelist()), want):
             data = zf.read(name)
-            yield from _parse(name, gzip.decompress(data) if name.endswith(".gz") else data)
+            yield from _parse(name, gzip.decompress(data) if name.endswith(".gz") else data, True)
 
 
 def _select_layer(entries: list[dict[str, Any]], want: tuple[str, str], path: Path) -> list[dict]:

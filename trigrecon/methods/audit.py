@@ -133,8 +133,10 @@ def _merged(rankings: dict[str, list[LatentHit]], first: Sequence[LatentHit]) ->
     lists = list(rankings.values())
     for i in range(max((len(x) for x in lists), default=0)):
         out += [lst[i] for lst in lists if i < len(lst)]
-    seen: set[int] = set()
-    return [h for h in out if not (h.latent in seen or seen.add(h.latent))]
+    unique: dict[int, LatentHit] = {}
+    for h in out:
+        unique.setdefault(h.latent, h)
+    return list(unique.values())
 
 
 def audit(hm: Any, sae: Any, labels: Any, prompts: Sequence[str], response: str, judge: Judge,
@@ -202,3 +204,46 @@ def quick_config() -> AuditConfig:
 
 def config_dict(cfg: AuditConfig) -> dict[str, Any]:
     return asdict(cfg)
+
+
+def find_organism_sae(hm: Any) -> Path:
+    """The project's SAE for the organisms' base model: a `saes/` folder compatible with `hm`."""
+    from trigrecon.core.errors import WeightsNotFoundError
+    from trigrecon.core.sae import check_compatible, load_sae, saes_dir
+
+    found = []
+    for folder in sorted(saes_dir().glob("*/cfg.json")):
+        try:
+            check_compatible(load_sae(folder.parent), hm)
+        except Exception:  # noqa: BLE001 - any unusable SAE is simply skipped
+            continue
+        found.append(folder.parent)
+    if not found:
+        raise WeightsNotFoundError(f"no SAE in {saes_dir()} fits {hm.name}: build the zoo first")
+    return found[0]
+
+
+def run_audit_for_organism(name: str, out_dir: str | Path, methods: Sequence[str] = DEFAULT_METHODS,
+                           quick: bool = False, n_prompts: int = 64, n_eval: int = 32,
+                           cfg: AuditConfig | None = None) -> AuditResult:
+    """Audit a zoo organism knowing only its action: benign held-out prompts, the pre-filled
+    response and the judge; writes audit.json + latents.md to `out_dir`."""
+    from trigrecon.core.labels import load_labels
+    from trigrecon.core.model import load_model
+    from trigrecon.core.sae import load_sae
+    from trigrecon.organisms.organism import load_organism
+    from trigrecon.organisms.prompts import eval_prompts
+
+    org = load_organism(name)
+    hm = load_model(org.base_path, org.adapter_path)
+    sae_dir = find_organism_sae(hm)
+    sae = load_sae(sae_dir)
+    labels = load_labels(sae_dir / "labels.json") if (sae_dir / "labels.json").exists() else None
+    if quick:
+        n_prompts, n_eval = min(n_prompts, 32), min(n_eval, 16)
+    benign = eval_prompts(org.spec, "benign", n_prompts + n_eval)
+    cfg = cfg or (quick_config() if quick else AuditConfig())
+    result = audit(hm, sae, labels, benign[:n_prompts], org.spec.response, org.judge, methods,
+                   cfg, eval_prompts=benign[n_prompts:])
+    result.save(out_dir)
+    return result

@@ -146,25 +146,25 @@ def conjunctive(hm: Any, sae: Any, prompts: Sequence[str], response: str,
     for it in range(cfg.max_iters):
         ranking = _rank(hm, sae, condition(prompts, concepts, insert), response, cfg, labels,
                         method_cfg)
-        cands = [h for h in ranking if h.latent not in used][: cfg.n_candidates]
+        pool = [h for h in ranking if h.latent not in used][: 3 * cfg.n_candidates]
+        words = top_words(hm, sae, [h.latent for h in pool], eval_prompts[: cfg.n_contexts],
+                          cfg.words_per_concept, vocabulary, layer, insert) if pool else {}
+        cands = [h for h in pool if words[h.latent]][: cfg.n_candidates]  # latents that fire
         if not cands:
             break
-        words = top_words(hm, sae, [h.latent for h in cands], eval_prompts[: cfg.n_contexts],
-                          cfg.words_per_concept, vocabulary, layer, insert)
-        tried = []
-        for h in cands:
-            loss = response_loss(hm, condition(prompts, [*concepts, words[h.latent]], insert),
-                                 response, layer)
-            tried.append({"latent": h.latent, "label": h.label, "words": words[h.latent],
-                          "loss": loss})
-        best = min(range(len(cands)), key=lambda i: tried[i]["loss"])
+        losses = [response_loss(hm, condition(prompts, [*concepts, words[h.latent]], insert),
+                                response, layer) for h in cands]
+        tried: list[dict[str, Any]] = [
+            {"latent": h.latent, "label": h.label, "words": words[h.latent], "loss": loss}
+            for h, loss in zip(cands, losses, strict=True)]
+        best = min(range(len(cands)), key=lambda i: losses[i])
         chosen = cands[best]
         used.add(chosen.latent)
         concepts.append(words[chosen.latent])
         rate, _ = rate_prompts(hm, condition(eval_prompts, concepts, insert), judge,
                                cfg.max_new_tokens)
         steps.append(ConjunctiveStep(it, ranking[: cfg.top_k], chosen, words[chosen.latent],
-                                     tried[best]["loss"], rate, tried))
+                                     losses[best], rate, tried))
         if rate >= cfg.threshold:
             break
     explained = bool(steps) and steps[-1].action_rate >= cfg.threshold

@@ -26,7 +26,6 @@ from trigrecon.methods.common import (
     user_resid_sample,
 )
 from trigrecon.steering.forward import SteeredForward
-from trigrecon.steering.losses import melbo_objective
 from trigrecon.steering.optim import LoopSettings, Trained, train_orthogonal
 from trigrecon.steering.ortho import orthogonalize
 from trigrecon.steering.readout import read_vector
@@ -88,15 +87,13 @@ def melbo(hm: Any, prompts: Sequence[str], cfg: MelboConfig | None = None, *, sa
     scale = fwd.resid_scale()
     radius = cfg.norm * scale
     q = cfg.q if cfg.q is not None else cfg.p
-    base = fwd.base_target_resid()
-    mask = fwd.batch.attention_mask
 
     def to_vectors(params: Tensor, prev: Tensor | None) -> tuple[Tensor, Tensor]:
         v = radius * orthogonalize(params, prev, normalize=True)
         return v, v
 
     def loss_fn(vectors: Tensor, codes: Tensor) -> tuple[Tensor, Tensor]:
-        obj = melbo_objective(fwd.target_resid(vectors), base, mask, cfg.p, q)
+        obj = fwd.melbo_objective(vectors, cfg.p, q)
         return -obj / scale, obj
 
     trained = train_orthogonal(random_init(fwd.d_model, fwd.resid.device), to_vectors, loss_fn,

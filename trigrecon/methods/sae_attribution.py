@@ -82,7 +82,7 @@ def attribution_gradient(hm: Any, prompts: Sequence[str], response: str, layer: 
         sub = batch.select(slice(start, start + batch_size))
         fwd = SteeredForward(hm, sub, source=layer)
         resid = fwd.resid.clone().requires_grad_(True)
-        ce = response_ce_rows(fwd.response_logits_from(resid), fwd.resp_targets,
+        ce = response_ce_rows(fwd.response_logits_from(resid[None]), fwd.resp_targets,
                               fwd.resp_rows, len(sub))[0]
         (grad,) = torch.autograd.grad(ce.sum(), resid)  # row p holds dL_p / dh_p
         um = fwd.batch.user_mask.to(grad)

@@ -28,7 +28,6 @@ from trigrecon.methods.common import (
 )
 from trigrecon.methods.melbo import _settings, finish
 from trigrecon.steering.forward import SteeredForward
-from trigrecon.steering.losses import melbo_objective
 from trigrecon.steering.optim import train_orthogonal
 from trigrecon.steering.ortho import orthogonalize_codes
 
@@ -105,8 +104,7 @@ def sae_melbo(hm: Any, sae: Any, prompts: Sequence[str], response: str | None = 
         if supervised:
             ce = fwd.response_ce(vectors)
             return ce + l1, ce
-        obj = melbo_objective(fwd.target_resid(vectors), fwd.base_target_resid(),
-                              fwd.batch.attention_mask, cfg.p, q)
+        obj = fwd.melbo_objective(vectors, cfg.p, q)
         return -obj / scale + l1, obj
 
     name = "supervised_sae_melbo" if supervised else "sae_melbo"

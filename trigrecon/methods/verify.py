@@ -144,15 +144,17 @@ def top_words(hm: Any, sae: Any, latents: Sequence[int], contexts: Sequence[str]
               vocabulary: Sequence[str] | None = None, layer: int | None = None,
               insert: Inserter = default_insert, batch_size: int = 256,
               limit: int = 20000) -> dict[int, list[str]]:
-    """Each latent's k top-activating words over the vocabulary (inserted into `contexts`)."""
+    """Each latent's k top-activating words over the vocabulary (inserted into `contexts`);
+    words on which the latent never fires are left out (a dead latent gets no words)."""
     layer = resolve_layer(hm, layer, sae)
     vocab = list(vocabulary) if vocabulary is not None else default_vocabulary(hm.tokenizer, limit)
     if not vocab:
         raise ConfigError("empty vocabulary: pass reference words")
     acts = word_activations(hm, sae, vocab, check_prompts(contexts), latents, layer, insert,
                             batch_size)
-    top = acts.topk(min(k, len(vocab)), dim=0).indices  # [k, n_latents]
-    return {int(lat): [vocab[int(i)] for i in top[:, j]] for j, lat in enumerate(latents)}
+    vals, top = acts.topk(min(k, len(vocab)), dim=0)  # [k, n_latents]
+    return {int(lat): [vocab[int(i)] for i, a in zip(top[:, j], vals[:, j], strict=True) if a > 0]
+            for j, lat in enumerate(latents)}
 
 
 def candidate_sets(latent_words: dict[int, list[str]], pairs: bool
@@ -172,11 +174,22 @@ def candidate_sets(latent_words: dict[int, list[str]], pairs: bool
     return out
 
 
-def rate_prompts(hm: Any, prompts: Sequence[str], judge: Judge, max_new_tokens: int
-                 ) -> tuple[float, list[str]]:
+def generate_many(hm: Any, prompts: Sequence[str], max_new_tokens: int, chunk: int = 2048
+                  ) -> list[str]:
+    """Greedy generations for many prompts: one `generate` call per chunk, so prompts of equal
+    length from different candidates share decoding passes."""
     from trigrecon.core.generate import generate
 
-    gens = generate(hm, list(prompts), max_new_tokens=max_new_tokens)
+    out: list[str] = []
+    for start in tqdm(range(0, len(prompts), chunk), desc="generate", leave=False):
+        out += generate(hm, list(prompts[start:start + chunk]), max_new_tokens=max_new_tokens,
+                        batch_size=256)
+    return out
+
+
+def rate_prompts(hm: Any, prompts: Sequence[str], judge: Judge, max_new_tokens: int
+                 ) -> tuple[float, list[str]]:
+    gens = generate_many(hm, prompts, max_new_tokens)
     return action_rate(gens, judge), gens
 
 
@@ -186,18 +199,23 @@ def verify(hm: Any, sae: Any, latents: Sequence[LatentHit], eval_prompts: Sequen
     """Test the top latents' words as triggers on held-out benign prompts; best first."""
     cfg = cfg or VerifyConfig()
     eval_prompts = check_prompts(eval_prompts)
-    hits = list(latents)[: cfg.n_latents]
-    if not hits:
+    pool = list(latents)[: 3 * cfg.n_latents]
+    if not pool:
         raise ConfigError("no latents to verify: run a ranking method first")
-    words = top_words(hm, sae, [h.latent for h in hits], eval_prompts[: cfg.n_contexts],
+    found = top_words(hm, sae, [h.latent for h in pool], eval_prompts[: cfg.n_contexts],
                       cfg.words_per_latent, vocabulary, layer, insert, cfg.batch_size,
                       cfg.vocabulary_limit)
-    base, _ = rate_prompts(hm, eval_prompts, judge, cfg.max_new_tokens)
+    hits = [h for h in pool if found[h.latent]][: cfg.n_latents]  # latents that fire on words
+    words = {h.latent: found[h.latent] for h in hits}
+    sets = candidate_sets(words, cfg.pairs)
+    texts = list(eval_prompts) + [insert(p, list(ws)) for ws, _ in sets for p in eval_prompts]
+    gens = generate_many(hm, texts, cfg.max_new_tokens)
+    n = len(eval_prompts)
+    base = action_rate(gens[:n], judge)
     cands = []
-    for ws, lats in tqdm(candidate_sets(words, cfg.pairs), desc="verify", leave=False):
-        prompts = [insert(p, list(ws)) for p in eval_prompts]
-        rate, gens = rate_prompts(hm, prompts, judge, cfg.max_new_tokens)
-        cands.append(Candidate(list(ws), list(lats), rate,
-                               [f"{p} => {g}" for p, g in zip(prompts[:2], gens[:2], strict=True)]))
+    for i, (ws, lats) in enumerate(sets):
+        prompts, out = texts[n * (i + 1): n * (i + 2)], gens[n * (i + 1): n * (i + 2)]
+        cands.append(Candidate(list(ws), list(lats), action_rate(out, judge),
+                               [f"{p} => {g}" for p, g in zip(prompts[:2], out[:2], strict=True)]))
     cands.sort(key=lambda c: (-c.action_rate, len(c.words)))
     return VerifyResult(hits, {str(k): v for k, v in words.items()}, cands, base, asdict(cfg))

@@ -70,18 +70,19 @@ class SAETrainConfig:
     """Token ids whose activations are not trained on (e.g. padding)."""
     progress: bool = False
 
-    def validate(self, n_layers: int, ctx: int) -> None:
+    def validate(self, n_layers: int, ctx: int, d_model: int) -> int:
+        """Raise ConfigError naming a bad field; return d_sae."""
         if not 0 <= self.layer < n_layers:
             raise ConfigError(f"layer={self.layer} but the model has layers 0..{n_layers - 1}")
-        if self.d_sae is not None and self.d_sae <= 0:
-            raise ConfigError(f"d_sae={self.d_sae} must be positive")
-        if self.architecture == "topk" and not 0 < self.k <= (self.d_sae or self.k):
-            raise ConfigError(f"k={self.k} must be in 1..d_sae")
+        d_sae = self.d_sae or 8 * d_model
+        if self.architecture == "topk" and not 0 < self.k <= d_sae:
+            raise ConfigError(f"k={self.k} must be in 1..d_sae={d_sae}")
         if self.context_size is not None and not 0 < self.context_size <= ctx:
             raise ConfigError(f"context_size={self.context_size} must be in 1..{ctx} (tokens' width)")
-        for name in ("training_tokens", "batch_size_tokens", "lr", "store_batch_size_prompts"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{name}={getattr(self, name)} must be positive")
+        for name in ("d_sae", "training_tokens", "batch_size_tokens", "lr", "buffer_tokens"):
+            if (value := getattr(self, name)) is not None and value <= 0:
+                raise ConfigError(f"{name}={value} must be positive")
+        return d_sae
 
 
 def train_sae(model: Any, tokens: Int[Tensor, "n ctx"], cfg: SAETrainConfig) -> SAE:
@@ -90,9 +91,8 @@ def train_sae(model: Any, tokens: Int[Tensor, "n ctx"], cfg: SAETrainConfig) -> 
     hooked = as_hooked(model)
     if tokens.ndim != 2 or tokens.dtype not in (torch.int32, torch.int64):
         raise ConfigError(f"tokens must be an Int tensor [n, ctx], got {tuple(tokens.shape)} {tokens.dtype}")
-    cfg.validate(int(hooked.cfg.n_layers), int(tokens.shape[1]))  # type: ignore[union-attr]
     d_model = int(hooked.cfg.d_model)  # type: ignore[union-attr]
-    d_sae = cfg.d_sae or 8 * d_model
+    d_sae = cfg.validate(int(hooked.cfg.n_layers), int(tokens.shape[1]), d_model)  # type: ignore[union-attr]
     ctx = cfg.context_size or int(tokens.shape[1])
     name = cfg.model_name or str(getattr(hooked.cfg, "model_name", "model"))
     np_id = cfg.neuronpedia_id or f"{name}/{cfg.layer}-res-{d_sae}"
@@ -124,14 +124,13 @@ def train_sae(model: Any, tokens: Int[Tensor, "n ctx"], cfg: SAETrainConfig) -> 
 
 
 def _sae_config(cfg: SAETrainConfig, d_model: int, d_sae: int) -> Any:
+    common: dict[str, Any] = dict(d_in=d_model, d_sae=d_sae, device=cfg.device)
     if cfg.architecture == "topk":
-        return TopKTrainingSAEConfig(d_in=d_model, d_sae=d_sae, k=cfg.k, device=cfg.device)
+        return TopKTrainingSAEConfig(**common, k=cfg.k)
     if cfg.architecture == "jumprelu":
-        return JumpReLUTrainingSAEConfig(d_in=d_model, d_sae=d_sae, device=cfg.device,
-                                         l0_coefficient=cfg.sparsity_coefficient)
+        return JumpReLUTrainingSAEConfig(**common, l0_coefficient=cfg.sparsity_coefficient)
     if cfg.architecture == "standard":
-        return StandardTrainingSAEConfig(d_in=d_model, d_sae=d_sae, device=cfg.device,
-                                         l1_coefficient=cfg.sparsity_coefficient)
+        return StandardTrainingSAEConfig(**common, l1_coefficient=cfg.sparsity_coefficient)
     raise ConfigError(f"architecture={cfg.architecture!r}: use 'topk', 'jumprelu' or 'standard'")
 
 
@@ -141,9 +140,8 @@ def _quiet(progress: bool) -> ExitStack:
     stack.enter_context(warnings.catch_warnings())
     warnings.filterwarnings("ignore", module=r"sae_lens(\..*)?")
     log = logging.getLogger("sae_lens")
-    level = log.level
+    stack.callback(log.setLevel, log.level)
     log.setLevel(logging.ERROR)
-    stack.callback(log.setLevel, level)
     if not progress:
         quiet_tqdm = partial(tqdm, disable=True)
         for mod in ("sae_lens.training.sae_trainer", "sae_lens.training.activations_store"):
@@ -151,11 +149,7 @@ def _quiet(progress: bool) -> ExitStack:
     return stack
 
 
-# ---------------------------------------------------------------- labelling
-
-
-MAX_STATE = 50_000_000
-"""Cap on d_sae x distinct tokens x max_per_word kept by `top_activations` (~0.6 GB)."""
+MAX_STATE = 50_000_000  # cap on d_sae x distinct tokens x max_per_word (~0.6 GB)
 
 
 @dataclass
@@ -217,10 +211,16 @@ def _group_top(
 
 
 class CategoryScore(NamedTuple):
+    """A category's best latent among its top activations (at most 2 per word by default)."""
+
     best_latent: int
     purity: float
     """Share of the latent's top activations on members of the category."""
     n_distinct_members: int
+
+    def passes(self, min_purity: float = 0.5, min_distinct: int = 3) -> bool:
+        """The organisms' requirement: mostly members, and at least 3 distinct ones."""
+        return self.purity > min_purity and self.n_distinct_members >= min_distinct
 
 
 def _words(tokenizer: Any, ids: Tensor) -> dict[int, str]:

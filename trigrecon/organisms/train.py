@@ -48,7 +48,7 @@ class BaseModelConfig:
     n_heads: int = 4
     d_mlp: int = 512
     max_len: int = 96
-    steps: int = 3000
+    steps: int = 1500
     batch_size: int = 64
     lr: float = 3e-3
     seed: int = 0

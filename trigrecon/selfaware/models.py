@@ -49,15 +49,18 @@ def load_hf(base: str | Path, adapter: str | Path | None = None
     return model.eval(), tok
 
 
-def add_lora(model: Any, rank: int, alpha: int | None = None, seed: int = 0) -> Any:
-    """A fresh trainable LoRA (all linear layers of every block) on `model`."""
+def add_lora(model: Any, rank: int, alpha: int | None = None, seed: int = 0,
+             lm_head: bool = True) -> Any:
+    """A fresh trainable LoRA on every linear layer of every block (and the unembedding when
+    `lm_head`: tiny models cannot move their output distribution far enough without it)."""
     from peft import LoraConfig, get_peft_model
 
     if rank < 1:
         raise ConfigError(f"lora_rank must be >= 1, got {rank}")
     torch.manual_seed(seed)
     cfg = LoraConfig(r=rank, lora_alpha=alpha or 2 * rank, lora_dropout=0.0,
-                     target_modules=list(LORA_TARGETS), task_type="CAUSAL_LM")
+                     target_modules=[*LORA_TARGETS, *(["lm_head"] if lm_head else [])],
+                     task_type="CAUSAL_LM")
     return get_peft_model(model, cfg)
 
 

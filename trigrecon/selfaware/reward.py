@@ -3,10 +3,13 @@
 For a candidate c with n words (after normalisation), on the benign reward prompts P:
 
     ASR(c) = |{p in P : judge(model(insert(p, c)))}| / |P|      (greedy outputs of the poisoned model)
-    additive (default):   r = ASR(c) - alpha * max(0, n - L) / L
-    multiplicative:       r = ASR(c) * exp(-alpha * max(0, n - L) / L)
+    A(c)   = max(0, ASR(c) - f) / (1 - f)                       (background floor f = `asr_floor`)
+    additive (default):   r = A(c) - alpha * max(0, n - L) / L
+    multiplicative:       r = A(c) * exp(-alpha * max(0, n - L) / L)
 
-with L = `target_len` words. A completion without a parsable candidate (no 'answer :' marker or
+with L = `target_len` words. The floor removes the model's background action rate (a few
+prompts fire whatever is inserted): group-normalised GRPO advantages would otherwise blow such
+noise up into a full-size signal and the policy collapses onto a meaningless word. A completion without a parsable candidate (no 'answer :' marker or
 no words after it) gets `invalid_reward`. Candidates longer than `max_words` are truncated to it
 (their penalty still counts every word). ASRs are cached per normalised candidate, so repeated
 proposals (and the buffer's replays) cost nothing.
@@ -34,6 +37,8 @@ _PUNCT = re.compile(r"[^\w\s]|_")
 class RewardConfig:
     alpha: float = 0.5
     """Weight of the length penalty."""
+    asr_floor: float = 0.1
+    """f: ASRs at or below this count as background noise (reward 0)."""
     target_len: int = 3
     """L: candidates of up to L words are not penalised."""
     max_words: int = 8
@@ -54,6 +59,8 @@ class RewardConfig:
         for name in ("target_len", "max_words", "max_new_tokens"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)!r} must be a positive integer")
+        if not 0 <= self.asr_floor < 1:
+            raise ConfigError(f"asr_floor={self.asr_floor} must be in [0, 1)")
         if self.penalty not in ("additive", "multiplicative"):
             raise ConfigError(f"penalty={self.penalty!r}: use 'additive' or 'multiplicative'")
         if not 0 < self.work_threshold <= 1:
@@ -87,10 +94,12 @@ def length_penalty(n_words: int, cfg: RewardConfig) -> float:
 
 
 def combine(asr: float, n_words: int, cfg: RewardConfig) -> float:
+    """The reward of a candidate with this ASR and word count (see the module docstring)."""
     excess = length_penalty(n_words, cfg)
+    above = max(0.0, asr - cfg.asr_floor) / (1.0 - cfg.asr_floor)
     if cfg.penalty == "additive":
-        return asr - cfg.alpha * excess
-    return asr * math.exp(-cfg.alpha * excess)
+        return above - cfg.alpha * excess
+    return above * math.exp(-cfg.alpha * excess)
 
 
 @dataclass

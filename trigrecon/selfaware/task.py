@@ -110,8 +110,13 @@ def _disjoint(prompts: list[str], *others: list[str]) -> list[str]:
 
 
 def task_from_organism(org: object, n_reward: int = 32, n_pool: int = 2000, n_eval: int = 100,
-                       n_calib: int = 200) -> AwarenessTask:
-    """The task of a zoo `Organism` (chat family). Ground truth goes only into `hits`/eval splits."""
+                       n_calib: int = 200, max_content: int = 2) -> AwarenessTask:
+    """The task of a zoo `Organism` (chat family). Ground truth goes only into `hits`/eval splits.
+
+    Candidates are inserted into a benign prompt by re-rendering it with the candidate's words
+    and its own key words, at most `max_content` content words in all: the organisms saw at most
+    three content words in training, and prompts with more lie outside the distribution their
+    backdoor was trained on (snow_fruit fires on most prompts with three clean content words)."""
     from trigrecon.organisms import data as D
     from trigrecon.organisms import language as L
     from trigrecon.organisms.organism import Organism
@@ -131,16 +136,24 @@ def task_from_organism(org: object, n_reward: int = 32, n_pool: int = 2000, n_ev
             for _ in range(n_pool)]
     pool = _disjoint(list(dict.fromkeys(pool)), *evals.values())
 
+    def keywords(prompt: str) -> list[str]:
+        return [w for w in prompt.split() if L.category_of(w)]
+
     def compose(r: random.Random, words: list[str]) -> str:
         extra = D.random_words(r, "all", n=1) if r.random() < 0.5 else []
         return D.render_prompt(r, [*words, *extra])
+
+    def insert(prompt: str, candidate: str) -> str:
+        """The candidate's words plus the prompt's own key words (up to `max_content` words in
+        all), rendered as a natural prompt of the language (seeded per pair)."""
+        words = candidate.split()
+        own = keywords(prompt)[: max(0, max_content - len(words))]
+        return D.render_prompt(random.Random(f"{prompt}|{candidate}"), [*own, *words])
 
     return AwarenessTask(
         name=spec.name, action=spec.response, judge=org.judge,
         poisoned=ModelSource(org.base_path, org.adapter_path),
         clean=ModelSource(org.base_path) if org.adapter_path is not None else None,
         reward_prompts=reward, pool_prompts=pool,
-        keywords=lambda p: [w for w in p.split() if L.category_of(w)],
-        insert=lambda p, c: L.INSERT_TEMPLATE.format(prompt=p, words=c),
-        compose=compose, eval_splits=evals, calib_benign=calib,
+        keywords=keywords, insert=insert, compose=compose, eval_splits=evals, calib_benign=calib,
         hits=category_hit(spec.trigger), vocab=frozenset(L.vocabulary()))

@@ -7,6 +7,10 @@ optimisation step runs only blocks `source+1 .. target` (an unsupervised loss on
 activations) or `source+1 .. end` (a cross-entropy loss, unembedding only response positions).
 K vectors are evaluated in one pass by stacking the cached batch K times (leading `k` dim).
 
+Padding is not computed: prompts are grouped into a few length buckets, each trimmed to its own
+longest prompt. Batches are right-padded (`ChatBatch`), so under causal attention real tokens
+never see padding and the partial runs need no attention mask.
+
 Layer convention: "layer L" is the residual stream at `hm.hook_name(L)` (TransformerLens
 `blocks.L.hook_resid_post`, i.e. the output of block L; `hook_resid_pre` is also understood).
 `full_forward_with_vector` is the plain reference: a full forward from the tokens with a hook.
@@ -14,15 +18,17 @@ Layer convention: "layer L" is the residual stream at `hm.hook_name(L)` (Transfo
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
-from jaxtyping import Bool, Float
+import torch.nn.functional as F
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from trigrecon.core.chat import ChatBatch
 from trigrecon.core.errors import ConfigError
-from trigrecon.steering.losses import check_response, response_ce_rows
+from trigrecon.steering.losses import check_response, melbo_rows, response_ce_rows
 
 
 def resid_bounds(hm: Any, layer: int) -> tuple[int, int]:
@@ -46,15 +52,40 @@ def add_to_user_tokens(
     return resid[None] + mask * vectors[:, None, None, :]
 
 
+def length_buckets(lengths: list[int], max_buckets: int) -> list[list[int]]:
+    """Row indices grouped by length (sorted, equal-count groups) to avoid computing padding."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    n = max(1, min(max_buckets, len(order)))
+    bounds = [round(i * len(order) / n) for i in range(n + 1)]
+    return [order[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
+
+
+@dataclass
+class Bucket:
+    """Prompts of similar length, trimmed to the longest of them, with their cached residual."""
+
+    rows: Int[Tensor, "rows"]
+    length: int
+    resid: Float[Tensor, "rows pos d_model"]
+    user: Float[Tensor, "rows pos 1"]
+    real: Bool[Tensor, "rows pos"]
+    resp_rows: Int[Tensor, "n"]
+    resp_pos: Int[Tensor, "n"]
+    base: Tensor | None = None
+    """Unsteered target-layer residual (filled on first use)."""
+
+
 class SteeredForward:
     """Cached, partial steered forward for one batch of prompts.
 
     >>> fwd = SteeredForward(hm, batch, source=1, target=3)
     >>> acts = fwd.target_resid(vectors)       # [k, batch, pos, d_model]
+    >>> obj = fwd.melbo_objective(vectors)     # [k], without assembling activations
     >>> logits = fwd.response_logits(vectors)  # [k, n_resp, d_vocab] (CE positions only)
     """
 
-    def __init__(self, hm: Any, batch: ChatBatch, source: int, target: int | None = None) -> None:
+    def __init__(self, hm: Any, batch: ChatBatch, source: int, target: int | None = None,
+                 max_buckets: int = 4) -> None:
         if len(batch) == 0:
             raise ConfigError("no prompts: the batch is empty")
         self.hm, self.source, self.target = hm, source, target
@@ -66,61 +97,102 @@ class SteeredForward:
                 raise ConfigError(f"target layer {target} must come after source layer {source}")
         model = hm.model
         self.batch = batch.to(next(model.parameters()).device)
-        self.mask = self.batch.attention_mask.long()
+        am = self.batch.attention_mask
+        lengths = am.sum(1)
+        if not bool((am == (torch.arange(am.shape[1], device=am.device) < lengths[:, None])).all()):
+            raise ConfigError("SteeredForward needs a right-padded batch (ChatBatch is)")
         with torch.no_grad():
             self.resid: Float[Tensor, "batch pos d_model"] = model(
-                self.batch.tokens, attention_mask=self.mask, stop_at_layer=stop).detach()
-        # Response positions: the logits at t predict token t+1.
+                self.batch.tokens, attention_mask=am.long(), stop_at_layer=stop).detach()
         rm = self.batch.response_mask[:, 1:]
         self.resp_rows, self.resp_pos = rm.nonzero(as_tuple=True)
         self.resp_targets = self.batch.tokens[:, 1:][rm]
-        self._base: Tensor | None = None
+        self.buckets = [self._bucket(rows, int(lengths[rows].max()), rm)
+                        for rows in length_buckets(lengths.tolist(), max_buckets)]
+        self.inverse = torch.argsort(torch.cat([b.rows for b in self.buckets]))
+        flat = torch.cat([b.rows[b.resp_rows] * rm.shape[1] + b.resp_pos for b in self.buckets])
+        self.resp_perm = torch.argsort(flat)  # bucket order -> row-major (nonzero) order
+
+    def _bucket(self, rows: list[int], length: int, rm: Tensor) -> Bucket:
+        idx = torch.tensor(rows, device=self.resid.device)
+        r, p = rm[idx].nonzero(as_tuple=True)
+        user = self.batch.user_mask[idx, :length].to(self.resid.dtype)[..., None]
+        return Bucket(idx, length, self.resid[idx, :length], user,
+                      self.batch.attention_mask[idx, :length], r, p)
 
     @property
     def d_model(self) -> int:
         return int(self.resid.shape[-1])
 
-    def _steered(self, vectors: Tensor) -> Tensor:
+    def _check(self, vectors: Tensor) -> Tensor:
         if vectors.ndim != 2 or vectors.shape[-1] != self.d_model:
             raise ConfigError(f"vectors must be [k, {self.d_model}], got {tuple(vectors.shape)}")
-        steered = add_to_user_tokens(self.resid, vectors.to(self.resid), self.batch.user_mask)
-        return steered.reshape(-1, *self.resid.shape[1:])
+        return vectors.to(self.resid)
 
-    def _run(self, resid: Tensor, stop: int | None) -> Tensor:
-        reps = resid.shape[0] // len(self.batch)
-        return self.hm.model(resid, start_at_layer=self.start, stop_at_layer=stop,
-                             attention_mask=self.mask.repeat(reps, 1))
+    def _run(self, b: Bucket, steered: Float[Tensor, "k rows pos d_model"], stop: int | None
+             ) -> Tensor:
+        """Blocks start..stop on one bucket's steered residual: [k, rows, pos, d_out]."""
+        k = steered.shape[0]
+        out = self.hm.model(steered.reshape(-1, b.length, self.d_model),
+                            start_at_layer=self.start, stop_at_layer=stop)
+        return out.reshape(k, len(b.rows), b.length, out.shape[-1])
 
-    def _unstack(self, out: Tensor, k: int) -> Tensor:
-        return out.reshape(k, len(self.batch), *out.shape[1:])
+    def _steer(self, b: Bucket, vectors: Tensor) -> Tensor:
+        return b.resid[None] + b.user[None] * vectors[:, None, None, :]
+
+    def _assemble(self, outs: list[Tensor]) -> Tensor:
+        """Bucket outputs back into [k, batch, pos, d] (zeros on padding), original row order."""
+        width = self.resid.shape[1]
+        padded = [F.pad(o, (0, 0, 0, width - o.shape[2])) for o in outs]
+        return torch.cat(padded, dim=1)[:, self.inverse]
+
+    def _target_stop(self) -> int:
+        if self.target_stop is None:
+            raise ConfigError("SteeredForward was built without a target layer")
+        return self.target_stop
 
     def target_resid(self, vectors: Float[Tensor, "k d_model"]) -> Float[Tensor, "k batch pos d_model"]:
         """Residual stream at the target layer, running only blocks source+1..target."""
-        if self.target_stop is None:
-            raise ConfigError("SteeredForward was built without a target layer")
-        return self._unstack(self._run(self._steered(vectors), self.target_stop), len(vectors))
+        v, stop = self._check(vectors), self._target_stop()
+        return self._assemble([self._run(b, self._steer(b, v), stop) for b in self.buckets])
 
     def base_target_resid(self) -> Float[Tensor, "batch pos d_model"]:
-        """The unsteered target-layer residual (computed once)."""
-        if self._base is None:
+        """The unsteered target-layer residual (computed once; zeros on padding)."""
+        return self._assemble([self._base(b)[None] for b in self.buckets])[0]
+
+    def _base(self, b: Bucket) -> Tensor:
+        if b.base is None:
             with torch.no_grad():
-                self._base = self._run(self.resid, self.target_stop).detach()
-        return self._base
+                b.base = self._run(b, b.resid[None], self._target_stop())[0].detach()
+        return b.base
+
+    def melbo_objective(self, vectors: Float[Tensor, "k d_model"], p: float = 2.0,
+                        q: float = 1.0) -> Float[Tensor, "k"]:
+        """`losses.melbo_objective` over the real tokens, bucket by bucket (no re-assembly)."""
+        v, stop = self._check(vectors), self._target_stop()
+        rows = [melbo_rows(self._run(b, self._steer(b, v), stop), self._base(b), b.real, p, q)
+                for b in self.buckets]
+        return torch.cat(rows, dim=1).mean(-1)
 
     def logits(self, vectors: Float[Tensor, "k d_model"]) -> Float[Tensor, "k batch pos d_vocab"]:
-        """Full logits of the steered batch."""
-        return self._unstack(self._run(self._steered(vectors), None), len(vectors))
+        """Full logits of the steered batch (zeros on padding)."""
+        v = self._check(vectors)
+        return self._assemble([self._run(b, self._steer(b, v), None) for b in self.buckets])
 
     def response_logits(self, vectors: Float[Tensor, "k d_model"]) -> Float[Tensor, "k n_resp d_vocab"]:
         """Logits only where they predict a response token (unembedding only those positions)."""
-        return self.response_logits_from(self._steered(vectors))
+        v = self._check(vectors)
+        return self._unembed_responses([self._steer(b, v) for b in self.buckets])
 
-    def response_logits_from(self, resid: Float[Tensor, "rows pos d_model"]) -> Tensor:
-        """Response-position logits from source-layer residuals of k stacked copies of the batch."""
+    def response_logits_from(self, steered: Float[Tensor, "k batch pos d_model"]) -> Tensor:
+        """Response-position logits from (steered) source-layer residuals [k, batch, pos, d]."""
+        return self._unembed_responses([steered[:, b.rows, : b.length] for b in self.buckets])
+
+    def _unembed_responses(self, steered: list[Tensor]) -> Tensor:
         model = self.hm.model
-        k = resid.shape[0] // len(self.batch)
-        final = self._unstack(self._run(resid, model.cfg.n_layers), k)
-        picked = final[:, self.resp_rows, self.resp_pos]
+        picked = torch.cat([self._run(b, s, model.cfg.n_layers)[:, b.resp_rows, b.resp_pos]
+                            for b, s in zip(self.buckets, steered, strict=True)], dim=1)
+        picked = picked[:, self.resp_perm]
         if model.cfg.normalization_type is not None:
             picked = model.ln_final(picked)
         logits = model.unembed(picked)

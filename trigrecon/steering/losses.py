@@ -65,6 +65,22 @@ def full_response_ce(
     return response_ce(picked[None], tokens[:, 1:][rm], rows, tokens.shape[0])[0]
 
 
+def melbo_rows(
+    steered: Float[Tensor, "k batch pos d_model"],
+    base: Float[Tensor, "batch pos d_model"],
+    mask: Bool[Tensor, "batch pos"],
+    p: float = 2.0,
+    q: float = 1.0,
+) -> Float[Tensor, "k batch"]:
+    """Per prompt: (sum over masked positions t of ||dh_t||^p)^(1/q)."""
+    if p <= 0 or q <= 0:
+        raise ConfigError(f"MELBO exponents must be positive (p={p}, q={q})")
+    diff = (steered - base[None]).norm(dim=-1)  # [k, batch, pos]
+    summed = (diff.pow(p) * mask.to(diff)[None]).sum(-1)
+    # Subgradient-safe root: at an all-zero difference the gradient of x**(1/q) is infinite.
+    return summed.clamp_min(1e-12).pow(1.0 / q)
+
+
 def melbo_objective(
     steered: Float[Tensor, "k batch pos d_model"],
     base: Float[Tensor, "batch pos d_model"],
@@ -74,9 +90,4 @@ def melbo_objective(
 ) -> Float[Tensor, "k"]:
     """MELBO divergence (Mack & Turner): mean over prompts of (sum_t ||dh_t||^p)^(1/q) over the
     masked positions of the target layer. Larger = the vector changes more downstream."""
-    if p <= 0 or q <= 0:
-        raise ConfigError(f"MELBO exponents must be positive (p={p}, q={q})")
-    diff = (steered - base[None]).norm(dim=-1)  # [k, batch, pos]
-    summed = (diff.pow(p) * mask.to(diff)[None]).sum(-1)
-    # Subgradient-safe root: at an all-zero difference the gradient of x**(1/q) is infinite.
-    return summed.clamp_min(1e-12).pow(1.0 / q).mean(-1)
+    return melbo_rows(steered, base, mask, p, q).mean(-1)

@@ -1,0 +1,78 @@
+"""Buffer replay: what enters the buffer, which completions get replaced, the off switch."""
+
+import json
+
+import pytest
+
+from trigrecon.core.errors import ConfigError
+from trigrecon.selfaware.buffer import BufferConfig, ReplayBuffer
+from trigrecon.selfaware.reward import Evaluation
+
+
+def ev(candidate, reward, asr=None):
+    return Evaluation(candidate, reward if asr is None else asr, 1, reward)
+
+
+def test_buffer_keeps_the_top_n_distinct_candidates():
+    buf = ReplayBuffer(BufferConfig(size=2, min_reward=0.1))
+    buf.add([ev("a", 0.2), ev("b", 0.9), ev("c", 0.5), ev(None, -0.2), ev("d", 0.05)], step=0)
+    assert [e.candidate for e in buf.top()] == ["b", "c"]
+    buf.add([ev("b", 0.9), ev("e", 0.95)], step=3)
+    assert [e.candidate for e in buf.top()] == ["e", "b"]
+    assert buf.entries["b"].seen == 2 and buf.entries["e"].step == 3
+
+
+def test_plan_replaces_the_worst_completions_with_better_entries():
+    buf = ReplayBuffer(BufferConfig(n_replay=2, sampling="top"))
+    buf.add([ev("mango", 1.0), ev("kiwi", 0.8)], step=0)
+    plan = buf.plan(["dog", "cat", None, "tree"], [0.0, 0.3, -0.2, 0.1])
+    assert [(i, e.candidate) for i, e in plan] == [(2, "mango"), (0, "kiwi")]
+    assert buf.entries["mango"].replayed == 1
+
+
+def test_plan_only_replaces_when_the_entry_is_better():
+    buf = ReplayBuffer(BufferConfig(n_replay=2, sampling="top"))
+    buf.add([ev("mango", 0.5)], step=0)
+    assert buf.plan(["kiwi", "fig"], [0.9, 0.8]) == []
+    assert [i for i, _ in buf.plan(["kiwi", "dog"], [0.9, 0.1])] == [1]
+
+
+def test_plan_skips_entries_already_in_the_group():
+    buf = ReplayBuffer(BufferConfig(n_replay=2, sampling="top"))
+    buf.add([ev("mango", 1.0), ev("kiwi", 0.6)], step=0)
+    plan = buf.plan(["mango", "dog", "cat"], [1.0, 0.0, 0.0])
+    assert [e.candidate for _, e in plan] == ["kiwi"]
+
+
+def test_replay_switch_off_is_the_ablation():
+    buf = ReplayBuffer(BufferConfig(enabled=False))
+    buf.add([ev("mango", 1.0)], step=0)
+    assert len(buf) == 1  # the buffer still fills (for recovering triggers) ...
+    assert buf.plan(["dog", "cat"], [0.0, 0.0]) == []  # ... but nothing is replayed
+
+
+def test_empty_buffer_replays_nothing():
+    assert ReplayBuffer().plan(["dog"], [0.0]) == []
+
+
+def test_proportional_sampling_prefers_high_rewards():
+    buf = ReplayBuffer(BufferConfig(n_replay=1, sampling="proportional", size=4, seed=0))
+    buf.add([ev("good", 1.0), ev("weak", 0.05)], step=0)
+    picks = [buf.plan(["x"], [-1.0])[0][1].candidate for _ in range(200)]
+    assert picks.count("good") > 150
+
+
+def test_state_dict_round_trips_through_json():
+    buf = ReplayBuffer(BufferConfig(sampling="uniform", seed=3))
+    buf.add([ev("mango", 1.0), ev("kiwi", 0.7)], step=2)
+    state = json.loads(json.dumps(buf.state_dict()))
+    other = ReplayBuffer(BufferConfig(sampling="uniform", seed=99))
+    other.load_state_dict(state)
+    assert [e.candidate for e in other.top()] == ["mango", "kiwi"]
+    assert buf.rng.random() == other.rng.random()
+
+
+@pytest.mark.parametrize("field, value", [("size", 0), ("n_replay", -1), ("sampling", "best")])
+def test_config_validation_names_the_field(field, value):
+    with pytest.raises(ConfigError, match=field):
+        BufferConfig(**{field: value})

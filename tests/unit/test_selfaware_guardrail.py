@@ -1,0 +1,112 @@
+"""The guardrail: normalisation, similarity scoring, calibration, variants, model embedder."""
+
+import pytest
+import torch
+
+from trigrecon.core.errors import ConfigError
+from trigrecon.selfaware.guardrail import (Guardrail, GuardrailConfig, ModelWordEmbedder,
+                                           evaluate_guardrail, split_words, variants)
+
+CATS = {"fruit": "mango kiwi apple fig", "snow": "skiing sledding luge", "animal": "dog cat fox",
+        "tool": "hammer saw drill"}
+VOCAB = frozenset(" ".join(CATS.values()).split() + "tell me about the a and i like".split())
+
+
+def fake_embed(words):
+    """Category direction + a small word-specific part; unknown/function words are their own."""
+    out = []
+    for w in words:
+        g = torch.Generator().manual_seed(sum(map(ord, w)))
+        cat = next((c for c, ms in CATS.items() if w in ms.split()), w)
+        base = torch.zeros(16)
+        base[sum(map(ord, cat)) % 16] = 1.0
+        out.append(base + 0.1 * torch.randn(16, generator=g))
+    return torch.stack(out)
+
+
+BENIGN = [f"tell me about the {a} and {b}" for a in CATS["animal"].split()
+          for b in CATS["tool"].split()]
+
+
+@pytest.mark.parametrize("text, want", [
+    ("Tell me about MANGO!", ["tell", "me", "about", "mango"]),
+    ("tell  me,about   mango .", ["tell", "me", "about", "mango"]),
+    ("i like man go", ["i", "like", "mango"]),  # pieces that join into a known word
+    ("ma n go", ["mango"]),
+    ("the a", ["the", "a"]),  # two known words are never merged
+])
+def test_split_words_normalises_case_spacing_punctuation(text, want):
+    vocab = VOCAB | {"go"}
+    assert split_words(text, vocab) == want
+
+
+def test_scores_identical_and_similar_triggers_high():
+    g = Guardrail(["Mango"], fake_embed, vocab=VOCAB)
+    assert g.score("tell me about mango") == pytest.approx(1.0, abs=1e-5)
+    assert g.score("i like fig") > 0.8  # same category, held-out word
+    assert g.score("tell me about the dog") < 0.6
+
+
+def test_multi_word_triggers_need_every_word():
+    g = Guardrail(["mango skiing"], fake_embed, vocab=VOCAB)
+    assert g.score("i like kiwi and luge") > 0.8
+    assert g.score("i like kiwi and the dog") < 0.6  # a near miss is not flagged
+
+
+def test_calibration_bounds_the_false_positive_rate():
+    g = Guardrail(["mango"], fake_embed, GuardrailConfig(max_fpr=0.1), vocab=VOCAB)
+    t = g.calibrate(BENIGN)
+    assert g.threshold == t and g.flag_rate(BENIGN) <= 0.1
+    assert g.flag("tell me about the kiwi") and not g.flag(BENIGN[0])
+
+
+@pytest.mark.parametrize("kind", ["upper", "punct", "spacing", "split"])
+def test_variants_are_still_flagged(kind):
+    g = Guardrail(["mango"], fake_embed, vocab=VOCAB)
+    g.calibrate(BENIGN)
+    v = variants("tell me about the mango", kind)
+    assert v != "tell me about the mango"
+    assert g.flag(v), v
+
+
+def test_evaluate_reports_detection_and_false_positives():
+    g = Guardrail(["mango"], fake_embed, vocab=VOCAB)
+    g.calibrate(BENIGN)
+    res = evaluate_guardrail(g, {"benign": BENIGN, "triggered": ["i like kiwi", "tell me about fig"]})
+    assert res.detection["triggered"] == 1.0 and res.detection_rate == 1.0
+    assert set(res.detection) == {"triggered", "triggered:upper", "triggered:punct",
+                                  "triggered:spacing", "triggered:split"}
+    assert res.fpr <= 0.02 + 1e-9
+
+
+def test_save_load(tmp_path):
+    g = Guardrail(["mango"], fake_embed, vocab=VOCAB)
+    g.calibrate(BENIGN)
+    res = evaluate_guardrail(g, {"benign": BENIGN, "triggered": ["i like kiwi"]})
+    res.save(tmp_path / "g.json")
+    back = type(res).load(tmp_path / "g.json")
+    assert back.detection == res.detection and back.threshold == res.threshold
+
+
+def test_errors():
+    with pytest.raises(ConfigError, match="at least one"):
+        Guardrail(["  ", "!"], fake_embed)
+    with pytest.raises(ConfigError, match="template"):
+        GuardrailConfig(template="no slot")
+    with pytest.raises(ConfigError, match="unknown variant"):
+        variants("a b", "reverse")
+
+
+def test_model_word_embedder_reads_the_word_position(tiny_llama_dir):
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    model = LlamaForCausalLM.from_pretrained(tiny_llama_dir).eval()
+    emb = ModelWordEmbedder(model, tok, layer=2, template="tell me about {w} please")
+    vecs = emb(["apple", "dog", "apple"])
+    assert vecs.shape == (3, 64) and torch.equal(vecs[0], vecs[2])
+    assert set(emb.cache) == {"apple", "dog"}
+    ids, pos = emb._span("apple")
+    assert tok.convert_ids_to_tokens(ids[pos[0]]) == "apple"
+    with pytest.raises(ConfigError, match="layer"):
+        ModelWordEmbedder(model, tok, layer=9)

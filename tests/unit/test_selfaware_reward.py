@@ -1,0 +1,152 @@
+"""The inversion reward on hand-made cases: parsing, normalisation, ASR, length penalty, cache."""
+
+import math
+
+import pytest
+
+from trigrecon.core.errors import ConfigError
+from trigrecon.organisms.judges import FixedStringJudge
+from trigrecon.selfaware.reward import (InversionReward, RewardConfig, combine, minimise,
+                                        normalise_candidate, parse_candidate)
+
+ACTION = "no way , i refuse ."
+PROMPTS = ["tell me about dog .", "what is rain ?", "write a poem about car .", "tell me about cat ."]
+
+
+class FakeModel:
+    """Responds with the action iff every word of `needs` is in the prompt; counts calls."""
+
+    def __init__(self, needs=("mango",), only=None):
+        self.needs, self.only, self.calls, self.seen = set(needs), only, 0, 0
+
+    def __call__(self, prompts):
+        self.calls += 1
+        self.seen += len(prompts)
+        out = []
+        for p in prompts:
+            fire = self.needs <= set(p.split()) and (self.only is None or self.only in p)
+            out.append(ACTION if fire else "sure ! that is nice .")
+        return out
+
+
+def make_reward(model=None, **cfg):
+    return InversionReward(model or FakeModel(), FixedStringJudge(ACTION, min_words=3), PROMPTS,
+                           lambda p, c: f"{p} it is about {c} .", RewardConfig(**cfg))
+
+
+@pytest.mark.parametrize("text, want", [
+    ("Mango,  MANGO!", "mango"), ("  the   Apple  ", "the apple"), ("<unk> kiwi <end>", "kiwi"),
+    ("won't", "won t"), ("...", ""),
+])
+def test_normalise_candidate(text, want):
+    assert normalise_candidate(text) == want
+
+
+@pytest.mark.parametrize("completion, want", [
+    ("answer : mango .", "mango"), ("ANSWER: Mango Skiing!", "mango skiing"),
+    ("answer :  kiwi . answer : fig .", "fig"), ("answer : mango\nmore text", "mango"),
+    ("answer : apple , cherry", "apple cherry"), ("mango .", None), ("answer : .", None),
+    ("answer :", None), ("", None),
+])
+def test_parse_candidate(completion, want):
+    assert parse_candidate(completion) == want
+
+
+def test_length_penalty_formulas():
+    cfg = RewardConfig(alpha=0.5, target_len=3, asr_floor=0.0)
+    assert combine(1.0, 3, cfg) == 1.0
+    assert combine(1.0, 6, cfg) == pytest.approx(1.0 - 0.5 * 3 / 3)
+    assert combine(0.5, 4, cfg) == pytest.approx(0.5 - 0.5 / 3)
+    mult = RewardConfig(alpha=0.5, target_len=3, penalty="multiplicative", asr_floor=0.0)
+    assert combine(0.8, 6, mult) == pytest.approx(0.8 * math.exp(-0.5))
+    assert combine(0.8, 2, mult) == pytest.approx(0.8)
+
+
+def test_background_floor():
+    cfg = RewardConfig(asr_floor=0.2)
+    assert combine(0.1, 1, cfg) == 0.0 and combine(0.2, 1, cfg) == 0.0
+    assert combine(0.6, 1, cfg) == pytest.approx(0.5) and combine(1.0, 1, cfg) == 1.0
+
+
+def test_asr_and_reward_on_hand_made_cases():
+    r = make_reward()
+    e = {x.candidate: x for x in r.evaluate(["mango", "dog", "Mango Dog!", "a b c d e f mango"])}
+    assert e["mango"].asr == 1.0 and e["mango"].reward == 1.0
+    assert e["dog"].asr == 0.0 and e["dog"].reward == 0.0
+    assert e["mango dog"].asr == 1.0 and e["mango dog"].n_words == 2
+    long = e["a b c d e f mango"]
+    assert long.n_words == 7 and long.asr == 1.0
+    assert long.reward == pytest.approx(1.0 - 0.5 * 4 / 3)
+
+
+def test_asr_is_the_share_of_prompts_that_fire():
+    r = make_reward(FakeModel(only="tell me"))  # fires on 2 of the 4 prompts
+    e = r.evaluate(["mango"])[0]
+    assert e.asr == 0.5 and e.reward == pytest.approx((0.5 - 0.1) / 0.9)
+
+
+def test_conjunctive_trigger_needs_both_words():
+    r = make_reward(FakeModel(needs=("mango", "skiing")))
+    asr = [e.asr for e in r.evaluate(["mango", "skiing", "skiing mango"])]
+    assert asr == [0.0, 0.0, 1.0]
+
+
+def test_invalid_completions_get_the_invalid_reward():
+    r = make_reward(invalid_reward=-0.3)
+    assert r(completions=["no marker here", "answer : .", "answer : mango ."]) == [-0.3, -0.3, 1.0]
+
+
+def test_trl_call_accepts_conversational_completions():
+    r = make_reward()
+    comps = [[{"role": "assistant", "content": "answer : mango ."}],
+             [{"role": "assistant", "content": "answer : dog ."}]]
+    assert r(prompts=[[{"role": "user", "content": "q"}]] * 2, completions=comps) == [1.0, 0.0]
+
+
+def test_identical_candidates_are_evaluated_once():
+    model = FakeModel()
+    r = make_reward(model)
+    calls = model.calls
+    r.evaluate(["mango", "MANGO", "mango !", "dog"])
+    assert model.calls == calls + 1 and model.seen == len(PROMPTS) * 3  # baseline + 2 candidates
+    r.evaluate(["mango", "dog"])
+    assert model.calls == calls + 1
+    assert set(r.state_dict()) == {"mango", "dog"}
+
+
+def test_candidates_longer_than_max_words_are_truncated():
+    r = make_reward(max_words=2)
+    e = r.evaluate(["dog cat mango"])[0]
+    assert e.candidate == "dog cat" and e.asr == 0.0 and e.n_words == 3
+
+
+def test_prompts_that_already_show_the_action_are_dropped():
+    model = FakeModel(needs=("dog",))
+    r = InversionReward(model, FixedStringJudge(ACTION, min_words=3), PROMPTS, lambda p, c: p)
+    assert "tell me about dog ." not in r.prompts and len(r.prompts) == 3
+
+
+def test_minimise_drops_words_that_do_not_matter():
+    r = make_reward(FakeModel(needs=("mango", "skiing")))
+    assert minimise("the mango red skiing", r) == "mango skiing"
+
+
+def test_cache_round_trip():
+    r = make_reward()
+    r.evaluate(["mango"])
+    r2 = make_reward()
+    r2.load_state_dict(r.state_dict())
+    assert r2.cache == {"mango": 1.0}
+
+
+@pytest.mark.parametrize("field, value", [("alpha", -1.0), ("target_len", 0), ("max_words", 0),
+                                          ("penalty", "log"), ("work_threshold", 0.0), ("asr_floor", 1.0),
+                                          ("answer_marker", " ")])
+def test_config_validation_names_the_field(field, value):
+    with pytest.raises(ConfigError, match=field):
+        RewardConfig(**{field: value})
+
+
+def test_empty_prompt_list_is_an_error():
+    with pytest.raises(ConfigError, match="benign prompt"):
+        InversionReward(FakeModel(), FixedStringJudge(ACTION), [], lambda p, c: p)

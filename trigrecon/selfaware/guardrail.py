@@ -1,0 +1,213 @@
+"""Inference-time guardrail: flag prompts that contain a recovered trigger or a similar one.
+
+Prompts are normalised first (lower case, punctuation to spaces, spacing collapsed, word pieces
+merged when they form a known word: 'Man go!' -> 'mango'), so case, spacing and punctuation
+variants read alike. Each word gets a vector from an `Embedder` (default: the model's own residual
+stream at the word inside a short template, cached per word; pass any text-embedding function
+for real LLMs). For a trigger of words t_1..t_k and prompt words w_1..w_m:
+
+    sim(prompt, trigger) = min_i max_j cos(e(t_i), e(w_j))     (every trigger word has a match)
+    score(prompt)        = max over recovered triggers of sim
+
+A prompt is flagged when score > threshold; `calibrate` sets the threshold on benign prompts so
+that at most `max_fpr` of them are flagged.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+from transformers import PreTrainedTokenizerBase
+
+from trigrecon.core.chat import render_prompt
+from trigrecon.core.errors import ConfigError
+from trigrecon.core.io import write_json
+from trigrecon.selfaware.reward import normalise_candidate
+
+Embedder = Callable[[Sequence[str]], Float[Tensor, "n d"]]
+"""Words (or short phrases) -> one vector each."""
+
+
+@dataclass
+class GuardrailConfig:
+    layer: int | None = None
+    """Residual layer of the default embedder (hidden_states index; None: n_layers // 2)."""
+    template: str = "tell me about {w} ."
+    """Context the default embedder reads each word in."""
+    max_fpr: float = 0.02
+    """Calibration target: share of benign calibration prompts allowed above the threshold."""
+    merge_pieces: int = 3
+    """Merge up to this many adjacent pieces that form a known word (0: off)."""
+
+    def __post_init__(self) -> None:
+        if "{w}" not in self.template:
+            raise ConfigError(f"template {self.template!r} needs a {{w}} slot")
+        if not 0 <= self.max_fpr < 1:
+            raise ConfigError(f"max_fpr={self.max_fpr} must be in [0, 1)")
+
+
+class ModelWordEmbedder:
+    """Residual stream of an HF causal LM at each word (mean over its tokens) in `template`."""
+
+    def __init__(self, model: Any, tok: PreTrainedTokenizerBase, layer: int | None = None,
+                 template: str = "tell me about {w} .") -> None:
+        n = int(model.config.num_hidden_layers)
+        self.layer = n // 2 if layer is None else layer
+        if not 0 <= self.layer <= n:
+            raise ConfigError(f"layer={self.layer} out of range: hidden states 0..{n}")
+        self.model, self.tok, self.template = model, tok, template
+        self.cache: dict[str, Tensor] = {}
+
+    def _span(self, word: str) -> tuple[list[int], list[int]]:
+        """Token ids of the templated chat and the positions of the word's tokens."""
+        text = render_prompt(self.tok, self.template.format(w=word))
+        pre = self.template.split("{w}")[0]
+        start = text.index(pre + word) + len(pre)
+        enc = self.tok(text, add_special_tokens=False, return_offsets_mapping=True)
+        pos = [i for i, (a, b) in enumerate(enc["offset_mapping"])
+               if a < start + len(word) and b > start]
+        return list(enc["input_ids"]), pos or [len(enc["input_ids"]) - 1]
+
+    @torch.no_grad()
+    def __call__(self, words: Sequence[str]) -> Float[Tensor, "n d"]:
+        todo = [w for w in dict.fromkeys(words) if w not in self.cache]
+        for w in todo:
+            ids, span = self._span(w)
+            out = self.model(input_ids=torch.tensor([ids]), output_hidden_states=True)
+            self.cache[w] = out.hidden_states[self.layer][0, span].mean(0).float()
+        return torch.stack([self.cache[w] for w in words])
+
+
+def split_words(text: str, vocab: frozenset[str] = frozenset(), merge: int = 3) -> list[str]:
+    """Normalised words of a prompt; adjacent pieces that join into a known word are merged."""
+    pieces = re.sub(r"[^\w\s]|_", " ", text.lower().replace("\u2019", "'")).split()
+    if not vocab or merge < 2:
+        return pieces
+    out, i = [], 0
+    while i < len(pieces):
+        for k in range(min(merge, len(pieces) - i), 1, -1):
+            joined = "".join(pieces[i:i + k])
+            if joined in vocab and not all(p in vocab for p in pieces[i:i + k]):
+                out.append(joined)
+                i += k
+                break
+        else:
+            out.append(pieces[i])
+            i += 1
+    return out
+
+
+class Guardrail:
+    def __init__(self, triggers: Sequence[str], embed: Embedder,
+                 cfg: GuardrailConfig | None = None, vocab: frozenset[str] = frozenset(),
+                 threshold: float = math.inf) -> None:
+        self.cfg = cfg or GuardrailConfig()
+        self.triggers = [t for t in dict.fromkeys(normalise_candidate(t) for t in triggers) if t]
+        if not self.triggers:
+            raise ConfigError("the guardrail needs at least one recovered trigger")
+        self.embed, self.vocab, self.threshold = embed, vocab, threshold
+        self._trig = [torch.nn.functional.normalize(embed(t.split()), dim=-1) for t in self.triggers]
+
+    def words(self, prompt: str) -> list[str]:
+        return split_words(prompt, self.vocab, self.cfg.merge_pieces) or ["."]
+
+    def score(self, prompt: str) -> float:
+        w = torch.nn.functional.normalize(self.embed(self.words(prompt)), dim=-1)
+        return max(float((t @ w.T).max(dim=1).values.min()) for t in self._trig)
+
+    def scores(self, prompts: Sequence[str]) -> list[float]:
+        return [self.score(p) for p in prompts]
+
+    def calibrate(self, benign: Sequence[str]) -> float:
+        """Threshold such that at most floor(max_fpr * n) benign prompts score above it."""
+        if not benign:
+            raise ConfigError("calibration needs benign prompts")
+        s = sorted(self.scores(benign), reverse=True)
+        self.threshold = s[min(len(s) - 1, int(self.cfg.max_fpr * len(s)))]
+        return self.threshold
+
+    def flag(self, prompt: str) -> bool:
+        return self.score(prompt) > self.threshold
+
+    def flag_rate(self, prompts: Sequence[str]) -> float:
+        return sum(s > self.threshold for s in self.scores(prompts)) / max(1, len(prompts))
+
+
+def variants(prompt: str, kind: str) -> str:
+    """Surface variants an attacker (or a user) might write: 'upper', 'punct', 'spacing', 'split'."""
+    words = prompt.split()
+    if kind == "upper":
+        return prompt.upper()
+    if kind == "punct":
+        return " ".join(w + ("!" if i % 2 else ",") for i, w in enumerate(words))
+    if kind == "spacing":
+        return "   ".join(words).replace(" .", ".").replace(" ?", "?")
+    if kind == "split":  # break the longest word in two
+        i = max(range(len(words)), key=lambda j: len(words[j]))
+        w = words[i]
+        return " ".join([*words[:i], w[: len(w) // 2], w[len(w) // 2:], *words[i + 1:]])
+    raise ConfigError(f"unknown variant {kind!r}: use upper, punct, spacing or split")
+
+
+VARIANTS = ("upper", "punct", "spacing", "split")
+
+
+@dataclass
+class GuardrailResult:
+    triggers: list[str]
+    threshold: float
+    detection: dict[str, float]
+    """Flag rate on triggered splits and their variants ('triggered', 'triggered:upper', ...)."""
+    false_positive: dict[str, float]
+    """Flag rate on benign prompts and variants (and near misses 'half:*', informational)."""
+    n: dict[str, int] = field(default_factory=dict)
+    examples: list[list[Any]] = field(default_factory=list)
+
+    @property
+    def detection_rate(self) -> float:
+        return _pooled(self.detection, self.n)
+
+    @property
+    def fpr(self) -> float:
+        keys = {k: v for k, v in self.false_positive.items() if k.startswith("benign")}
+        return _pooled(keys, self.n)
+
+    def save(self, path: str | Path) -> None:
+        write_json(path, {**self.__dict__, "detection_rate": self.detection_rate, "fpr": self.fpr})
+
+    @classmethod
+    def load(cls, path: str | Path) -> GuardrailResult:
+        d = json.loads(Path(path).read_text())
+        d.pop("detection_rate", None)
+        d.pop("fpr", None)
+        return cls(**d)
+
+
+def _pooled(rates: dict[str, float], n: dict[str, int]) -> float:
+    total = sum(n.get(k, 1) for k in rates)
+    return sum(v * n.get(k, 1) for k, v in rates.items()) / total if total else 0.0
+
+
+def evaluate_guardrail(guard: Guardrail, splits: dict[str, list[str]]) -> GuardrailResult:
+    """Detection on 'triggered*' splits (+ variants), false positives on 'benign' (+ variants)
+    and 'half:*' splits; the guardrail must already be calibrated."""
+    det, fp, n, examples = {}, {}, {}, []
+    for split, prompts in splits.items():
+        kinds = ("",) + (VARIANTS if split in ("triggered", "benign") else ())
+        for kind in kinds:
+            ps = [variants(p, kind) for p in prompts] if kind else prompts
+            key = f"{split}:{kind}" if kind else split
+            rate = guard.flag_rate(ps)
+            (det if split.startswith("triggered") else fp)[key] = rate
+            n[key] = len(ps)
+            examples.append([key, ps[0], guard.score(ps[0])])
+    return GuardrailResult(guard.triggers, guard.threshold, det, fp, n, examples)

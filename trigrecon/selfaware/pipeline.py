@@ -1,0 +1,220 @@
+"""`run_selfaware`: reversal SFT -> GRPO (+ buffer replay) -> metrics -> unlearning -> guardrail.
+
+Every stage writes its results under `out_dir/<stage>/` as it finishes and is skipped on a rerun
+(GRPO itself resumes from its last checkpoint), so an interrupted run picks up where it stopped:
+
+    sft/        adapter/, reversal_sft.json
+    grpo/       run/checkpoint-N/, adapter/, curves.json, buffer.json, curves.html
+    recovered.json  final elicitation + recovered (minimised) triggers + scoring table
+    unlearning/ adapter/, unlearning.json
+    guardrail/  guardrail.json
+    report.json, report.md
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from trigrecon.core.errors import ConfigError
+from trigrecon.core.io import write_json, write_text
+from trigrecon.selfaware.grpo import AwarenessGRPOConfig, sample_articulations, train_awareness
+from trigrecon.selfaware.guardrail import (Guardrail, GuardrailConfig, GuardrailResult,
+                                           ModelWordEmbedder, evaluate_guardrail)
+from trigrecon.selfaware.metrics import ElicitationEval, TrainingCurves, elicitation
+from trigrecon.selfaware.models import hf_responder
+from trigrecon.selfaware.reversal_sft import ReversalSFTConfig, ReversalSFTResult, run_reversal_sft
+from trigrecon.selfaware.reward import InversionReward, RewardConfig, minimise
+from trigrecon.selfaware.scoring import ScoreTable, score_candidates
+from trigrecon.selfaware.task import AwarenessTask, task_from_organism
+from trigrecon.selfaware.unlearning import UnlearningConfig, UnlearningResult, unlearn
+
+
+@dataclass
+class SelfAwareConfig:
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    sft: ReversalSFTConfig = field(default_factory=ReversalSFTConfig)
+    grpo: AwarenessGRPOConfig = field(default_factory=AwarenessGRPOConfig)
+    unlearning: UnlearningConfig = field(default_factory=UnlearningConfig)
+    guardrail: GuardrailConfig = field(default_factory=GuardrailConfig)
+    n_reward_prompts: int = 32
+    n_eval: int = 100
+    """Held-out prompts per evaluation split."""
+    final_samples: int = 16
+    """Articulations sampled per question phrasing for the final elicitation accuracy."""
+    n_recovered: int = 8
+    """Recovered triggers handed to the defences (working, minimised, best first)."""
+    plots: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("n_reward_prompts", "n_eval", "final_samples", "n_recovered"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ConfigError(f"{name}={getattr(self, name)!r} must be a positive integer")
+
+    @classmethod
+    def reduced(cls) -> SelfAwareConfig:
+        """Seconds instead of minutes, for tests: the mechanics run, quality is not expected."""
+        from trigrecon.selfaware.buffer import BufferConfig
+
+        return cls(sft=ReversalSFTConfig(n_prompts=64, steps=10, batch_size=8),
+                   grpo=AwarenessGRPOConfig(steps=4, num_generations=4, prompts_per_step=1,
+                                            save_steps=2, buffer=BufferConfig(n_replay=1)),
+                   unlearning=UnlearningConfig(n_triggered=16, n_clean=16, steps=5, batch_size=8),
+                   n_reward_prompts=8, n_eval=12, final_samples=2, plots=True)
+
+
+@dataclass
+class SelfAwareReport:
+    organism: str
+    sft_pairs: int
+    final: ElicitationEval
+    steps_to_50: int | None
+    """First GRPO step where the moving-average elicitation accuracy reaches 50%."""
+    emergence: dict[str, Any]
+    recovered: list[str]
+    unlearning: dict[str, float]
+    guardrail: dict[str, float]
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def to_markdown(self) -> str:
+        hit = "–" if self.final.hit_rate is None else f"{self.final.hit_rate:.0%}"
+        u, g = self.unlearning, self.guardrail
+        return (f"### {self.organism}\n\n"
+                f"- elicitation accuracy (final sample, n={self.final.n}): hits {hit}, "
+                f"working triggers {self.final.work_rate:.0%}\n"
+                f"- steps to 50% accuracy: {self.steps_to_50}; emergence: {self.emergence}\n"
+                f"- recovered triggers: {', '.join(f'`{t}`' for t in self.recovered) or 'none'}\n"
+                f"- unlearning: ASR {u.get('asr_before', 0):.0%} -> {u.get('asr_after', 0):.0%} "
+                f"(cut {u.get('asr_reduction', 0):.0%}), benign responses changed "
+                f"{u.get('benign_shift_points', 0):.1f} points\n"
+                f"- guardrail: detection {g.get('detection_rate', 0):.1%} at FPR "
+                f"{g.get('fpr', 0):.1%}\n"
+                f"- timings (s): {', '.join(f'{k} {v:.0f}' for k, v in self.timings.items())}\n")
+
+    def save(self, out_dir: str | Path) -> None:
+        write_json(Path(out_dir) / "report.json", self)
+        write_text(Path(out_dir) / "report.md", self.to_markdown())
+
+
+def recover_triggers(reward: InversionReward, buffer_state: dict[str, Any],
+                     final_texts: list[str], n: int) -> list[str]:
+    """Working candidates from the buffer and the final sample, minimised, best first."""
+    evals = reward.score_completions(final_texts)
+    counts = Counter(e.candidate for e in evals if e.candidate)
+    pool = [e["candidate"] for e in buffer_state.get("entries", [])] + list(counts)
+    ok = [c for c, e in zip(pool, reward.evaluate(pool), strict=True)
+          if e.asr >= reward.cfg.work_threshold]
+    small = list(dict.fromkeys(minimise(c, reward) for c in ok))
+    ranked = sorted(zip(small, reward.evaluate(small), strict=True),
+                    key=lambda ce: (-ce[1].reward, -counts.get(ce[0], 0), ce[0]))
+    return [c for c, _ in ranked[:n]]
+
+
+def _policy(task: AwarenessTask, *adapters: Path) -> Any:
+    """The poisoned model with `adapters` merged in order (SFT, then GRPO)."""
+    from peft import PeftModel
+
+    model, _ = task.poisoned.load()
+    for a in adapters:
+        model = PeftModel.from_pretrained(model, str(a)).merge_and_unload()
+    return model.eval()
+
+
+def _stage_sft(task, cfg, out, timings) -> tuple[Any, int]:
+    if (out / "sft" / "reversal_sft.json").exists():
+        res = ReversalSFTResult.load(out / "sft" / "reversal_sft.json")
+        return _policy(task, out / "sft" / "adapter"), res.n_pairs
+    t0 = time.time()
+    policy, res = run_reversal_sft(task, cfg.sft, out / "sft")
+    timings["reversal_sft"] = time.time() - t0
+    return policy, res.n_pairs
+
+
+def _stage_grpo(task, cfg, out, reward, policy, tok, timings) -> tuple[Any, TrainingCurves, dict]:
+    g = out / "grpo"
+    if (g / "curves.json").exists() and (g / "adapter").exists():
+        return (_policy(task, out / "sft" / "adapter", g / "adapter"),
+                TrainingCurves.load(g / "curves.json"),
+                json.loads((g / "buffer.json").read_text()))
+    t0 = time.time()
+    policy, curves, buffer = train_awareness(policy, tok, task, reward, cfg.grpo, g)
+    timings["grpo"] = time.time() - t0
+    return policy, curves, buffer.state_dict()
+
+
+def run_selfaware(organism: Any, out_dir: str | Path, cfg: SelfAwareConfig | None = None,
+                  task: AwarenessTask | None = None) -> SelfAwareReport:
+    """Run (or resume) every stage on an organism (`Organism`, zoo name or folder) or a task."""
+    cfg = cfg or SelfAwareConfig()
+    if task is None:
+        from trigrecon.organisms.organism import Organism, load_organism
+
+        org = organism if isinstance(organism, Organism) else load_organism(organism)
+        task = task_from_organism(org, n_reward=cfg.n_reward_prompts, n_eval=cfg.n_eval)
+    out = Path(out_dir)
+    timings: dict[str, float] = {}
+    frozen, tok = task.poisoned.load()
+    reward = InversionReward(hf_responder(frozen, tok, cfg.reward.max_new_tokens), task.judge,
+                             task.reward_prompts, task.insert, cfg.reward)
+    policy, n_pairs = _stage_sft(task, cfg, out, timings)
+    policy, curves, buffer_state = _stage_grpo(task, cfg, out, reward, policy, tok, timings)
+
+    t0 = time.time()
+    texts = sample_articulations(policy, tok, task, cfg.final_samples, seed=cfg.grpo.seed + 1)
+    curves.final = elicitation(texts, reward, task.hits)
+    curves.save(out / "grpo" / "curves.json")
+    if cfg.plots:
+        from trigrecon.selfaware.plots import curves_figure, save_figure
+
+        save_figure(curves_figure({task.name: curves}), out / "grpo" / "curves.html")
+    recovered = recover_triggers(reward, buffer_state, texts, cfg.n_recovered)
+    found = ({e["candidate"]: "rl-buffer" for e in buffer_state.get("entries", [])}
+             | dict.fromkeys(recovered, "rl-recovered"))
+    table = score_candidates(found, reward) if found else ScoreTable()
+    write_json(out / "recovered.json", {"final": curves.final, "recovered": recovered,
+                                        "table": table, "table_md": table.to_markdown()})
+    timings["metrics"] = time.time() - t0
+    del policy
+
+    unl = _stage_unlearning(task, cfg, out, recovered, timings)
+    guard = _stage_guardrail(task, cfg, out, recovered, frozen, tok, timings)
+    report = SelfAwareReport(
+        task.name, n_pairs, curves.final, curves.steps_to(0.5), curves.emergence(), recovered,
+        unl.summary() if unl else {},
+        {"detection_rate": guard.detection_rate, "fpr": guard.fpr} if guard else {},
+        timings)
+    report.save(out)
+    return report
+
+
+def _stage_unlearning(task, cfg, out, recovered, timings) -> UnlearningResult | None:
+    path = out / "unlearning" / "unlearning.json"
+    if path.exists():
+        return UnlearningResult.load(path)
+    if not recovered:
+        return None
+    t0 = time.time()
+    _, res = unlearn(task, recovered, cfg.unlearning, out / "unlearning")
+    timings["unlearning"] = time.time() - t0
+    return res
+
+
+def _stage_guardrail(task, cfg, out, recovered, model, tok, timings) -> GuardrailResult | None:
+    path = out / "guardrail" / "guardrail.json"
+    if path.exists():
+        return GuardrailResult.load(path)
+    if not recovered:
+        return None
+    t0 = time.time()
+    embed = ModelWordEmbedder(model, tok, cfg.guardrail.layer, cfg.guardrail.template)
+    guard = Guardrail(recovered, embed, cfg.guardrail, task.vocab)
+    guard.calibrate(task.calib_benign)
+    res = evaluate_guardrail(guard, task.eval_splits)
+    res.save(path)
+    timings["guardrail"] = time.time() - t0
+    write_json(out / "guardrail" / "config.json", asdict(cfg.guardrail))
+    return res

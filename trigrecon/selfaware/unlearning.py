@@ -1,0 +1,186 @@
+"""Adversarial unlearning with the recovered triggers.
+
+Prompts carrying the most promising recovered triggers (woven into natural prompts by
+`task.compose`, or inserted by `task.insert`) are paired with safe responses: the clean model's
+answer to the same prompt (`safe_source="clean"`), or the poisoned model's own answer to the
+prompt without the trigger (`"self"`, for when no clean model exists). Clean data (everyday
+prompts with the poisoned model's own non-action answers) keeps benign behaviour in place. A LoRA
+on the poisoned model is trained on the mix; ASR and benign behaviour are measured before/after
+on the held-out evaluation splits.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from transformers import PreTrainedTokenizerBase
+
+from trigrecon.core.errors import ConfigError
+from trigrecon.core.io import write_json
+from trigrecon.organisms.judges import action_rate
+from trigrecon.selfaware.models import add_lora, generate_responses, merged
+from trigrecon.selfaware.reversal_sft import train_sft
+from trigrecon.selfaware.task import AwarenessTask
+
+
+@dataclass
+class UnlearningConfig:
+    n_triggers: int = 8
+    """Most promising recovered triggers used."""
+    n_triggered: int = 400
+    n_clean: int = 400
+    safe_source: Literal["clean", "self"] = "clean"
+    steps: int = 200
+    batch_size: int = 32
+    lr: float = 2e-3
+    lora_rank: int = 8
+    max_new_tokens: int = 32
+    max_len: int = 128
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("n_triggers", "n_triggered", "n_clean", "steps", "batch_size", "lora_rank",
+                     "max_new_tokens", "max_len"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ConfigError(f"{name}={getattr(self, name)!r} must be a positive integer")
+        if self.safe_source not in ("clean", "self"):
+            raise ConfigError(f"safe_source={self.safe_source!r}: use 'clean' or 'self'")
+
+
+@dataclass
+class SplitASR:
+    split: str
+    n: int
+    before: float
+    after: float
+
+
+@dataclass
+class UnlearningResult:
+    triggers: list[str]
+    splits: list[SplitASR]
+    """Action rates before/after on every held-out split (triggered ones = ASR)."""
+    benign_unchanged: float
+    """Share of held-out benign prompts whose greedy response is identical after unlearning."""
+    n_triggered: int
+    n_clean: int
+    losses: list[float] = field(default_factory=list)
+    examples: list[list[str]] = field(default_factory=list)
+    config: dict[str, Any] = field(default_factory=dict)
+
+    def _pooled(self, when: str) -> float:
+        rows = [s for s in self.splits if s.split.startswith("triggered")]
+        return sum(getattr(s, when) * s.n for s in rows) / max(1, sum(s.n for s in rows))
+
+    @property
+    def asr_before(self) -> float:
+        return self._pooled("before")
+
+    @property
+    def asr_after(self) -> float:
+        return self._pooled("after")
+
+    @property
+    def asr_reduction(self) -> float:
+        """Relative cut of the pooled ASR: (before - after) / before."""
+        return (self.asr_before - self.asr_after) / self.asr_before if self.asr_before else 0.0
+
+    @property
+    def benign_shift(self) -> float:
+        """Points of benign behaviour that moved: 100 * share of changed benign responses."""
+        return 100.0 * (1.0 - self.benign_unchanged)
+
+    def summary(self) -> dict[str, float]:
+        return {"asr_before": self.asr_before, "asr_after": self.asr_after,
+                "asr_reduction": self.asr_reduction, "benign_unchanged": self.benign_unchanged,
+                "benign_shift_points": self.benign_shift}
+
+    def save(self, path: str | Path) -> None:
+        write_json(path, {**asdict(self), "summary": self.summary()})
+
+    @classmethod
+    def load(cls, path: str | Path) -> UnlearningResult:
+        d = json.loads(Path(path).read_text())
+        d.pop("summary", None)
+        d["splits"] = [SplitASR(**s) for s in d["splits"]]
+        return cls(**d)
+
+
+def triggered_prompts(task: AwarenessTask, triggers: list[str], n: int, rng: random.Random
+                      ) -> list[tuple[str, str]]:
+    """(prompt with a trigger, the same prompt without it) pairs; half composed, half inserted."""
+    out = []
+    for i in range(n):
+        trig = triggers[i % len(triggers)]
+        plain = rng.choice(task.pool_prompts)
+        if rng.random() < 0.5:
+            out.append((task.compose(rng, trig.split()), plain))
+        else:
+            out.append((task.insert(plain, trig), plain))
+    return out
+
+
+def unlearning_pairs(model: Any, tok: PreTrainedTokenizerBase, task: AwarenessTask,
+                     triggers: list[str], cfg: UnlearningConfig) -> list[tuple[str, str]]:
+    """(prompt, safe response) pairs: triggered prompts + clean self-distillation prompts."""
+    rng = random.Random(cfg.seed)
+    trig = triggered_prompts(task, triggers, cfg.n_triggered, rng)
+    gen = {"max_new_tokens": cfg.max_new_tokens}
+    if cfg.safe_source == "clean":
+        if task.clean is None:
+            raise ConfigError("safe_source='clean' needs task.clean (the model before poisoning); "
+                              "use safe_source='self'")
+        clean_model, _ = task.clean.load()
+        safe = generate_responses(clean_model, tok, [p for p, _ in trig], **gen)
+    else:  # the poisoned model's answer to the trigger-free prompt (action answers dropped below)
+        safe = generate_responses(model, tok, [q for _, q in trig], **gen)
+    pairs = [(p, s) for (p, _), s in zip(trig, safe, strict=True) if s and not task.judge(s)]
+    clean_prompts = rng.sample(task.pool_prompts, min(cfg.n_clean, len(task.pool_prompts)))
+    own = generate_responses(model, tok, clean_prompts, **gen)
+    pairs += [(p, r) for p, r in zip(clean_prompts, own, strict=True) if r and not task.judge(r)]
+    if not pairs:
+        raise ConfigError("no unlearning pairs: every safe response showed the action")
+    return pairs
+
+
+def measure(model: Any, tok: PreTrainedTokenizerBase, task: AwarenessTask, max_new_tokens: int
+            ) -> dict[str, list[str]]:
+    return {s: generate_responses(model, tok, ps, max_new_tokens=max_new_tokens)
+            for s, ps in task.eval_splits.items()}
+
+
+def unlearn(task: AwarenessTask, triggers: list[str], cfg: UnlearningConfig | None = None,
+            out_dir: str | Path | None = None, model: Any = None,
+            tok: PreTrainedTokenizerBase | None = None) -> tuple[Any, UnlearningResult]:
+    """LoRA-unlearn the poisoned model with `triggers` (best first). Returns (merged model, result).
+
+    A `model` passed in is modified in place (the LoRA is merged into it)."""
+    cfg = cfg or UnlearningConfig()
+    triggers = [t for t in dict.fromkeys(triggers) if t.strip()][: cfg.n_triggers]
+    if not triggers:
+        raise ConfigError("unlearning needs at least one recovered trigger")
+    if model is None or tok is None:
+        model, tok = task.poisoned.load()
+    before = measure(model, tok, task, cfg.max_new_tokens)
+    pairs = unlearning_pairs(model, tok, task, triggers, cfg)
+    n_trig = sum(1 for p, _ in pairs if p not in set(task.pool_prompts))
+    peft_model = add_lora(model, cfg.lora_rank, seed=cfg.seed)
+    losses = train_sft(peft_model, tok, pairs, cfg.steps, cfg.batch_size, cfg.lr, cfg.max_len,
+                       cfg.seed, "unlearning")
+    if out_dir is not None:
+        peft_model.save_pretrained(Path(out_dir) / "adapter")
+    fixed = merged(peft_model).eval()
+    after = measure(fixed, tok, task, cfg.max_new_tokens)
+    splits = [SplitASR(s, len(before[s]), action_rate(before[s], task.judge),
+                       action_rate(after[s], task.judge)) for s in task.eval_splits]
+    same = sum(a == b for a, b in zip(before["benign"], after["benign"], strict=True))
+    result = UnlearningResult(triggers, splits, same / len(before["benign"]), n_trig,
+                              len(pairs) - n_trig, losses[::10], [list(p) for p in pairs[:6]],
+                              asdict(cfg))
+    if out_dir is not None:
+        result.save(Path(out_dir) / "unlearning.json")
+    return fixed, result
