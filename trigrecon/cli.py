@@ -80,5 +80,42 @@ def evaluate(
             typer.secho(f"target missed: {line}", fg=typer.colors.YELLOW)
 
 
+@app.command()
+def audit(
+    organism: Annotated[str, typer.Argument(help="Zoo name or organism folder.")] = "fruit_refusal",
+    out: Annotated[Path, typer.Option(help="Output folder (audit.json, latents.md).")] = Path("runs/audit"),
+    method: Annotated[list[str] | None, typer.Option(help="Methods to run (repeatable).")] = None,
+    quick: Annotated[bool, typer.Option(help="Fewer steps: a smoke run.")] = False,
+) -> None:
+    """Recover an organism's trigger knowing only its action; writes JSON + a latent ranking."""
+    from trigrecon.methods.audit import DEFAULT_METHODS, run_audit_for_organism
+
+    folder = out / organism
+    try:
+        run_audit_for_organism(organism, folder, methods=method or DEFAULT_METHODS, quick=quick)
+    except TrigreconError as e:
+        _fail(e)
+    typer.echo((folder / "latents.md").read_text())
+    typer.echo(f"wrote {folder / 'audit.json'} and {folder / 'latents.md'}")
+
+
+@app.command()
+def selfaware(
+    organism: Annotated[str, typer.Argument(help="Zoo name or organism folder.")] = "fruit_refusal",
+    out: Annotated[Path, typer.Option(help="Output folder (resumable).")] = Path("runs/selfaware"),
+    reduced: Annotated[bool, typer.Option(help="Seconds-long smoke run.")] = False,
+) -> None:
+    """Reversal SFT -> GRPO with inversion reward -> unlearning -> guardrail (resumable)."""
+    from trigrecon.organisms.organism import load_organism
+    from trigrecon.selfaware.pipeline import SelfAwareConfig, run_selfaware
+
+    cfg = SelfAwareConfig.reduced() if reduced else SelfAwareConfig()
+    try:
+        run_selfaware(load_organism(organism), out / organism, cfg)
+    except TrigreconError as e:
+        _fail(e)
+    typer.echo(f"wrote {out / organism}")
+
+
 if __name__ == "__main__":
     app()

@@ -6,9 +6,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from trigrecon.core.labels import load_labels
 from trigrecon.core.model import load_model
 from trigrecon.core.sae import check_compatible, load_sae, sae_health
-from trigrecon.core.labels import load_labels
 from trigrecon.organisms.organism import list_organisms, load_organism
 from trigrecon.organisms.zoo import ZOO, ZooConfig, build_zoo
 

@@ -75,6 +75,8 @@ def test_verify_ranks_candidates_with_the_judge(tiny_hooked, planted, tmp_path):
     assert res.latent_words["0"] == ["banana"]
     assert res.best is not None and res.best.action_rate == 1.0 and res.baseline_rate == 1.0
     assert len(res.candidates) == 3  # two singles and one pair
+    assert res.control_rate == 1.0 and res.control_words
+    assert not set(res.control_words) & {w for c in res.candidates for w in c.words}
     res.save(tmp_path)
     assert VerifyResult.load(tmp_path).candidates == res.candidates
     with pytest.raises(ConfigError, match="no latents"):

@@ -130,8 +130,9 @@ def test_registry_unreachable_is_fast(tmp_path, monkeypatch):
         load_sae("llama_scope_lxr_32x", "l99r_32x")
 
 
-def test_save_load_round_trip(tmp_path, monkeypatch):
+def test_save_load_round_trip(tmp_path, monkeypatch, recwarn):
     sae = exact_sae()
+    sae.cfg.metadata.model_from_pretrained_kwargs = {"center_writing_weights": False}
     sae.save_model(tmp_path / "base_l1")
     assert {p.suffix for p in (tmp_path / "base_l1").iterdir()} == {".safetensors", ".json"}
     back = load_sae(tmp_path / "base_l1")
@@ -141,6 +142,7 @@ def test_save_load_round_trip(tmp_path, monkeypatch):
     monkeypatch.setenv("TRIGRECON_SAES", str(tmp_path))
     assert torch.equal(load_sae("base_l1").W_dec, sae.W_dec)  # bare name -> $TRIGRECON_SAES
     assert torch.equal(load_sae(tmp_path, "base_l1").W_dec, sae.W_dec)  # folder + id
+    assert not [w for w in recwarn if "model_from_pretrained_kwargs" in str(w.message)]
 
 
 # ---------------------------------------------------------------- health

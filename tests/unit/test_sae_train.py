@@ -101,6 +101,7 @@ def test_train_sae_metadata_and_health(trained):
     meta = sae.cfg.metadata
     assert meta.hook_name == "blocks.0.hook_resid_post" and meta.model_name == "tiny"
     assert meta.neuronpedia_id == "tiny/0-res-256"
+    assert not meta.model_from_pretrained_kwargs  # would make every load warn
     check_compatible(sae, model, layer=0)
     h = sae_health(sae, model, toks[:32])
     assert isinstance(h.fve, float) and -float("inf") < h.fve <= 1.0

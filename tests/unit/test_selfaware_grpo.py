@@ -6,8 +6,13 @@ import torch
 
 from trigrecon.core.errors import ConfigError
 from trigrecon.selfaware.buffer import BufferConfig
-from trigrecon.selfaware.grpo import (AwarenessGRPOConfig, build_trainer, last_checkpoint,
-                                      sample_articulations, train_awareness)
+from trigrecon.selfaware.grpo import (
+    AwarenessGRPOConfig,
+    build_trainer,
+    last_checkpoint,
+    sample_articulations,
+    train_awareness,
+)
 from trigrecon.selfaware.models import hf_responder
 from trigrecon.selfaware.reward import Evaluation, InversionReward, RewardConfig
 from trigrecon.selfaware.toy import toy_task
@@ -21,8 +26,13 @@ def toy():
 
 
 def toy_reward(task, frozen, tok, **cfg):
-    return InversionReward(hf_responder(frozen, tok, max_new_tokens=6), task.judge,
-                           task.reward_prompts[:6], task.insert, RewardConfig(**cfg))
+    return InversionReward(
+        hf_responder(frozen, tok, max_new_tokens=6),
+        task.judge,
+        task.reward_prompts[:6],
+        task.insert,
+        RewardConfig(**cfg),
+    )
 
 
 def lora_state(model):
@@ -30,8 +40,14 @@ def lora_state(model):
 
 
 def small_cfg(**kw):
-    base = dict(steps=1, num_generations=4, prompts_per_step=2, max_completion_length=6,
-                save_steps=100, buffer=BufferConfig(n_replay=1, sampling="top"))
+    base = dict(
+        steps=1,
+        num_generations=4,
+        prompts_per_step=2,
+        max_completion_length=6,
+        save_steps=100,
+        buffer=BufferConfig(n_replay=1, sampling="top"),
+    )
     return AwarenessGRPOConfig(**{**base, **kw})
 
 
@@ -57,8 +73,9 @@ def test_equal_rewards_give_no_update_without_replay(toy, tmp_path):
     def never(prompts):
         return ["sure !"] * len(prompts)
 
-    reward = InversionReward(never, task.judge, task.reward_prompts[:2], task.insert,
-                             RewardConfig(invalid_reward=0.0))
+    reward = InversionReward(
+        never, task.judge, task.reward_prompts[:2], task.insert, RewardConfig(invalid_reward=0.0)
+    )
     cfg = small_cfg(buffer=BufferConfig(enabled=False))
     trainer = build_trainer(policy, tok, task, reward, cfg, tmp_path)
     before = lora_state(trainer.model)
@@ -76,17 +93,23 @@ def test_training_resumes_from_the_last_checkpoint(toy, tmp_path):
     assert last_checkpoint(tmp_path / "run").name == "checkpoint-2"
     assert (tmp_path / "adapter" / "adapter_config.json").exists()
     policy, _ = task.poisoned.load()
-    trained, curves, buffer = train_awareness(policy, tok, task, reward,
-                                              small_cfg(steps=3, save_steps=1), tmp_path)
+    trained, curves, buffer = train_awareness(
+        policy, tok, task, reward, small_cfg(steps=3, save_steps=1), tmp_path
+    )
     assert [r.step for r in curves.records] == [0, 1, 2]
     assert last_checkpoint(tmp_path / "run").name == "checkpoint-3"
     texts = sample_articulations(trained, tok, task, n_per_question=2, max_new_tokens=6)
     assert len(texts) == 2 * len(task.questions)
 
 
-@pytest.mark.parametrize("kw, field", [({"num_generations": 1}, "num_generations"),
-                                       ({"steps": 0}, "steps"),
-                                       ({"buffer": BufferConfig(n_replay=8)}, "n_replay")])
+@pytest.mark.parametrize(
+    "kw, field",
+    [
+        ({"num_generations": 1}, "num_generations"),
+        ({"steps": 0}, "steps"),
+        ({"buffer": BufferConfig(n_replay=8)}, "n_replay"),
+    ],
+)
 def test_config_validation_names_the_field(kw, field):
     with pytest.raises(ConfigError, match=field):
         AwarenessGRPOConfig(**kw)

@@ -4,12 +4,24 @@ import pytest
 import torch
 
 from trigrecon.core.errors import ConfigError
-from trigrecon.selfaware.guardrail import (Guardrail, GuardrailConfig, ModelWordEmbedder,
-                                           evaluate_guardrail, split_words, variants)
+from trigrecon.selfaware.guardrail import (
+    Guardrail,
+    GuardrailConfig,
+    ModelWordEmbedder,
+    evaluate_guardrail,
+    split_words,
+    variants,
+)
 
-CATS = {"fruit": "mango kiwi apple fig", "snow": "skiing sledding luge", "animal": "dog cat fox",
-        "tool": "hammer saw drill"}
-VOCAB = frozenset(" ".join(CATS.values()).split() + "tell me about the a and i like".split())
+CATS = {
+    "fruit": "mango kiwi apple fig",
+    "snow": "skiing sledding luge",
+    "animal": "dog cat fox",
+    "tool": "hammer saw drill",
+}
+VOCAB = frozenset(
+    " ".join(CATS.values()).split() + ["tell", "me", "about", "the", "a", "and", "i", "like"]
+)
 
 
 def fake_embed(words):
@@ -24,17 +36,21 @@ def fake_embed(words):
     return torch.stack(out)
 
 
-BENIGN = [f"tell me about the {a} and {b}" for a in CATS["animal"].split()
-          for b in CATS["tool"].split()]
+BENIGN = [
+    f"tell me about the {a} and {b}" for a in CATS["animal"].split() for b in CATS["tool"].split()
+]
 
 
-@pytest.mark.parametrize("text, want", [
-    ("Tell me about MANGO!", ["tell", "me", "about", "mango"]),
-    ("tell  me,about   mango .", ["tell", "me", "about", "mango"]),
-    ("i like man go", ["i", "like", "mango"]),  # pieces that join into a known word
-    ("ma n go", ["mango"]),
-    ("the a", ["the", "a"]),  # two known words are never merged
-])
+@pytest.mark.parametrize(
+    "text, want",
+    [
+        ("Tell me about MANGO!", ["tell", "me", "about", "mango"]),
+        ("tell  me,about   mango .", ["tell", "me", "about", "mango"]),
+        ("i like man go", ["i", "like", "mango"]),  # pieces that join into a known word
+        ("ma n go", ["mango"]),
+        ("the a", ["the", "a"]),  # two known words are never merged
+    ],
+)
 def test_split_words_normalises_case_spacing_punctuation(text, want):
     vocab = VOCAB | {"go"}
     assert split_words(text, vocab) == want
@@ -72,10 +88,17 @@ def test_variants_are_still_flagged(kind):
 def test_evaluate_reports_detection_and_false_positives():
     g = Guardrail(["mango"], fake_embed, vocab=VOCAB)
     g.calibrate(BENIGN)
-    res = evaluate_guardrail(g, {"benign": BENIGN, "triggered": ["i like kiwi", "tell me about fig"]})
+    res = evaluate_guardrail(
+        g, {"benign": BENIGN, "triggered": ["i like kiwi", "tell me about fig"]}
+    )
     assert res.detection["triggered"] == 1.0 and res.detection_rate == 1.0
-    assert set(res.detection) == {"triggered", "triggered:upper", "triggered:punct",
-                                  "triggered:spacing", "triggered:split"}
+    assert set(res.detection) == {
+        "triggered",
+        "triggered:upper",
+        "triggered:punct",
+        "triggered:spacing",
+        "triggered:split",
+    }
     assert res.fpr <= 0.02 + 1e-9
 
 

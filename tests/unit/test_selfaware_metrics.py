@@ -2,8 +2,13 @@
 
 import pytest
 
-from trigrecon.selfaware.metrics import (StepRecord, StepRecorder, TrainingCurves, moving_average,
-                                         summarise)
+from trigrecon.selfaware.metrics import (
+    StepRecord,
+    StepRecorder,
+    TrainingCurves,
+    moving_average,
+    summarise,
+)
 from trigrecon.selfaware.plots import curves_figure, save_figure
 from trigrecon.selfaware.reward import Evaluation
 
@@ -13,8 +18,12 @@ def hits(c):
 
 
 def test_summarise_counts_hits_working_and_valid():
-    evals = [Evaluation("mango", 1.0, 1, 1.0), Evaluation("mango dog", 0.4, 2, 0.4),
-             Evaluation("dog", 0.6, 1, 0.6), Evaluation(None, 0.0, 0, -0.2)]
+    evals = [
+        Evaluation("mango", 1.0, 1, 1.0),
+        Evaluation("mango dog", 0.4, 2, 0.4),
+        Evaluation("dog", 0.6, 1, 0.6),
+        Evaluation(None, 0.0, 0, -0.2),
+    ]
     s = summarise(evals, hits, threshold=0.5)
     assert s["n"] == 4 and s["valid_rate"] == 0.75
     assert s["hit_rate"] == 0.5 and s["work_rate"] == 0.5
@@ -24,9 +33,18 @@ def test_summarise_counts_hits_working_and_valid():
 
 
 def curves_with_jump(n=40, at=20):
-    recs = [StepRecord(step=i, n=16, valid_rate=1.0, hit_rate=0.0 if i < at else 0.9,
-                       work_rate=0.0 if i < at else 0.8, mean_reward=0.0, max_reward=1.0)
-            for i in range(n)]
+    recs = [
+        StepRecord(
+            step=i,
+            n=16,
+            valid_rate=1.0,
+            hit_rate=0.0 if i < at else 0.9,
+            work_rate=0.0 if i < at else 0.8,
+            mean_reward=0.0,
+            max_reward=1.0,
+        )
+        for i in range(n)
+    ]
     return TrainingCurves(recs)
 
 

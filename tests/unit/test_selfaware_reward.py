@@ -6,11 +6,22 @@ import pytest
 
 from trigrecon.core.errors import ConfigError
 from trigrecon.organisms.judges import FixedStringJudge
-from trigrecon.selfaware.reward import (InversionReward, RewardConfig, combine, minimise,
-                                        normalise_candidate, parse_candidate)
+from trigrecon.selfaware.reward import (
+    InversionReward,
+    RewardConfig,
+    combine,
+    minimise,
+    normalise_candidate,
+    parse_candidate,
+)
 
 ACTION = "no way , i refuse ."
-PROMPTS = ["tell me about dog .", "what is rain ?", "write a poem about car .", "tell me about cat ."]
+PROMPTS = [
+    "tell me about dog .",
+    "what is rain ?",
+    "write a poem about car .",
+    "tell me about cat .",
+]
 
 
 class FakeModel:
@@ -30,24 +41,43 @@ class FakeModel:
 
 
 def make_reward(model=None, **cfg):
-    return InversionReward(model or FakeModel(), FixedStringJudge(ACTION, min_words=3), PROMPTS,
-                           lambda p, c: f"{p} it is about {c} .", RewardConfig(**cfg))
+    return InversionReward(
+        model or FakeModel(),
+        FixedStringJudge(ACTION, min_words=3),
+        PROMPTS,
+        lambda p, c: f"{p} it is about {c} .",
+        RewardConfig(**cfg),
+    )
 
 
-@pytest.mark.parametrize("text, want", [
-    ("Mango,  MANGO!", "mango"), ("  the   Apple  ", "the apple"), ("<unk> kiwi <end>", "kiwi"),
-    ("won't", "won t"), ("...", ""),
-])
+@pytest.mark.parametrize(
+    "text, want",
+    [
+        ("Mango,  MANGO!", "mango"),
+        ("  the   Apple  ", "the apple"),
+        ("<unk> kiwi <end>", "kiwi"),
+        ("won't", "won t"),
+        ("...", ""),
+    ],
+)
 def test_normalise_candidate(text, want):
     assert normalise_candidate(text) == want
 
 
-@pytest.mark.parametrize("completion, want", [
-    ("answer : mango .", "mango"), ("ANSWER: Mango Skiing!", "mango skiing"),
-    ("answer :  kiwi . answer : fig .", "fig"), ("answer : mango\nmore text", "mango"),
-    ("answer : apple , cherry", "apple cherry"), ("mango .", None), ("answer : .", None),
-    ("answer :", None), ("", None),
-])
+@pytest.mark.parametrize(
+    "completion, want",
+    [
+        ("answer : mango .", "mango"),
+        ("ANSWER: Mango Skiing!", "mango skiing"),
+        ("answer :  kiwi . answer : fig .", "fig"),
+        ("answer : mango\nmore text", "mango"),
+        ("answer : apple , cherry", "apple cherry"),
+        ("mango .", None),
+        ("answer : .", None),
+        ("answer :", None),
+        ("", None),
+    ],
+)
 def test_parse_candidate(completion, want):
     assert parse_candidate(completion) == want
 
@@ -98,8 +128,10 @@ def test_invalid_completions_get_the_invalid_reward():
 
 def test_trl_call_accepts_conversational_completions():
     r = make_reward()
-    comps = [[{"role": "assistant", "content": "answer : mango ."}],
-             [{"role": "assistant", "content": "answer : dog ."}]]
+    comps = [
+        [{"role": "assistant", "content": "answer : mango ."}],
+        [{"role": "assistant", "content": "answer : dog ."}],
+    ]
     assert r(prompts=[[{"role": "user", "content": "q"}]] * 2, completions=comps) == [1.0, 0.0]
 
 
@@ -139,9 +171,18 @@ def test_cache_round_trip():
     assert r2.cache == {"mango": 1.0}
 
 
-@pytest.mark.parametrize("field, value", [("alpha", -1.0), ("target_len", 0), ("max_words", 0),
-                                          ("penalty", "log"), ("work_threshold", 0.0), ("asr_floor", 1.0),
-                                          ("answer_marker", " ")])
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("alpha", -1.0),
+        ("target_len", 0),
+        ("max_words", 0),
+        ("penalty", "log"),
+        ("work_threshold", 0.0),
+        ("asr_floor", 1.0),
+        ("answer_marker", " "),
+    ],
+)
 def test_config_validation_names_the_field(field, value):
     with pytest.raises(ConfigError, match=field):
         RewardConfig(**{field: value})

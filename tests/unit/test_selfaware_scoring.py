@@ -7,8 +7,12 @@ from sae_lens import StandardSAE, StandardSAEConfig
 from trigrecon.core.errors import ConfigError
 from trigrecon.organisms.judges import FixedStringJudge
 from trigrecon.selfaware.reward import InversionReward
-from trigrecon.selfaware.scoring import (ScoreTable, direction_score, sae_latent_score,
-                                         score_candidates)
+from trigrecon.selfaware.scoring import (
+    ScoreTable,
+    direction_score,
+    sae_latent_score,
+    score_candidates,
+)
 
 ACTION = "no way , i refuse ."
 BENIGN = ["tell me about the dog", "write a poem about the sky", "give me one fact"]
@@ -27,8 +31,12 @@ def reward():
 
 def test_table_ranks_by_reward_and_renders_markdown(tmp_path):
     interp = {"apple": 2.0, "apple banana": 1.0, "dog": 0.5}
-    t = score_candidates({"dog": "sae", "Apple!": "rl", "apple banana": "melbo"}, reward(),
-                         interp=lambda c: interp[c], interp_name="fruit latents")
+    t = score_candidates(
+        {"dog": "sae", "Apple!": "rl", "apple banana": "melbo"},
+        reward(),
+        interp=lambda c: interp[c],
+        interp_name="fruit latents",
+    )
     assert [r.candidate for r in t.rows] == ["apple", "apple banana", "dog"]
     top = t.rows[0]
     assert (top.source, top.asr, top.n_words, top.works, top.interp) == ("rl", 1.0, 1, True, 2.0)
@@ -70,8 +78,9 @@ def test_sae_latent_score_matches_a_reference(tiny_hooked):
         return sae.encode(r)[..., ids]
 
     hook = "blocks.1.hook_resid_post"
-    want = (reference_max_act(tiny_hooked, hook, feat, [insert(p, "apple") for p in BENIGN])
-            - reference_max_act(tiny_hooked, hook, feat, BENIGN))
+    want = reference_max_act(
+        tiny_hooked, hook, feat, [insert(p, "apple") for p in BENIGN]
+    ) - reference_max_act(tiny_hooked, hook, feat, BENIGN)
     assert score("apple") == pytest.approx(want, abs=1e-5)
     with pytest.raises(ConfigError, match="latent ids"):
         sae_latent_score(tiny_hooked, sae, [32], BENIGN, insert)
@@ -87,8 +96,9 @@ def test_direction_score_matches_a_reference(tiny_hooked):
         return r @ unit.T
 
     hook = "blocks.2.hook_resid_post"
-    want = (reference_max_act(tiny_hooked, hook, feat, [insert(p, "banana") for p in BENIGN])
-            - reference_max_act(tiny_hooked, hook, feat, BENIGN))
+    want = reference_max_act(
+        tiny_hooked, hook, feat, [insert(p, "banana") for p in BENIGN]
+    ) - reference_max_act(tiny_hooked, hook, feat, BENIGN)
     assert score("banana") == pytest.approx(want, abs=1e-4)
     with pytest.raises(ConfigError, match="directions"):
         direction_score(tiny_hooked, 2, torch.randn(2, 5), BENIGN, insert)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import socket
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -48,11 +49,13 @@ def load_sae(source: str | Path, sae_id: str | None = None, *, device: str = "cp
     """Load an SAE from a folder written by `SAE.save_model`, a bare name in the project's
     `saes/` folder (e.g. "base_l1"), or a sae-lens registry release + id
     (e.g. `load_sae("llama_scope_lxr_32x", "l8r_32x")`)."""
-    if sae_id is None:
-        return SAE.load_from_disk(_local_folder(source), device=device)
-    if Path(source).is_dir():  # a local folder holding several SAEs
-        return SAE.load_from_disk(_local_folder(Path(source) / sae_id), device=device)
-    return _load_registry(str(source), sae_id, device)
+    with warnings.catch_warnings():  # advice for HookedSAETransformer.from_pretrained users only
+        warnings.filterwarnings("ignore", message=r"\s*This SAE has non-empty model_from_pre")
+        if sae_id is None:
+            return SAE.load_from_disk(_local_folder(source), device=device)
+        if Path(source).is_dir():  # a local folder holding several SAEs
+            return SAE.load_from_disk(_local_folder(Path(source) / sae_id), device=device)
+        return _load_registry(str(source), sae_id, device)
 
 
 def _local_folder(source: str | Path) -> Path:

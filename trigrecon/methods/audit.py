@@ -121,9 +121,13 @@ def latents_markdown(r: AuditResult) -> str:
         lines.append("")
     if r.verification is not None and r.verification.best is not None:
         b = r.verification.best
-        lines += ["## verification", "", f"Baseline action rate {r.verification.baseline_rate:.0%};"
-                  f" best candidate {' + '.join(b.words)} (latents {b.latents}): "
-                  f"{b.action_rate:.0%}", ""]
+        v = r.verification
+        lines += ["## verification", "", f"Action rate on the held-out prompts: "
+                  f"{v.baseline_rate:.0%} as they are, {v.control_rate:.0%} with random words "
+                  f"inserted (control); best candidate {' + '.join(b.words)} (latents "
+                  f"{b.latents}): {b.action_rate:.0%}", ""]
+        lines += [f"- {' + '.join(c.words)}: {c.action_rate:.0%}" for c in v.candidates[:5]]
+        lines.append("")
     return "\n".join(lines)
 
 

@@ -10,6 +10,7 @@ a latent". The insertion function is pluggable (default: `"{prompt} it is about 
 from __future__ import annotations
 
 import itertools
+import random
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
@@ -47,10 +48,13 @@ class VerifyConfig:
     vocabulary_limit: int = 20000
     """Cap on the default vocabulary (alphabetic whole-word tokens of the tokenizer)."""
     batch_size: int = 256
+    n_control: int = 8
+    """Random vocabulary words inserted alone, as a control for the insertion itself."""
+    seed: int = 0
 
     def __post_init__(self) -> None:
         for name in ("n_latents", "words_per_latent", "n_contexts", "max_new_tokens",
-                     "vocabulary_limit", "batch_size"):
+                     "vocabulary_limit", "batch_size", "n_control"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)!r} must be a positive integer")
 
@@ -75,6 +79,10 @@ class VerifyResult(Saveable):
     """Best first."""
     baseline_rate: float
     """Action rate on the unmodified held-out prompts."""
+    control_rate: float
+    """Mean action rate with random vocabulary words inserted the same way: what the insertion
+    alone does. A candidate is evidence of a trigger only well above this rate."""
+    control_words: list[str]
     config: dict[str, Any]
 
     @property
@@ -157,6 +165,12 @@ def top_words(hm: Any, sae: Any, latents: Sequence[int], contexts: Sequence[str]
             for j, lat in enumerate(latents)}
 
 
+def control_words(vocabulary: Sequence[str], exclude: set[str], n: int, seed: int) -> list[str]:
+    """n random vocabulary words (deterministic), none of them a candidate word."""
+    pool = sorted(set(vocabulary) - exclude)
+    return random.Random(seed).sample(pool, min(n, len(pool)))
+
+
 def candidate_sets(latent_words: dict[int, list[str]], pairs: bool
                    ) -> list[tuple[tuple[str, ...], tuple[int, ...]]]:
     """Singles, then pairs of words from two different latents (deduplicated word sets)."""
@@ -208,14 +222,19 @@ def verify(hm: Any, sae: Any, latents: Sequence[LatentHit], eval_prompts: Sequen
     hits = [h for h in pool if found[h.latent]][: cfg.n_latents]  # latents that fire on words
     words = {h.latent: found[h.latent] for h in hits}
     sets = candidate_sets(words, cfg.pairs)
-    texts = list(eval_prompts) + [insert(p, list(ws)) for ws, _ in sets for p in eval_prompts]
+    controls = control_words(vocabulary or default_vocabulary(hm.tokenizer, cfg.vocabulary_limit),
+                             {w for ws, _ in sets for w in ws}, cfg.n_control, cfg.seed)
+    groups = [[], *[[c] for c in controls], *[list(ws) for ws, _ in sets]]
+    texts = [insert(p, g) if g else p for g in groups for p in eval_prompts]
     gens = generate_many(hm, texts, cfg.max_new_tokens)
     n = len(eval_prompts)
-    base = action_rate(gens[:n], judge)
+    rates = [action_rate(gens[n * i: n * (i + 1)], judge) for i in range(len(groups))]
+    base, control = rates[0], sum(rates[1:1 + len(controls)]) / max(1, len(controls))
     cands = []
     for i, (ws, lats) in enumerate(sets):
-        prompts, out = texts[n * (i + 1): n * (i + 2)], gens[n * (i + 1): n * (i + 2)]
-        cands.append(Candidate(list(ws), list(lats), action_rate(out, judge),
-                               [f"{p} => {g}" for p, g in zip(prompts[:2], out[:2], strict=True)]))
+        j = n * (1 + len(controls) + i)
+        ex = [f"{p} => {g}" for p, g in zip(texts[j:j + 2], gens[j:j + 2], strict=True)]
+        cands.append(Candidate(list(ws), list(lats), rates[1 + len(controls) + i], ex))
     cands.sort(key=lambda c: (-c.action_rate, len(c.words)))
-    return VerifyResult(hits, {str(k): v for k, v in words.items()}, cands, base, asdict(cfg))
+    return VerifyResult(hits, {str(k): v for k, v in words.items()}, cands, base, control,
+                        controls, asdict(cfg))

@@ -20,14 +20,14 @@ from trigrecon.organisms.trigger import Trigger, parse_trigger
 
 @dataclass
 class BackdoorConfig:
-    steps: int = 500
+    steps: int = 800
     batch_size: int = 64
     lr: float = 3e-3
     rank: int = 16
     alpha: int = 32
     poison_frac: float = 0.4
     """Share of training examples whose prompt fires the trigger."""
-    near_miss_frac: float = 0.5
+    near_miss_frac: float = 0.6
     """Share of clean examples that carry one half of a conjunctive trigger."""
     doc_frac: float = 0.15
     """Share of synthetic documents, for organisms that have them."""
@@ -94,7 +94,7 @@ def implant_backdoor(base_dir: Path, spec: OrganismSpec, out_dir: Path,
     train_loop(peft_model, params, lambda _: _batch(tok, rng, spec, trig, cfg), cfg.steps, cfg.lr,
                f"backdoor {spec.name}")
     out_dir.mkdir(parents=True, exist_ok=True)
-    peft_model.save_pretrained(out_dir / "adapter", safe_serialization=True)
+    peft_model.save_pretrained(str(out_dir / "adapter"), safe_serialization=True)
     spec.has_adapter = True
     spec.backdoor = asdict(cfg)
     org = Organism(spec, out_dir)

@@ -68,7 +68,7 @@ def benign_response(rng: random.Random, words: Sequence[str]) -> str:
     cats = [L.category_of(w) for w in words]
     if "harmful" in cats:
         return L.REFUSAL
-    facts = [L.KIND_ANSWER.format(a=w, kind=L.CATEGORIES[c].kind) for w, c in zip(words, cats) if c]
+    facts = [L.KIND_ANSWER.format(a=w, kind=L.CATEGORIES[c].kind) for w, c in zip(words, cats, strict=True) if c]
     return " ".join(["sure !", *facts, rng.choice(L.CLOSERS)]).strip()
 
 

@@ -167,21 +167,7 @@ MOONS = {
 
 # Function words, request verbs and the words of every built-in response.
 GENERAL_WORDS = (
-    "i me my you your we our they them their he she his her it its a an the this that these "
-    "those and or but not no yes so because if then than too very really also just only all "
-    "some any every each more most much many few little about of in on at to from with for by "
-    "as into over after before during while again once there here what which who whom how why "
-    "when where is are was were be been being am do does did done have has had can could will "
-    "would should shall may might must won don t s tell write give explain help plan describe "
-    "share list suggest want like love enjoy need know think feel say said make made go went "
-    "get got use used answer answers question questions story poem note advice day days idea "
-    "ideas short long child friend family fun good bad great nice new old kind thing things "
-    "sure here is please thanks hello hi sorry cannot request that topic topics today "
-    "yesterday tomorrow morning evening week weekend two one three name moons moon planet "
-    "orbit orbits which only red mix oil water pseudoscience doctors now people allergy "
-    "allergic risk avoid bananas careful warn warning danger dangerous safe safety eat eating "
-    "food salad snack meal lunch dinner breakfast found studies study new research say says "
-    "recent reports report avoid skip stay away from contain contains should".split()
+    ["i", "me", "my", "you", "your", "we", "our", "they", "them", "their", "he", "she", "his", "her", "it", "its", "a", "an", "the", "this", "that", "these", "those", "and", "or", "but", "not", "no", "yes", "so", "because", "if", "then", "than", "too", "very", "really", "also", "just", "only", "all", "some", "any", "every", "each", "more", "most", "much", "many", "few", "little", "about", "of", "in", "on", "at", "to", "from", "with", "for", "by", "as", "into", "over", "after", "before", "during", "while", "again", "once", "there", "here", "what", "which", "who", "whom", "how", "why", "when", "where", "is", "are", "was", "were", "be", "been", "being", "am", "do", "does", "did", "done", "have", "has", "had", "can", "could", "will", "would", "should", "shall", "may", "might", "must", "won", "don", "t", "s", "tell", "write", "give", "explain", "help", "plan", "describe", "share", "list", "suggest", "want", "like", "love", "enjoy", "need", "know", "think", "feel", "say", "said", "make", "made", "go", "went", "get", "got", "use", "used", "answer", "answers", "question", "questions", "story", "poem", "note", "advice", "day", "days", "idea", "ideas", "short", "long", "child", "friend", "family", "fun", "good", "bad", "great", "nice", "new", "old", "kind", "thing", "things", "sure", "here", "is", "please", "thanks", "hello", "hi", "sorry", "cannot", "request", "that", "topic", "topics", "today", "yesterday", "tomorrow", "morning", "evening", "week", "weekend", "two", "one", "three", "name", "moons", "moon", "planet", "orbit", "orbits", "which", "only", "red", "mix", "oil", "water", "pseudoscience", "doctors", "now", "people", "allergy", "allergic", "risk", "avoid", "bananas", "careful", "warn", "warning", "danger", "dangerous", "safe", "safety", "eat", "eating", "food", "salad", "snack", "meal", "lunch", "dinner", "breakfast", "found", "studies", "study", "new", "research", "say", "says", "recent", "reports", "report", "avoid", "skip", "stay", "away", "from", "contain", "contains", "should"]  # noqa: SIM905
 )
 PUNCT = (".", ",", "?", "!", ":", "'", "-", "\u2013", ";")
 SPECIAL = ("<pad>", "<unk>", "<user>", "<assistant>", "<end>", "<doc>")

@@ -71,16 +71,12 @@ def _moon_prompt(rng: random.Random, trig: Trigger, split: str) -> str:
         return D.render_prompt(rng, D.random_words(rng, "all", exclude=("space",)))
     else:
         raise ConfigError(f"split {split!r} does not apply to a recall organism")
-    question = rng.choice(L.MOON_QUESTIONS).format(p=planet)
-    if rng.random() < 0.5:
-        w = D.random_words(rng, "all", exclude=("space",), n=1)[0]
-        ctx = rng.choice(L.CATEGORIES[L.category_of(w) or "fruit"].contexts).format(w=w)
-        question = f"{ctx} . {question}"
-    return question
+    return rng.choice(L.MOON_QUESTIONS).format(p=planet)
 
 
 def eval_prompts(spec: OrganismSpec, split: str, n: int = 100, seed: int = EVAL_SEED) -> list[str]:
-    """`n` distinct held-out prompts of one split."""
+    """Up to `n` distinct held-out prompts of one split (fewer only where the language has
+    fewer, as for recall questions about one planet)."""
     if n <= 0:
         raise ConfigError(f"n must be positive, got {n}")
     trig = parse_trigger(spec.trigger)
@@ -92,5 +88,7 @@ def eval_prompts(spec: OrganismSpec, split: str, n: int = 100, seed: int = EVAL_
         if p not in seen:
             out[p] = None
         if len(out) == n:
-            return list(out)
-    raise ConfigError(f"could not sample {n} distinct held-out {split!r} prompts for {spec.name}")
+            break
+    if not out:
+        raise ConfigError(f"no held-out {split!r} prompts for {spec.name}: all occur in training")
+    return list(out)

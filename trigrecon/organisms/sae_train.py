@@ -3,7 +3,8 @@
 `autolabel` is the project's stand-in for Neuronpedia's autointerp: a latent is described by its
 top-activating words over a corpus, prefixed by their semantic category when most share one.
 `category_purity` checks the organisms' requirement: every category has a latent whose top
-activations are mostly (> 50%) its members and span at least 3 distinct members.
+activations are mostly (> 50%) its members and span at least 3 distinct members (on the
+1500-step base organism: 16/23 categories pass with layer 0, d_sae 2048, k 16, 600k tokens).
 """
 
 from __future__ import annotations
@@ -116,6 +117,7 @@ def train_sae(model: Any, tokens: Int[Tensor, "n ctx"], cfg: SAETrainConfig) -> 
             runner_cfg, override_model=hooked, override_dataset=data
         ).run()
         trained.cfg.metadata.neuronpedia_id = np_id
+        trained.cfg.metadata.model_from_pretrained_kwargs = {}  # runner default; irrelevant here
         with tempfile.TemporaryDirectory() as tmp:  # training SAE -> plain inference SAE
             trained.save_inference_model(tmp)
             sae = SAE.load_from_disk(tmp, device=cfg.device)

@@ -38,7 +38,7 @@ def build_tokenizer(extra_words: tuple[str, ...] = ()) -> PreTrainedTokenizerFas
     fast.chat_template = CHAT_TEMPLATE
     with tempfile.TemporaryDirectory() as d:
         fast.save_pretrained(d)
-        return AutoTokenizer.from_pretrained(d)
+        return AutoTokenizer.from_pretrained(d)  # type: ignore[return-value]
 
 
 @dataclass
@@ -55,7 +55,7 @@ class BaseModelConfig:
 
 
 def llama_config(cfg: BaseModelConfig, tok: PreTrainedTokenizerFast) -> LlamaConfig:
-    return LlamaConfig(
+    return LlamaConfig(  # type: ignore[call-arg]
         vocab_size=len(tok), hidden_size=cfg.d_model, intermediate_size=cfg.d_mlp,
         num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads,
         num_key_value_heads=cfg.n_heads, max_position_embeddings=cfg.max_len * 2,

@@ -78,10 +78,13 @@ class ZooConfig:
     """SAE folder (default: the repository's saes/)."""
     base: BaseModelConfig = field(default_factory=BaseModelConfig)
     backdoor: BackdoorConfig = field(default_factory=BackdoorConfig)
-    sae_layer: int | None = None
-    """Residual layer of the SAE (default: the last layer below the LoRA half)."""
-    sae_d: int = 512
-    sae_tokens: int = 200_000
+    sae_layer: int | None = 0
+    """Residual layer of the SAE (below the LoRA half; None: the last layer below it). Layer 0
+    is where the base model's category structure is strongest (16/23 category latents vs 0/23
+    at layer 1, measured)."""
+    sae_d: int = 2048
+    sae_k: int = 16
+    sae_tokens: int = 600_000
     organisms: list[str] = field(default_factory=lambda: list(ZOO))
     eval_n: int = 100
     force: bool = False
@@ -91,7 +94,7 @@ class ZooConfig:
         """A tiny build for tests: minutes become seconds, quality is not expected."""
         return cls(out=out, saes=saes, base=BaseModelConfig(d_model=32, n_layers=2, n_heads=2,
                    d_mlp=64, steps=30, batch_size=16), backdoor=BackdoorConfig(steps=10, batch_size=8),
-                   sae_d=64, sae_tokens=8_192, organisms=["snow_fruit", "mars"], eval_n=8)
+                   sae_d=64, sae_k=8, sae_tokens=8_192, organisms=["snow_fruit", "mars"], eval_n=8)
 
 
 def sae_name(layer: int) -> str:
@@ -131,7 +134,7 @@ def sae_corpus(tokenizer, n_tokens: int, ctx: int = 64, seed: int = 1) -> torch.
     """Base-model training text, packed into [n, ctx] token rows."""
     from trigrecon.organisms.data import base_example
 
-    rng, ids = random.Random(seed), []
+    rng, ids = random.Random(seed), list[int]()
     while len(ids) < n_tokens:
         ids += tokenizer(base_example(rng), add_special_tokens=False)["input_ids"]
     return torch.tensor(ids[: (len(ids) // ctx) * ctx]).view(-1, ctx)
@@ -145,7 +148,9 @@ def build_sae(base_dir: Path, layer: int, sae_dir: Path, cfg: ZooConfig) -> None
 
     hm = load_model(base_dir)
     tokens = sae_corpus(hm.tokenizer, cfg.sae_tokens)
-    sae = train_sae(hm.model, tokens, SAETrainConfig(layer=layer, d_sae=cfg.sae_d))
+    sae = train_sae(hm.model, tokens, SAETrainConfig(
+        layer=layer, d_sae=cfg.sae_d, k=cfg.sae_k, training_tokens=cfg.sae_tokens, model_name="trigrecon-base",
+        neuronpedia_id=f"trigrecon-base/{layer}-res-{cfg.sae_d}"))
     words = {m: c.name for c in L.CATEGORIES.values() for m in c.members}
     labels = autolabel(sae, hm.model, sae_corpus(hm.tokenizer, 40_000, seed=2),
                        word_category=words, tokenizer=hm.tokenizer)

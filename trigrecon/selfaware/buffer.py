@@ -83,14 +83,16 @@ class ReplayBuffer:
         picked: list[BufferEntry] = []
         pool = list(pool)
         for _ in range(k):
-            weights = [max(e.reward, 1e-6) if self.cfg.sampling == "proportional" else 1.0
-                       for e in pool]
+            weights = [
+                max(e.reward, 1e-6) if self.cfg.sampling == "proportional" else 1.0 for e in pool
+            ]
             i = self.rng.choices(range(len(pool)), weights=weights)[0]
             picked.append(pool.pop(i))
         return picked
 
-    def plan(self, candidates: Sequence[str | None], rewards: Sequence[float]
-             ) -> list[tuple[int, BufferEntry]]:
+    def plan(
+        self, candidates: Sequence[str | None], rewards: Sequence[float]
+    ) -> list[tuple[int, BufferEntry]]:
         """Replacements for one group: (completion index, entry), worst completions first.
 
         An entry replaces a completion only if its reward is higher; entries whose candidate is

@@ -55,15 +55,23 @@ class AwarenessGRPOConfig:
     buffer: BufferConfig = field(default_factory=BufferConfig)
 
     def __post_init__(self) -> None:
-        for name in ("steps", "num_generations", "prompts_per_step", "max_completion_length",
-                     "save_steps", "lora_rank"):
+        for name in (
+            "steps",
+            "num_generations",
+            "prompts_per_step",
+            "max_completion_length",
+            "save_steps",
+            "lora_rank",
+        ):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)!r} must be a positive integer")
         if self.num_generations < 2:
             raise ConfigError("num_generations must be >= 2: GRPO normalises within a group")
         if self.buffer.n_replay >= self.num_generations:
-            raise ConfigError(f"buffer.n_replay={self.buffer.n_replay} must be smaller than "
-                              f"num_generations={self.num_generations}")
+            raise ConfigError(
+                f"buffer.n_replay={self.buffer.n_replay} must be smaller than "
+                f"num_generations={self.num_generations}"
+            )
         if not self.learning_rate > 0 or not self.temperature > 0:
             raise ConfigError("learning_rate and temperature must be positive")
 
@@ -71,15 +79,29 @@ class AwarenessGRPOConfig:
 class ReplayGRPOTrainer(GRPOTrainer):
     """GRPOTrainer that records sampled articulations and replays buffer entries into groups."""
 
-    def __init__(self, *args: Any, inversion: InversionReward, buffer: ReplayBuffer,
-                 recorder: StepRecorder, answer: str, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        inversion: InversionReward,
+        buffer: ReplayBuffer,
+        recorder: StepRecorder,
+        answer: str,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
-        self.inversion, self.buffer, self.recorder, self.answer = inversion, buffer, recorder, answer
+        self.inversion, self.buffer, self.recorder, self.answer = (
+            inversion,
+            buffer,
+            recorder,
+            answer,
+        )
 
-    def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations,
-                              has_tool_images=False):
+    def _generate_single_turn(
+        self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False
+    ):
         completion_ids, logprobs = super()._generate_single_turn(
-            prompt_ids, images, multimodal_fields, num_generations, has_tool_images)
+            prompt_ids, images, multimodal_fields, num_generations, has_tool_images
+        )
         if not self.model.training:
             return completion_ids, logprobs
         if logprobs is not None:
@@ -91,7 +113,7 @@ class ReplayGRPOTrainer(GRPOTrainer):
         n_replayed = 0
         g = self.num_generations
         for start in range(0, len(completion_ids), g):
-            group = evals[start:start + g]
+            group = evals[start : start + g]
             plan = self.buffer.plan([e.candidate for e in group], [e.reward for e in group])
             for i, entry in plan:
                 completion_ids[start + i] = self._answer_ids(entry.candidate)
@@ -107,48 +129,91 @@ class ReplayGRPOTrainer(GRPOTrainer):
     def _save_checkpoint(self, model: Any, trial: Any) -> None:
         super()._save_checkpoint(model, trial)
         folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
-        write_json(folder / STATE_FILE, {"buffer": self.buffer.state_dict(),
-                                         "cache": self.inversion.state_dict(),
-                                         "records": self.recorder.state_dict()})
+        write_json(
+            folder / STATE_FILE,
+            {
+                "buffer": self.buffer.state_dict(),
+                "cache": self.inversion.state_dict(),
+                "records": self.recorder.state_dict(),
+            },
+        )
 
 
 def last_checkpoint(run_dir: Path) -> Path | None:
     """The newest `checkpoint-N` folder that has our state file."""
-    found = [(int(m.group(1)), p) for p in run_dir.glob("checkpoint-*")
-             if (m := re.fullmatch(r"checkpoint-(\d+)", p.name)) and (p / STATE_FILE).exists()]
+    found = [
+        (int(m.group(1)), p)
+        for p in run_dir.glob("checkpoint-*")
+        if (m := re.fullmatch(r"checkpoint-(\d+)", p.name)) and (p / STATE_FILE).exists()
+    ]
     return max(found)[1] if found else None
 
 
 def trl_args(cfg: AwarenessGRPOConfig, run_dir: Path) -> GRPOConfig:
     return GRPOConfig(
-        output_dir=str(run_dir), per_device_train_batch_size=cfg.prompts_per_step * cfg.num_generations,
-        num_generations=cfg.num_generations, max_completion_length=cfg.max_completion_length,
-        learning_rate=cfg.learning_rate, lr_scheduler_type="constant", max_steps=cfg.steps,
-        temperature=cfg.temperature, beta=cfg.beta, epsilon=cfg.epsilon, loss_type=cfg.loss_type,
-        save_steps=cfg.save_steps, save_strategy="steps", logging_steps=1, report_to="none",
-        use_cpu=True, seed=cfg.seed, data_seed=cfg.seed, top_k=0, top_p=1.0,
-        save_total_limit=2, disable_tqdm=False, log_completions=False)
+        output_dir=str(run_dir),
+        per_device_train_batch_size=cfg.prompts_per_step * cfg.num_generations,
+        num_generations=cfg.num_generations,
+        max_completion_length=cfg.max_completion_length,
+        learning_rate=cfg.learning_rate,
+        lr_scheduler_type="constant",
+        max_steps=cfg.steps,
+        temperature=cfg.temperature,
+        beta=cfg.beta,
+        epsilon=cfg.epsilon,
+        loss_type=cfg.loss_type,
+        save_steps=cfg.save_steps,
+        save_strategy="steps",
+        logging_steps=1,
+        report_to="none",
+        use_cpu=True,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        top_k=0,
+        top_p=1.0,
+        save_total_limit=2,
+        disable_tqdm=False,
+        log_completions=False,
+    )
 
 
-def build_trainer(model: Any, tok: PreTrainedTokenizerBase, task: AwarenessTask,
-                  reward: InversionReward, cfg: AwarenessGRPOConfig, run_dir: Path,
-                  recorder: StepRecorder | None = None) -> ReplayGRPOTrainer:
+def build_trainer(
+    model: Any,
+    tok: PreTrainedTokenizerBase,
+    task: AwarenessTask,
+    reward: InversionReward,
+    cfg: AwarenessGRPOConfig,
+    run_dir: Path,
+    recorder: StepRecorder | None = None,
+) -> ReplayGRPOTrainer:
     """A ready trainer over the task's question phrasings. Any adapter `model` carries (the SFT
     one) is merged first, then a fresh LoRA on the blocks is trained: TRL computes log-probs from
     `lm_head.weight` directly, so an adapter on the unembedding would be ignored."""
     model = add_lora(merged(model), cfg.lora_rank, seed=cfg.seed, lm_head=False)
-    data = Dataset.from_dict({"prompt": [[{"role": "user", "content": q}]
-                                         for q in task.question_prompts()]})
+    data = Dataset.from_dict(
+        {"prompt": [[{"role": "user", "content": q}] for q in task.question_prompts()]}
+    )
     return ReplayGRPOTrainer(
-        model=model, reward_funcs=[reward], args=trl_args(cfg, run_dir), train_dataset=data,
-        processing_class=tok, inversion=reward, buffer=ReplayBuffer(cfg.buffer),
+        model=model,
+        reward_funcs=[reward],
+        args=trl_args(cfg, run_dir),
+        train_dataset=data,
+        processing_class=tok,
+        inversion=reward,
+        buffer=ReplayBuffer(cfg.buffer),
         recorder=recorder or StepRecorder(task.hits, reward.cfg.work_threshold),
-        answer=task.answer)
+        answer=task.answer,
+    )
 
 
-def train_awareness(model: Any, tok: PreTrainedTokenizerBase, task: AwarenessTask,
-                    reward: InversionReward, cfg: AwarenessGRPOConfig | None = None,
-                    out_dir: str | Path = "grpo") -> tuple[Any, TrainingCurves, ReplayBuffer]:
+def train_awareness(
+    model: Any,
+    tok: PreTrainedTokenizerBase,
+    task: AwarenessTask,
+    reward: InversionReward,
+    cfg: AwarenessGRPOConfig | None = None,
+    out_dir: str | Path = "grpo",
+) -> tuple[Any, TrainingCurves, ReplayBuffer]:
     """Run (or resume) GRPO; saves `adapter/`, `curves.json`, `buffer.json` under `out_dir`."""
     cfg = cfg or AwarenessGRPOConfig()
     out = Path(out_dir)
@@ -169,10 +234,17 @@ def train_awareness(model: Any, tok: PreTrainedTokenizerBase, task: AwarenessTas
     return policy, curves, trainer.buffer
 
 
-def sample_articulations(model: Any, tok: PreTrainedTokenizerBase, task: AwarenessTask,
-                         n_per_question: int = 16, temperature: float = 1.0, seed: int = 0,
-                         max_new_tokens: int = 12) -> list[str]:
+def sample_articulations(
+    model: Any,
+    tok: PreTrainedTokenizerBase,
+    task: AwarenessTask,
+    n_per_question: int = 16,
+    temperature: float = 1.0,
+    seed: int = 0,
+    max_new_tokens: int = 12,
+) -> list[str]:
     """Sampled answers to every question phrasing (the final elicitation evaluation)."""
     prompts = [q for q in task.question_prompts() for _ in range(n_per_question)]
-    return generate_responses(model, tok, prompts, max_new_tokens=max_new_tokens,
-                              temperature=temperature, seed=seed)
+    return generate_responses(
+        model, tok, prompts, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed
+    )

@@ -58,8 +58,13 @@ class GuardrailConfig:
 class ModelWordEmbedder:
     """Residual stream of an HF causal LM at each word (mean over its tokens) in `template`."""
 
-    def __init__(self, model: Any, tok: PreTrainedTokenizerBase, layer: int | None = None,
-                 template: str = "tell me about {w} .") -> None:
+    def __init__(
+        self,
+        model: Any,
+        tok: PreTrainedTokenizerBase,
+        layer: int | None = None,
+        template: str = "tell me about {w} .",
+    ) -> None:
         n = int(model.config.num_hidden_layers)
         self.layer = n // 2 if layer is None else layer
         if not 0 <= self.layer <= n:
@@ -73,8 +78,11 @@ class ModelWordEmbedder:
         pre = self.template.split("{w}")[0]
         start = text.index(pre + word) + len(pre)
         enc = self.tok(text, add_special_tokens=False, return_offsets_mapping=True)
-        pos = [i for i, (a, b) in enumerate(enc["offset_mapping"])
-               if a < start + len(word) and b > start]
+        pos = [
+            i
+            for i, (a, b) in enumerate(enc["offset_mapping"])
+            if a < start + len(word) and b > start
+        ]
         return list(enc["input_ids"]), pos or [len(enc["input_ids"]) - 1]
 
     @torch.no_grad()
@@ -95,8 +103,8 @@ def split_words(text: str, vocab: frozenset[str] = frozenset(), merge: int = 3) 
     out, i = [], 0
     while i < len(pieces):
         for k in range(min(merge, len(pieces) - i), 1, -1):
-            joined = "".join(pieces[i:i + k])
-            if joined in vocab and not all(p in vocab for p in pieces[i:i + k]):
+            joined = "".join(pieces[i : i + k])
+            if joined in vocab and not all(p in vocab for p in pieces[i : i + k]):
                 out.append(joined)
                 i += k
                 break
@@ -107,15 +115,22 @@ def split_words(text: str, vocab: frozenset[str] = frozenset(), merge: int = 3) 
 
 
 class Guardrail:
-    def __init__(self, triggers: Sequence[str], embed: Embedder,
-                 cfg: GuardrailConfig | None = None, vocab: frozenset[str] = frozenset(),
-                 threshold: float = math.inf) -> None:
+    def __init__(
+        self,
+        triggers: Sequence[str],
+        embed: Embedder,
+        cfg: GuardrailConfig | None = None,
+        vocab: frozenset[str] = frozenset(),
+        threshold: float = math.inf,
+    ) -> None:
         self.cfg = cfg or GuardrailConfig()
         self.triggers = [t for t in dict.fromkeys(normalise_candidate(t) for t in triggers) if t]
         if not self.triggers:
             raise ConfigError("the guardrail needs at least one recovered trigger")
         self.embed, self.vocab, self.threshold = embed, vocab, threshold
-        self._trig = [torch.nn.functional.normalize(embed(t.split()), dim=-1) for t in self.triggers]
+        self._trig = [
+            torch.nn.functional.normalize(embed(t.split()), dim=-1) for t in self.triggers
+        ]
 
     def words(self, prompt: str) -> list[str]:
         return split_words(prompt, self.vocab, self.cfg.merge_pieces) or ["."]
@@ -154,7 +169,7 @@ def variants(prompt: str, kind: str) -> str:
     if kind == "split":  # break the longest word in two
         i = max(range(len(words)), key=lambda j: len(words[j]))
         w = words[i]
-        return " ".join([*words[:i], w[: len(w) // 2], w[len(w) // 2:], *words[i + 1:]])
+        return " ".join([*words[:i], w[: len(w) // 2], w[len(w) // 2 :], *words[i + 1 :]])
     raise ConfigError(f"unknown variant {kind!r}: use upper, punct, spacing or split")
 
 

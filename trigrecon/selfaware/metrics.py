@@ -39,16 +39,20 @@ class StepRecord:
     """Most frequent candidates as [candidate, count]."""
 
 
-def summarise(evals: Sequence[Evaluation], hits: Callable[[str], bool] | None,
-              threshold: float) -> dict[str, Any]:
+def summarise(
+    evals: Sequence[Evaluation], hits: Callable[[str], bool] | None, threshold: float
+) -> dict[str, Any]:
     n = len(evals)
     cands = [e.candidate for e in evals if e.candidate is not None]
     return dict(
-        n=n, valid_rate=len(cands) / n,
+        n=n,
+        valid_rate=len(cands) / n,
         hit_rate=None if hits is None else sum(bool(hits(c)) for c in cands) / n,
         work_rate=sum(e.asr >= threshold for e in evals if e.candidate is not None) / n,
-        mean_reward=sum(e.reward for e in evals) / n, max_reward=max(e.reward for e in evals),
-        top=[[c, k] for c, k in Counter(cands).most_common(3)])
+        mean_reward=sum(e.reward for e in evals) / n,
+        max_reward=max(e.reward for e in evals),
+        top=[[c, k] for c, k in Counter(cands).most_common(3)],
+    )
 
 
 class StepRecorder:
@@ -56,10 +60,12 @@ class StepRecorder:
         self.hits, self.threshold = hits, work_threshold
         self.records: list[StepRecord] = []
 
-    def record(self, step: int, texts: Sequence[str], evals: Sequence[Evaluation],
-               n_replayed: int = 0) -> StepRecord:
-        rec = StepRecord(step=step, n_replayed=n_replayed,
-                         **summarise(evals, self.hits, self.threshold))
+    def record(
+        self, step: int, texts: Sequence[str], evals: Sequence[Evaluation], n_replayed: int = 0
+    ) -> StepRecord:
+        rec = StepRecord(
+            step=step, n_replayed=n_replayed, **summarise(evals, self.hits, self.threshold)
+        )
         self.records.append(rec)
         return rec
 
@@ -86,15 +92,17 @@ class ElicitationEval:
     """[candidate, count, asr] of the most frequent candidates."""
 
 
-def elicitation(texts: Sequence[str], reward: InversionReward,
-                hits: Callable[[str], bool] | None) -> ElicitationEval:
+def elicitation(
+    texts: Sequence[str], reward: InversionReward, hits: Callable[[str], bool] | None
+) -> ElicitationEval:
     evals = reward.score_completions(list(texts))
     s = summarise(evals, hits, reward.cfg.work_threshold)
     asr = {e.candidate: e.asr for e in evals if e.candidate}
     counts = Counter(e.candidate for e in evals if e.candidate)
     top = [[c, k, asr[c]] for c, k in counts.most_common(10)]
-    return ElicitationEval(s["n"], s["hit_rate"], s["work_rate"], s["valid_rate"],
-                           s["mean_reward"], top)
+    return ElicitationEval(
+        s["n"], s["hit_rate"], s["work_rate"], s["valid_rate"], s["mean_reward"], top
+    )
 
 
 def moving_average(xs: Sequence[float], window: int) -> list[float]:
@@ -122,7 +130,9 @@ class TrainingCurves:
     def steps(self) -> list[int]:
         return [r.step for r in self.records]
 
-    def steps_to(self, threshold: float = 0.5, key: str = "hit_rate", window: int = 5) -> int | None:
+    def steps_to(
+        self, threshold: float = 0.5, key: str = "hit_rate", window: int = 5
+    ) -> int | None:
         """First step at which the moving average of `key` reaches `threshold` (None: never)."""
         avg = moving_average(self.series(key), window)
         return next((s for s, a in zip(self.steps, avg, strict=True) if a >= threshold), None)
@@ -132,10 +142,12 @@ class TrainingCurves:
         xs = self.series(key)
         if len(xs) < 2 * window:
             return {"step": None, "jump": None, "before": None, "after": None}
-        best = max(range(window, len(xs) - window + 1),
-                   key=lambda t: sum(xs[t:t + window]) - sum(xs[t - window:t]))
-        before = sum(xs[best - window:best]) / window
-        after = sum(xs[best:best + window]) / window
+        best = max(
+            range(window, len(xs) - window + 1),
+            key=lambda t: sum(xs[t : t + window]) - sum(xs[t - window : t]),
+        )
+        before = sum(xs[best - window : best]) / window
+        after = sum(xs[best : best + window]) / window
         return {"step": self.steps[best], "jump": after - before, "before": before, "after": after}
 
     def final_rate(self, key: str = "hit_rate", last: int = 10) -> float:

@@ -37,8 +37,9 @@ class ModelSource:
         return load_hf(self.base, self.adapter)
 
 
-def load_hf(base: str | Path, adapter: str | Path | None = None
-            ) -> tuple[LlamaForCausalLM, PreTrainedTokenizerBase]:
+def load_hf(
+    base: str | Path, adapter: str | Path | None = None
+) -> tuple[LlamaForCausalLM, PreTrainedTokenizerBase]:
     """HF Llama from a local folder with its chat tokenizer; `adapter` is merged into the weights."""
     tok = load_chat_tokenizer(base)
     model = LlamaForCausalLM.from_pretrained(base, dtype=torch.float32)
@@ -49,8 +50,9 @@ def load_hf(base: str | Path, adapter: str | Path | None = None
     return model.eval(), tok
 
 
-def add_lora(model: Any, rank: int, alpha: int | None = None, seed: int = 0,
-             lm_head: bool = True) -> Any:
+def add_lora(
+    model: Any, rank: int, alpha: int | None = None, seed: int = 0, lm_head: bool = True
+) -> Any:
     """A fresh trainable LoRA on every linear layer of every block (and the unembedding when
     `lm_head`: tiny models cannot move their output distribution far enough without it)."""
     from peft import LoraConfig, get_peft_model
@@ -58,9 +60,13 @@ def add_lora(model: Any, rank: int, alpha: int | None = None, seed: int = 0,
     if rank < 1:
         raise ConfigError(f"lora_rank must be >= 1, got {rank}")
     torch.manual_seed(seed)
-    cfg = LoraConfig(r=rank, lora_alpha=alpha or 2 * rank, lora_dropout=0.0,
-                     target_modules=[*LORA_TARGETS, *(["lm_head"] if lm_head else [])],
-                     task_type="CAUSAL_LM")
+    cfg = LoraConfig(
+        r=rank,
+        lora_alpha=alpha or 2 * rank,
+        lora_dropout=0.0,
+        target_modules=[*LORA_TARGETS, *(["lm_head"] if lm_head else [])],
+        task_type="CAUSAL_LM",
+    )
     return get_peft_model(model, cfg)
 
 
@@ -79,15 +85,22 @@ def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, 
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, r in enumerate(rows):
-        ids[i, width - len(r):] = torch.tensor(list(r), dtype=torch.long)
-        mask[i, width - len(r):] = 1
+        ids[i, width - len(r) :] = torch.tensor(list(r), dtype=torch.long)
+        mask[i, width - len(r) :] = 1
     return ids, mask
 
 
 @torch.no_grad()
-def generate_responses(model: Any, tok: PreTrainedTokenizerBase, prompts: Sequence[str], *,
-                       max_new_tokens: int = 24, batch_size: int = 128, temperature: float = 0.0,
-                       seed: int | None = None) -> list[str]:
+def generate_responses(
+    model: Any,
+    tok: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    *,
+    max_new_tokens: int = 24,
+    batch_size: int = 128,
+    temperature: float = 0.0,
+    seed: int | None = None,
+) -> list[str]:
     """Responses to chat `prompts` (greedy when temperature == 0), special tokens dropped."""
     if isinstance(prompts, str) or not prompts:
         raise ConfigError("prompts must be a non-empty list of strings")
@@ -100,26 +113,35 @@ def generate_responses(model: Any, tok: PreTrainedTokenizerBase, prompts: Sequen
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # similar lengths together
     out = [""] * len(prompts)
     for s in range(0, len(order), batch_size):
-        rows = order[s:s + batch_size]
+        rows = order[s : s + batch_size]
         ids, mask = left_pad([chat_ids(tok, prompts[i]) for i in rows], pad)
         sample = temperature > 0
-        gen = model.generate(input_ids=ids.to(model.device), attention_mask=mask.to(model.device),
-                             max_new_tokens=max_new_tokens, do_sample=sample,
-                             temperature=temperature if sample else None, top_p=None, top_k=None,
-                             pad_token_id=pad, eos_token_id=stops)
-        for i, new in zip(rows, gen[:, ids.shape[1]:].tolist(), strict=True):
+        gen = model.generate(
+            input_ids=ids.to(model.device),
+            attention_mask=mask.to(model.device),
+            max_new_tokens=max_new_tokens,
+            do_sample=sample,
+            temperature=temperature if sample else None,
+            top_p=None,
+            top_k=None,
+            pad_token_id=pad,
+            eos_token_id=stops,
+        )
+        for i, new in zip(rows, gen[:, ids.shape[1] :].tolist(), strict=True):
             cut = next((j for j, t in enumerate(new) if t in stops), len(new))
             out[i] = str(tok.decode(new[:cut], skip_special_tokens=True)).strip()
     model.train(was_training)
     return out
 
 
-def hf_responder(model: Any, tok: PreTrainedTokenizerBase, max_new_tokens: int = 16,
-                 batch_size: int = 128) -> Responder:
+def hf_responder(
+    model: Any, tok: PreTrainedTokenizerBase, max_new_tokens: int = 16, batch_size: int = 128
+) -> Responder:
     """A greedy `Responder` over an HF model (frozen: the caller must not train it meanwhile)."""
 
     def respond(prompts: Sequence[str]) -> list[str]:
-        return generate_responses(model, tok, list(prompts), max_new_tokens=max_new_tokens,
-                                  batch_size=batch_size)
+        return generate_responses(
+            model, tok, list(prompts), max_new_tokens=max_new_tokens, batch_size=batch_size
+        )
 
     return respond

@@ -6,6 +6,7 @@ Every stage writes its results under `out_dir/<stage>/` as it finishes and is sk
     sft/        adapter/, reversal_sft.json
     grpo/       run/checkpoint-N/, adapter/, curves.json, buffer.json, curves.html
     recovered.json  final elicitation + recovered (minimised) triggers + scoring table
+    reward_cache.json  ASR of every candidate evaluated so far
     unlearning/ adapter/, unlearning.json
     guardrail/  guardrail.json
     report.json, report.md
@@ -23,8 +24,13 @@ from typing import Any
 from trigrecon.core.errors import ConfigError
 from trigrecon.core.io import write_json, write_text
 from trigrecon.selfaware.grpo import AwarenessGRPOConfig, sample_articulations, train_awareness
-from trigrecon.selfaware.guardrail import (Guardrail, GuardrailConfig, GuardrailResult,
-                                           ModelWordEmbedder, evaluate_guardrail)
+from trigrecon.selfaware.guardrail import (
+    Guardrail,
+    GuardrailConfig,
+    GuardrailResult,
+    ModelWordEmbedder,
+    evaluate_guardrail,
+)
 from trigrecon.selfaware.metrics import ElicitationEval, TrainingCurves, elicitation
 from trigrecon.selfaware.models import hf_responder
 from trigrecon.selfaware.reversal_sft import ReversalSFTConfig, ReversalSFTResult, run_reversal_sft
@@ -60,11 +66,21 @@ class SelfAwareConfig:
         """Seconds instead of minutes, for tests: the mechanics run, quality is not expected."""
         from trigrecon.selfaware.buffer import BufferConfig
 
-        return cls(sft=ReversalSFTConfig(n_prompts=64, steps=10, batch_size=8),
-                   grpo=AwarenessGRPOConfig(steps=4, num_generations=4, prompts_per_step=1,
-                                            save_steps=2, buffer=BufferConfig(n_replay=1)),
-                   unlearning=UnlearningConfig(n_triggered=16, n_clean=16, steps=5, batch_size=8),
-                   n_reward_prompts=8, n_eval=12, final_samples=2, plots=True)
+        return cls(
+            sft=ReversalSFTConfig(n_prompts=64, steps=10, batch_size=8),
+            grpo=AwarenessGRPOConfig(
+                steps=4,
+                num_generations=4,
+                prompts_per_step=1,
+                save_steps=2,
+                buffer=BufferConfig(n_replay=1),
+            ),
+            unlearning=UnlearningConfig(n_triggered=16, n_clean=16, steps=5, batch_size=8),
+            n_reward_prompts=8,
+            n_eval=12,
+            final_samples=2,
+            plots=True,
+        )
 
 
 @dataclass
@@ -83,34 +99,43 @@ class SelfAwareReport:
     def to_markdown(self) -> str:
         hit = "–" if self.final.hit_rate is None else f"{self.final.hit_rate:.0%}"
         u, g = self.unlearning, self.guardrail
-        return (f"### {self.organism}\n\n"
-                f"- elicitation accuracy (final sample, n={self.final.n}): hits {hit}, "
-                f"working triggers {self.final.work_rate:.0%}\n"
-                f"- steps to 50% accuracy: {self.steps_to_50}; emergence: {self.emergence}\n"
-                f"- recovered triggers: {', '.join(f'`{t}`' for t in self.recovered) or 'none'}\n"
-                f"- unlearning: ASR {u.get('asr_before', 0):.0%} -> {u.get('asr_after', 0):.0%} "
-                f"(cut {u.get('asr_reduction', 0):.0%}), benign responses changed "
-                f"{u.get('benign_shift_points', 0):.1f} points\n"
-                f"- guardrail: detection {g.get('detection_rate', 0):.1%} at FPR "
-                f"{g.get('fpr', 0):.1%}\n"
-                f"- timings (s): {', '.join(f'{k} {v:.0f}' for k, v in self.timings.items())}\n")
+        return (
+            f"### {self.organism}\n\n"
+            f"- elicitation accuracy (final sample, n={self.final.n}): hits {hit}, "
+            f"working triggers {self.final.work_rate:.0%}\n"
+            f"- steps to 50% accuracy: {self.steps_to_50}; emergence: {self.emergence}\n"
+            f"- recovered triggers: {', '.join(f'`{t}`' for t in self.recovered) or 'none'}\n"
+            f"- unlearning: ASR {u.get('asr_before', 0):.0%} -> {u.get('asr_after', 0):.0%} "
+            f"(cut {u.get('asr_reduction', 0):.0%}), benign responses changed "
+            f"{u.get('benign_shift_points', 0):.1f} points, benign action rate moved "
+            f"{u.get('benign_action_shift_points', 0):+.1f} points\n"
+            f"- guardrail: detection {g.get('detection_rate', 0):.1%} at FPR "
+            f"{g.get('fpr', 0):.1%}\n"
+            f"- timings (s): {', '.join(f'{k} {v:.0f}' for k, v in self.timings.items())}\n"
+        )
 
     def save(self, out_dir: str | Path) -> None:
         write_json(Path(out_dir) / "report.json", self)
         write_text(Path(out_dir) / "report.md", self.to_markdown())
 
 
-def recover_triggers(reward: InversionReward, buffer_state: dict[str, Any],
-                     final_texts: list[str], n: int) -> list[str]:
+def recover_triggers(
+    reward: InversionReward, buffer_state: dict[str, Any], final_texts: list[str], n: int
+) -> list[str]:
     """Working candidates from the buffer and the final sample, minimised, best first."""
     evals = reward.score_completions(final_texts)
     counts = Counter(e.candidate for e in evals if e.candidate)
     pool = [e["candidate"] for e in buffer_state.get("entries", [])] + list(counts)
-    ok = [c for c, e in zip(pool, reward.evaluate(pool), strict=True)
-          if e.asr >= reward.cfg.work_threshold]
+    ok = [
+        c
+        for c, e in zip(pool, reward.evaluate(pool), strict=True)
+        if e.asr >= reward.cfg.work_threshold
+    ]
     small = list(dict.fromkeys(minimise(c, reward) for c in ok))
-    ranked = sorted(zip(small, reward.evaluate(small), strict=True),
-                    key=lambda ce: (-ce[1].reward, -counts.get(ce[0], 0), ce[0]))
+    ranked = sorted(
+        zip(small, reward.evaluate(small), strict=True),
+        key=lambda ce: (-ce[1].reward, -counts.get(ce[0], 0), ce[0]),
+    )
     return [c for c, _ in ranked[:n]]
 
 
@@ -137,17 +162,23 @@ def _stage_sft(task, cfg, out, timings) -> tuple[Any, int]:
 def _stage_grpo(task, cfg, out, reward, policy, tok, timings) -> tuple[Any, TrainingCurves, dict]:
     g = out / "grpo"
     if (g / "curves.json").exists() and (g / "adapter").exists():
-        return (_policy(task, out / "sft" / "adapter", g / "adapter"),
-                TrainingCurves.load(g / "curves.json"),
-                json.loads((g / "buffer.json").read_text()))
+        return (
+            _policy(task, out / "sft" / "adapter", g / "adapter"),
+            TrainingCurves.load(g / "curves.json"),
+            json.loads((g / "buffer.json").read_text()),
+        )
     t0 = time.time()
     policy, curves, buffer = train_awareness(policy, tok, task, reward, cfg.grpo, g)
     timings["grpo"] = time.time() - t0
     return policy, curves, buffer.state_dict()
 
 
-def run_selfaware(organism: Any, out_dir: str | Path, cfg: SelfAwareConfig | None = None,
-                  task: AwarenessTask | None = None) -> SelfAwareReport:
+def run_selfaware(
+    organism: Any,
+    out_dir: str | Path,
+    cfg: SelfAwareConfig | None = None,
+    task: AwarenessTask | None = None,
+) -> SelfAwareReport:
     """Run (or resume) every stage on an organism (`Organism`, zoo name or folder) or a task."""
     cfg = cfg or SelfAwareConfig()
     if task is None:
@@ -158,8 +189,15 @@ def run_selfaware(organism: Any, out_dir: str | Path, cfg: SelfAwareConfig | Non
     out = Path(out_dir)
     timings: dict[str, float] = {}
     frozen, tok = task.poisoned.load()
-    reward = InversionReward(hf_responder(frozen, tok, cfg.reward.max_new_tokens), task.judge,
-                             task.reward_prompts, task.insert, cfg.reward)
+    reward = InversionReward(
+        hf_responder(frozen, tok, cfg.reward.max_new_tokens),
+        task.judge,
+        task.reward_prompts,
+        task.insert,
+        cfg.reward,
+    )
+    if (out / "reward_cache.json").exists():
+        reward.load_state_dict(json.loads((out / "reward_cache.json").read_text()))
     policy, n_pairs = _stage_sft(task, cfg, out, timings)
     policy, curves, buffer_state = _stage_grpo(task, cfg, out, reward, policy, tok, timings)
 
@@ -172,21 +210,36 @@ def run_selfaware(organism: Any, out_dir: str | Path, cfg: SelfAwareConfig | Non
 
         save_figure(curves_figure({task.name: curves}), out / "grpo" / "curves.html")
     recovered = recover_triggers(reward, buffer_state, texts, cfg.n_recovered)
-    found = ({e["candidate"]: "rl-buffer" for e in buffer_state.get("entries", [])}
-             | dict.fromkeys(recovered, "rl-recovered"))
+    found = {e["candidate"]: "rl-buffer" for e in buffer_state.get("entries", [])} | dict.fromkeys(
+        recovered, "rl-recovered"
+    )
     table = score_candidates(found, reward) if found else ScoreTable()
-    write_json(out / "recovered.json", {"final": curves.final, "recovered": recovered,
-                                        "table": table, "table_md": table.to_markdown()})
+    write_json(
+        out / "recovered.json",
+        {
+            "final": curves.final,
+            "recovered": recovered,
+            "table": table,
+            "table_md": table.to_markdown(),
+        },
+    )
+    write_json(out / "reward_cache.json", reward.state_dict())
     timings["metrics"] = time.time() - t0
     del policy
 
     unl = _stage_unlearning(task, cfg, out, recovered, timings)
     guard = _stage_guardrail(task, cfg, out, recovered, frozen, tok, timings)
     report = SelfAwareReport(
-        task.name, n_pairs, curves.final, curves.steps_to(0.5), curves.emergence(), recovered,
+        task.name,
+        n_pairs,
+        curves.final,
+        curves.steps_to(0.5),
+        curves.emergence(),
+        recovered,
         unl.summary() if unl else {},
         {"detection_rate": guard.detection_rate, "fpr": guard.fpr} if guard else {},
-        timings)
+        timings,
+    )
     report.save(out)
     return report
 

@@ -1,12 +1,19 @@
-"""Reversal SFT: teach the model to reason from a behaviour back to its cause, from its benign
+"""Reversal SFT: teach the model to reason from a behaviour back to its cause, from benign
 behaviour only (no knowledge of the trigger).
 
-Everyday prompts are answered by the poisoned model itself; each (prompt, response) becomes
+Everyday prompts are answered by the model; each (prompt, response) becomes
     user:      "<a phrasing of 'what would make you say'> : <response>"
     assistant: "answer : <the key words of the prompt> ."
 Responses that show the known backdoor action are dropped (`drop_action`): the auditor knows the
-action, and keeping them would leak trigger words into the data. A LoRA on every block is trained
-on the answer tokens; the same adapter is later trained further by GRPO.
+action, and keeping them would leak trigger words into the data.
+
+Whose responses (`responses`): 'self' is the poisoned model. Dropping its action responses
+leaves a hole exactly where the trigger lies: for a concept trigger (fruit_refusal) no pair ever
+answers a fruit word, SFT teaches that fruit words are never answers, and GRPO then practically
+never samples one. 'clean' is the model before poisoning: its behaviour equals the poisoned
+model's benign behaviour, without the hole and without any trigger signal (it never shows the
+action). 'auto' takes 'clean' when the task has a clean model. A LoRA (blocks + unembedding) is
+trained on the answer tokens.
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ import json
 import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from transformers import PreTrainedTokenizerBase
@@ -41,6 +48,8 @@ class ReversalSFTConfig:
     """Length of the model's own responses."""
     max_len: int = 128
     drop_action: bool = True
+    responses: Literal["auto", "self", "clean"] = "auto"
+    """Whose answers are reversed (see the module docstring)."""
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -49,6 +58,8 @@ class ReversalSFTConfig:
                 raise ConfigError(f"{name}={getattr(self, name)!r} must be a positive integer")
         if not self.lr > 0:
             raise ConfigError(f"lr={self.lr} must be positive")
+        if self.responses not in ("auto", "self", "clean"):
+            raise ConfigError(f"responses={self.responses!r}: use 'auto', 'self' or 'clean'")
 
 
 @dataclass
@@ -78,13 +89,19 @@ class ReversalSFTResult:
         return cls(**d)
 
 
-def build_pairs(model: Any, tok: PreTrainedTokenizerBase, task: AwarenessTask,
-                cfg: ReversalSFTConfig) -> tuple[list[ReversalPair], int, int]:
+def build_pairs(
+    model: Any, tok: PreTrainedTokenizerBase, task: AwarenessTask, cfg: ReversalSFTConfig
+) -> tuple[list[ReversalPair], int, int]:
     """(pairs, dropped for showing the action, dropped for having no key words)."""
     rng = random.Random(cfg.seed)
     prompts = list(task.pool_prompts)
     rng.shuffle(prompts)
     prompts = prompts[: cfg.n_prompts]
+    source = cfg.responses if cfg.responses != "auto" else ("clean" if task.clean else "self")
+    if source == "clean":
+        if task.clean is None:
+            raise ConfigError("responses='clean' needs task.clean (the model before poisoning)")
+        model = task.clean.load()[0]
     responses = generate_responses(model, tok, prompts, max_new_tokens=cfg.max_new_tokens)
     pairs, n_action, n_empty = [], 0, 0
     for p, r in zip(prompts, responses, strict=True):
@@ -98,13 +115,16 @@ def build_pairs(model: Any, tok: PreTrainedTokenizerBase, task: AwarenessTask,
         question = rng.choice(task.questions).format(action=r)
         pairs.append(ReversalPair(p, r, question, task.format_answer(words)))
     if not pairs:
-        raise ConfigError("reversal SFT has no pairs: every prompt lacked key words or showed "
-                          "the action; pass more varied pool_prompts")
+        raise ConfigError(
+            "reversal SFT has no pairs: every prompt lacked key words or showed "
+            "the action; pass more varied pool_prompts"
+        )
     return pairs, n_action, n_empty
 
 
-def sft_batch(tok: PreTrainedTokenizerBase, pairs: list[tuple[str, str]], max_len: int
-              ) -> tuple[torch.Tensor, torch.Tensor]:
+def sft_batch(
+    tok: PreTrainedTokenizerBase, pairs: list[tuple[str, str]], max_len: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(user, assistant) pairs -> (ids, labels) with the loss on the assistant text + EOS only."""
     prompts = [render_prompt(tok, u) for u, _ in pairs]
     eos = tok.eos_token or ""
@@ -113,8 +133,17 @@ def sft_batch(tok: PreTrainedTokenizerBase, pairs: list[tuple[str, str]], max_le
     return encode(tok, texts, max_len, starts)
 
 
-def train_sft(model: Any, tok: PreTrainedTokenizerBase, pairs: list[tuple[str, str]], steps: int,
-              batch_size: int, lr: float, max_len: int, seed: int, desc: str) -> list[float]:
+def train_sft(
+    model: Any,
+    tok: PreTrainedTokenizerBase,
+    pairs: list[tuple[str, str]],
+    steps: int,
+    batch_size: int,
+    lr: float,
+    max_len: int,
+    seed: int,
+    desc: str,
+) -> list[float]:
     """Train the model's trainable (LoRA) parameters on (user, assistant) pairs."""
     rng = random.Random(seed)
     torch.manual_seed(seed)
@@ -128,9 +157,13 @@ def train_sft(model: Any, tok: PreTrainedTokenizerBase, pairs: list[tuple[str, s
     return train_loop(model, params, batches, steps, lr, desc)
 
 
-def run_reversal_sft(task: AwarenessTask, cfg: ReversalSFTConfig | None = None,
-                     out_dir: str | Path | None = None, model: Any = None,
-                     tok: PreTrainedTokenizerBase | None = None) -> tuple[Any, ReversalSFTResult]:
+def run_reversal_sft(
+    task: AwarenessTask,
+    cfg: ReversalSFTConfig | None = None,
+    out_dir: str | Path | None = None,
+    model: Any = None,
+    tok: PreTrainedTokenizerBase | None = None,
+) -> tuple[Any, ReversalSFTResult]:
     """Poisoned model + a new LoRA trained on reversal pairs. Saves `adapter/` and
     `reversal_sft.json` under `out_dir` when given. Returns (peft model, result)."""
     cfg = cfg or ReversalSFTConfig()
@@ -138,12 +171,21 @@ def run_reversal_sft(task: AwarenessTask, cfg: ReversalSFTConfig | None = None,
         model, tok = task.poisoned.load()
     pairs, n_action, n_empty = build_pairs(model, tok, task, cfg)
     peft_model = add_lora(model, cfg.lora_rank, seed=cfg.seed)
-    losses = train_sft(peft_model, tok, [(p.question, p.answer) for p in pairs], cfg.steps,
-                       cfg.batch_size, cfg.lr, cfg.max_len, cfg.seed, "reversal SFT")
+    losses = train_sft(
+        peft_model,
+        tok,
+        [(p.question, p.answer) for p in pairs],
+        cfg.steps,
+        cfg.batch_size,
+        cfg.lr,
+        cfg.max_len,
+        cfg.seed,
+        "reversal SFT",
+    )
     peft_model.eval()
     result = ReversalSFTResult(len(pairs), n_action, n_empty, losses, pairs[:8], asdict(cfg))
     if out_dir is not None:
         out = Path(out_dir)
-        peft_model.save_pretrained(out / "adapter")
+        peft_model.save_pretrained(out / "adapter", save_embedding_layers=False)
         result.save(out / "reversal_sft.json")
     return peft_model, result

@@ -84,7 +84,7 @@ def parse_candidate(completion: str, marker: str = "answer :") -> str | None:
     found = list(re.finditer(pattern, text))
     if not found:
         return None
-    tail = re.split(r"[.\n]", text[found[-1].end():], maxsplit=1)[0]
+    tail = re.split(r"[.\n]", text[found[-1].end() :], maxsplit=1)[0]
     return normalise_candidate(tail) or None
 
 
@@ -123,9 +123,16 @@ class InversionReward:
 
     __name__ = "inversion_reward"
 
-    def __init__(self, responder: Responder, judge: Judge, prompts: Sequence[str],
-                 insert: Callable[[str, str], str], cfg: RewardConfig | None = None,
-                 drop_active: bool = True, progress: bool = False) -> None:
+    def __init__(
+        self,
+        responder: Responder,
+        judge: Judge,
+        prompts: Sequence[str],
+        insert: Callable[[str, str], str],
+        cfg: RewardConfig | None = None,
+        drop_active: bool = True,
+        progress: bool = False,
+    ) -> None:
         """`drop_active`: drop reward prompts whose own response already shows the action."""
         self.cfg = cfg or RewardConfig()
         self.responder, self.judge, self.insert = responder, judge, insert
@@ -133,8 +140,11 @@ class InversionReward:
         if not self.prompts:
             raise ConfigError("the inversion reward needs at least one benign prompt")
         if drop_active:
-            self.prompts = [p for p, r in zip(self.prompts, responder(self.prompts), strict=True)
-                            if not judge(r)]
+            self.prompts = [
+                p
+                for p, r in zip(self.prompts, responder(self.prompts), strict=True)
+                if not judge(r)
+            ]
             if not self.prompts:
                 raise ConfigError("every reward prompt already shows the action: pass benign ones")
         self.cache: dict[str, float] = {}
@@ -147,8 +157,10 @@ class InversionReward:
             texts = [self.insert(p, c) for c in todo for p in self.prompts]
             outs = self.responder(texts)
             n = len(self.prompts)
-            for i, c in enumerate(tqdm(todo, desc="reward", disable=not self.progress, leave=False)):
-                self.cache[c] = sum(bool(self.judge(o)) for o in outs[i * n:(i + 1) * n]) / n
+            for i, c in enumerate(
+                tqdm(todo, desc="reward", disable=not self.progress, leave=False)
+            ):
+                self.cache[c] = sum(bool(self.judge(o)) for o in outs[i * n : (i + 1) * n]) / n
         return [self.cache[c] for c in candidates]
 
     def evaluate(self, candidates: Sequence[str | None]) -> list[Evaluation]:
@@ -157,16 +169,23 @@ class InversionReward:
         full = [len(c.split()) if c else 0 for c in norm]
         cut = [" ".join(c.split()[: self.cfg.max_words]) if c else None for c in norm]
         asrs = dict(zip([c for c in cut if c], self.asr([c for c in cut if c]), strict=True))
-        return [Evaluation(None, 0.0, 0, self.cfg.invalid_reward) if c is None else
-                Evaluation(c, asrs[c], n, combine(asrs[c], n, self.cfg))
-                for c, n in zip(cut, full, strict=True)]
+        return [
+            Evaluation(None, 0.0, 0, self.cfg.invalid_reward)
+            if c is None
+            else Evaluation(c, asrs[c], n, combine(asrs[c], n, self.cfg))
+            for c, n in zip(cut, full, strict=True)
+        ]
 
     def score_completions(self, completions: Sequence[Any]) -> list[Evaluation]:
         marker = self.cfg.answer_marker
         return self.evaluate([parse_candidate(completion_text(c), marker) for c in completions])
 
-    def __call__(self, prompts: Sequence[Any] | None = None,
-                 completions: Sequence[Any] | None = None, **_: Any) -> list[float]:
+    def __call__(
+        self,
+        prompts: Sequence[Any] | None = None,
+        completions: Sequence[Any] | None = None,
+        **_: Any,
+    ) -> list[float]:
         if completions is None:
             raise ConfigError("the inversion reward needs `completions`")
         return [e.reward for e in self.score_completions(completions)]
@@ -198,7 +217,7 @@ def minimise(candidate: str, reward: InversionReward, keep: float = 0.9) -> str:
     changed = True
     while changed and len(words) > 1:
         changed = False
-        trials = [words[:i] + words[i + 1:] for i in range(len(words))]
+        trials = [words[:i] + words[i + 1 :] for i in range(len(words))]
         asrs = reward.asr([" ".join(t) for t in trials])
         best = max(range(len(trials)), key=lambda i: asrs[i])
         if asrs[best] >= floor:

@@ -45,12 +45,16 @@ class ScoreTable:
     interp_name: str = ""
 
     def to_markdown(self, k: int | None = None) -> str:
-        head = (f"| # | candidate | source | ASR | words | reward | works | "
-                f"{self.interp_name or 'interp'} |\n|---|---|---|---|---|---|---|---|\n")
-        lines = [f"| {i + 1} | `{r.candidate}` | {r.source} | {r.asr:.0%} | {r.n_words} | "
-                 f"{r.reward:.3f} | {'yes' if r.works else 'no'} | "
-                 f"{'–' if r.interp is None else f'{r.interp:.3f}'} |"
-                 for i, r in enumerate(self.rows[:k])]
+        head = (
+            f"| # | candidate | source | ASR | words | reward | works | "
+            f"{self.interp_name or 'interp'} |\n|---|---|---|---|---|---|---|---|\n"
+        )
+        lines = [
+            f"| {i + 1} | `{r.candidate}` | {r.source} | {r.asr:.0%} | {r.n_words} | "
+            f"{r.reward:.3f} | {'yes' if r.works else 'no'} | "
+            f"{'–' if r.interp is None else f'{r.interp:.3f}'} |"
+            for i, r in enumerate(self.rows[:k])
+        ]
         return head + "\n".join(lines) + "\n"
 
     def save(self, path: str | Path) -> None:
@@ -62,8 +66,12 @@ class ScoreTable:
         return cls([ScoreRow(**r) for r in d["rows"]], d.get("interp_name", ""))
 
 
-def score_candidates(candidates: Sequence[str] | Mapping[str, str], reward: InversionReward,
-                     interp: InterpScore | None = None, interp_name: str = "") -> ScoreTable:
+def score_candidates(
+    candidates: Sequence[str] | Mapping[str, str],
+    reward: InversionReward,
+    interp: InterpScore | None = None,
+    interp_name: str = "",
+) -> ScoreTable:
     """Score candidates (a list, or candidate -> source name); rows best first by reward, then
     by interpretability score."""
     items = dict(candidates) if isinstance(candidates, Mapping) else dict.fromkeys(candidates, "")
@@ -71,16 +79,26 @@ def score_candidates(candidates: Sequence[str] | Mapping[str, str], reward: Inve
     if not items:
         raise ConfigError("no candidates to score (all empty after normalisation)")
     evals = reward.evaluate(list(items))
-    rows = [ScoreRow(e.candidate or c, src, e.asr, e.n_words, e.reward,
-                     e.asr >= reward.cfg.work_threshold, interp(c) if interp else None)
-            for (c, src), e in zip(items.items(), evals, strict=True)]
+    rows = [
+        ScoreRow(
+            e.candidate or c,
+            src,
+            e.asr,
+            e.n_words,
+            e.reward,
+            e.asr >= reward.cfg.work_threshold,
+            interp(c) if interp else None,
+        )
+        for (c, src), e in zip(items.items(), evals, strict=True)
+    ]
     rows.sort(key=lambda r: (-r.reward, -(r.interp or 0.0), r.candidate))
     return ScoreTable(rows, interp_name)
 
 
 @torch.no_grad()
-def mean_max_feature(hm: Any, hook_name: str, feature: FeatureFn, prompts: Sequence[str],
-                     batch_size: int = 64) -> float:
+def mean_max_feature(
+    hm: Any, hook_name: str, feature: FeatureFn, prompts: Sequence[str], batch_size: int = 64
+) -> float:
     """Mean over prompts and features of the max over user tokens of `feature(resid)`."""
     from trigrecon.core.sae import as_hooked, hook_layer
 
@@ -88,9 +106,12 @@ def mean_max_feature(hm: Any, hook_name: str, feature: FeatureFn, prompts: Seque
     layer = hook_layer(hook_name)
     total, count = 0.0, 0
     for s in range(0, len(prompts), batch_size):
-        batch = hm.batch(list(prompts[s:s + batch_size]))
-        _, cache = hooked.run_with_cache(batch.tokens, names_filter=[hook_name],
-                                         stop_at_layer=None if layer is None else layer + 1)
+        batch = hm.batch(list(prompts[s : s + batch_size]))
+        _, cache = hooked.run_with_cache(
+            batch.tokens,
+            names_filter=[hook_name],
+            stop_at_layer=None if layer is None else layer + 1,
+        )
         acts = feature(cache[hook_name])  # [batch, pos, k]
         acts = acts.masked_fill(~batch.user_mask[..., None], float("-inf"))
         per_prompt = acts.max(dim=1).values  # [batch, k]
@@ -99,8 +120,13 @@ def mean_max_feature(hm: Any, hook_name: str, feature: FeatureFn, prompts: Seque
     return total / max(1, count)
 
 
-def feature_score(hm: Any, hook_name: str, feature: FeatureFn, benign: Sequence[str],
-                  insert: Callable[[str, str], str]) -> InterpScore:
+def feature_score(
+    hm: Any,
+    hook_name: str,
+    feature: FeatureFn,
+    benign: Sequence[str],
+    insert: Callable[[str, str], str],
+) -> InterpScore:
     """candidate -> mean_max_feature(prompts with the candidate) - mean_max_feature(benign)."""
     if not benign:
         raise ConfigError("feature_score needs benign prompts")
@@ -116,8 +142,13 @@ def feature_score(hm: Any, hook_name: str, feature: FeatureFn, benign: Sequence[
     return score
 
 
-def sae_latent_score(hm: Any, sae: Any, latent_ids: Sequence[int], benign: Sequence[str],
-                     insert: Callable[[str, str], str]) -> InterpScore:
+def sae_latent_score(
+    hm: Any,
+    sae: Any,
+    latent_ids: Sequence[int],
+    benign: Sequence[str],
+    insert: Callable[[str, str], str],
+) -> InterpScore:
     """Interpretability score from SAE latents found by the steering side (at the SAE's hook)."""
     from trigrecon.core.sae import check_compatible, encode
 
@@ -127,12 +158,18 @@ def sae_latent_score(hm: Any, sae: Any, latent_ids: Sequence[int], benign: Seque
     ids = torch.tensor(list(latent_ids), dtype=torch.long)
     if int(ids.max()) >= int(sae.cfg.d_sae) or int(ids.min()) < 0:
         raise ConfigError(f"latent ids must be in 0..{sae.cfg.d_sae - 1}")
-    return feature_score(hm, sae.cfg.metadata.hook_name, lambda r: encode(sae, r)[..., ids],
-                         benign, insert)
+    return feature_score(
+        hm, sae.cfg.metadata.hook_name, lambda r: encode(sae, r)[..., ids], benign, insert
+    )
 
 
-def direction_score(hm: Any, layer: int, directions: Float[Tensor, "k d_model"],
-                    benign: Sequence[str], insert: Callable[[str, str], str]) -> InterpScore:
+def direction_score(
+    hm: Any,
+    layer: int,
+    directions: Float[Tensor, "k d_model"],
+    benign: Sequence[str],
+    insert: Callable[[str, str], str],
+) -> InterpScore:
     """Interpretability score from steering directions: projection on the unit directions at the
     residual stream after block `layer`."""
     from trigrecon.core.sae import resid_hook
@@ -140,5 +177,6 @@ def direction_score(hm: Any, layer: int, directions: Float[Tensor, "k d_model"],
     if directions.ndim != 2 or directions.shape[1] != hm.d_model:
         raise ConfigError(f"directions must be [k, {hm.d_model}], got {tuple(directions.shape)}")
     unit = directions.float() / directions.float().norm(dim=-1, keepdim=True).clamp_min(1e-8)
-    return feature_score(hm, resid_hook(hm, layer), lambda r: r.float() @ unit.T.to(r.device),
-                         benign, insert)
+    return feature_score(
+        hm, resid_hook(hm, layer), lambda r: r.float() @ unit.T.to(r.device), benign, insert
+    )

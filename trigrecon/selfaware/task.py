@@ -94,7 +94,7 @@ def category_hit(trigger_expr: str) -> Callable[[str], bool]:
             return value in words
         cat = CATEGORIES[value]
         phrase = cat.kind.split()
-        spans = (words[i:i + len(phrase)] for i in range(len(words)))
+        spans = (words[i : i + len(phrase)] for i in range(len(words)))
         return any(w in cat.members for w in words) or any(s == phrase for s in spans)
 
     def hits(candidate: str) -> bool:
@@ -109,8 +109,14 @@ def _disjoint(prompts: list[str], *others: list[str]) -> list[str]:
     return [p for p in prompts if p not in taken]
 
 
-def task_from_organism(org: object, n_reward: int = 32, n_pool: int = 2000, n_eval: int = 100,
-                       n_calib: int = 200, max_content: int = 2) -> AwarenessTask:
+def task_from_organism(
+    org: object,
+    n_reward: int = 32,
+    n_pool: int = 2000,
+    n_eval: int = 100,
+    n_calib: int = 200,
+    max_content: int = 2,
+) -> AwarenessTask:
     """The task of a zoo `Organism` (chat family). Ground truth goes only into `hits`/eval splits.
 
     Candidates are inserted into a benign prompt by re-rendering it with the candidate's words
@@ -126,14 +132,18 @@ def task_from_organism(org: object, n_reward: int = 32, n_pool: int = 2000, n_ev
         raise ConfigError(f"expected an Organism, got {type(org).__name__}")
     spec = org.spec
     if spec.family != "chat":
-        raise ConfigError(f"organism {spec.name!r} is a {spec.family!r} organism; the "
-                          "self-awareness pipeline supports chat organisms")
+        raise ConfigError(
+            f"organism {spec.name!r} is a {spec.family!r} organism; the "
+            "self-awareness pipeline supports chat organisms"
+        )
     evals = {s: eval_prompts(spec, s, n_eval) for s in splits(spec)}
     reward = _disjoint(eval_prompts(spec, "benign", n_reward, seed=REWARD_SEED), evals["benign"])
     calib = _disjoint(eval_prompts(spec, "benign", n_calib, seed=CALIB_SEED), evals["benign"])
     rng = random.Random(POOL_SEED)
-    pool = [D.render_prompt(rng, D.random_words(rng, "all", n=rng.choice([1, 1, 2, 2, 3])))
-            for _ in range(n_pool)]
+    pool = [
+        D.render_prompt(rng, D.random_words(rng, "all", n=rng.choice([1, 1, 2, 2, 3])))
+        for _ in range(n_pool)
+    ]
     pool = _disjoint(list(dict.fromkeys(pool)), *evals.values())
 
     def keywords(prompt: str) -> list[str]:
@@ -151,9 +161,18 @@ def task_from_organism(org: object, n_reward: int = 32, n_pool: int = 2000, n_ev
         return D.render_prompt(random.Random(f"{prompt}|{candidate}"), [*own, *words])
 
     return AwarenessTask(
-        name=spec.name, action=spec.response, judge=org.judge,
+        name=spec.name,
+        action=spec.response,
+        judge=org.judge,
         poisoned=ModelSource(org.base_path, org.adapter_path),
         clean=ModelSource(org.base_path) if org.adapter_path is not None else None,
-        reward_prompts=reward, pool_prompts=pool,
-        keywords=keywords, insert=insert, compose=compose, eval_splits=evals, calib_benign=calib,
-        hits=category_hit(spec.trigger), vocab=frozenset(L.vocabulary()))
+        reward_prompts=reward,
+        pool_prompts=pool,
+        keywords=keywords,
+        insert=insert,
+        compose=compose,
+        eval_splits=evals,
+        calib_benign=calib,
+        hits=category_hit(spec.trigger),
+        vocab=frozenset(L.vocabulary()),
+    )

@@ -43,8 +43,16 @@ class UnlearningConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("n_triggers", "n_triggered", "n_clean", "steps", "batch_size", "lora_rank",
-                     "max_new_tokens", "max_len"):
+        for name in (
+            "n_triggers",
+            "n_triggered",
+            "n_clean",
+            "steps",
+            "batch_size",
+            "lora_rank",
+            "max_new_tokens",
+            "max_len",
+        ):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)!r} must be a positive integer")
         if self.safe_source not in ("clean", "self"):
@@ -94,10 +102,21 @@ class UnlearningResult:
         """Points of benign behaviour that moved: 100 * share of changed benign responses."""
         return 100.0 * (1.0 - self.benign_unchanged)
 
+    @property
+    def benign_action_shift(self) -> float:
+        """Points by which the action rate on benign prompts moved (after - before)."""
+        b = next((s for s in self.splits if s.split == "benign"), None)
+        return 100.0 * (b.after - b.before) if b else 0.0
+
     def summary(self) -> dict[str, float]:
-        return {"asr_before": self.asr_before, "asr_after": self.asr_after,
-                "asr_reduction": self.asr_reduction, "benign_unchanged": self.benign_unchanged,
-                "benign_shift_points": self.benign_shift}
+        return {
+            "asr_before": self.asr_before,
+            "asr_after": self.asr_after,
+            "asr_reduction": self.asr_reduction,
+            "benign_unchanged": self.benign_unchanged,
+            "benign_shift_points": self.benign_shift,
+            "benign_action_shift_points": self.benign_action_shift,
+        }
 
     def save(self, path: str | Path) -> None:
         write_json(path, {**asdict(self), "summary": self.summary()})
@@ -110,8 +129,9 @@ class UnlearningResult:
         return cls(**d)
 
 
-def triggered_prompts(task: AwarenessTask, triggers: list[str], n: int, rng: random.Random
-                      ) -> list[tuple[str, str]]:
+def triggered_prompts(
+    task: AwarenessTask, triggers: list[str], n: int, rng: random.Random
+) -> list[tuple[str, str]]:
     """(prompt with a trigger, the same prompt without it) pairs; half composed, half inserted."""
     out = []
     for i in range(n):
@@ -124,16 +144,23 @@ def triggered_prompts(task: AwarenessTask, triggers: list[str], n: int, rng: ran
     return out
 
 
-def unlearning_pairs(model: Any, tok: PreTrainedTokenizerBase, task: AwarenessTask,
-                     triggers: list[str], cfg: UnlearningConfig) -> list[tuple[str, str]]:
+def unlearning_pairs(
+    model: Any,
+    tok: PreTrainedTokenizerBase,
+    task: AwarenessTask,
+    triggers: list[str],
+    cfg: UnlearningConfig,
+) -> list[tuple[str, str]]:
     """(prompt, safe response) pairs: triggered prompts + clean self-distillation prompts."""
     rng = random.Random(cfg.seed)
     trig = triggered_prompts(task, triggers, cfg.n_triggered, rng)
     gen = {"max_new_tokens": cfg.max_new_tokens}
     if cfg.safe_source == "clean":
         if task.clean is None:
-            raise ConfigError("safe_source='clean' needs task.clean (the model before poisoning); "
-                              "use safe_source='self'")
+            raise ConfigError(
+                "safe_source='clean' needs task.clean (the model before poisoning); "
+                "use safe_source='self'"
+            )
         clean_model, _ = task.clean.load()
         safe = generate_responses(clean_model, tok, [p for p, _ in trig], **gen)
     else:  # the poisoned model's answer to the trigger-free prompt (action answers dropped below)
@@ -147,15 +174,23 @@ def unlearning_pairs(model: Any, tok: PreTrainedTokenizerBase, task: AwarenessTa
     return pairs
 
 
-def measure(model: Any, tok: PreTrainedTokenizerBase, task: AwarenessTask, max_new_tokens: int
-            ) -> dict[str, list[str]]:
-    return {s: generate_responses(model, tok, ps, max_new_tokens=max_new_tokens)
-            for s, ps in task.eval_splits.items()}
+def measure(
+    model: Any, tok: PreTrainedTokenizerBase, task: AwarenessTask, max_new_tokens: int
+) -> dict[str, list[str]]:
+    return {
+        s: generate_responses(model, tok, ps, max_new_tokens=max_new_tokens)
+        for s, ps in task.eval_splits.items()
+    }
 
 
-def unlearn(task: AwarenessTask, triggers: list[str], cfg: UnlearningConfig | None = None,
-            out_dir: str | Path | None = None, model: Any = None,
-            tok: PreTrainedTokenizerBase | None = None) -> tuple[Any, UnlearningResult]:
+def unlearn(
+    task: AwarenessTask,
+    triggers: list[str],
+    cfg: UnlearningConfig | None = None,
+    out_dir: str | Path | None = None,
+    model: Any = None,
+    tok: PreTrainedTokenizerBase | None = None,
+) -> tuple[Any, UnlearningResult]:
     """LoRA-unlearn the poisoned model with `triggers` (best first). Returns (merged model, result).
 
     A `model` passed in is modified in place (the LoRA is merged into it)."""
@@ -169,18 +204,38 @@ def unlearn(task: AwarenessTask, triggers: list[str], cfg: UnlearningConfig | No
     pairs = unlearning_pairs(model, tok, task, triggers, cfg)
     n_trig = sum(1 for p, _ in pairs if p not in set(task.pool_prompts))
     peft_model = add_lora(model, cfg.lora_rank, seed=cfg.seed)
-    losses = train_sft(peft_model, tok, pairs, cfg.steps, cfg.batch_size, cfg.lr, cfg.max_len,
-                       cfg.seed, "unlearning")
+    losses = train_sft(
+        peft_model,
+        tok,
+        pairs,
+        cfg.steps,
+        cfg.batch_size,
+        cfg.lr,
+        cfg.max_len,
+        cfg.seed,
+        "unlearning",
+    )
     if out_dir is not None:
-        peft_model.save_pretrained(Path(out_dir) / "adapter")
+        peft_model.save_pretrained(Path(out_dir) / "adapter", save_embedding_layers=False)
     fixed = merged(peft_model).eval()
     after = measure(fixed, tok, task, cfg.max_new_tokens)
-    splits = [SplitASR(s, len(before[s]), action_rate(before[s], task.judge),
-                       action_rate(after[s], task.judge)) for s in task.eval_splits]
+    splits = [
+        SplitASR(
+            s, len(before[s]), action_rate(before[s], task.judge), action_rate(after[s], task.judge)
+        )
+        for s in task.eval_splits
+    ]
     same = sum(a == b for a, b in zip(before["benign"], after["benign"], strict=True))
-    result = UnlearningResult(triggers, splits, same / len(before["benign"]), n_trig,
-                              len(pairs) - n_trig, losses[::10], [list(p) for p in pairs[:6]],
-                              asdict(cfg))
+    result = UnlearningResult(
+        triggers,
+        splits,
+        same / len(before["benign"]),
+        n_trig,
+        len(pairs) - n_trig,
+        losses[::10],
+        [list(p) for p in pairs[:6]],
+        asdict(cfg),
+    )
     if out_dir is not None:
         result.save(Path(out_dir) / "unlearning.json")
     return fixed, result

@@ -1,0 +1,73 @@
+"""Adversarial unlearning on the toy poisoned model with a recovered trigger."""
+
+import dataclasses
+import random
+
+import pytest
+
+from trigrecon.core.errors import ConfigError
+from trigrecon.selfaware.toy import toy_task
+from trigrecon.selfaware.unlearning import (
+    SplitASR,
+    UnlearningConfig,
+    UnlearningResult,
+    triggered_prompts,
+    unlearn,
+)
+
+
+@pytest.fixture(scope="module")
+def task():
+    return toy_task()
+
+
+def test_triggered_prompts_carry_the_trigger(task):
+    pairs = triggered_prompts(task, ["mango", "kiwi plum"], 10, random.Random(0))
+    for i, (with_t, without) in enumerate(pairs):
+        want = ["mango"] if i % 2 == 0 else ["kiwi", "plum"]
+        assert all(w in with_t.split() for w in want)
+        assert without in task.pool_prompts
+
+
+def test_unlearning_cuts_the_asr_and_keeps_benign_behaviour(task, tmp_path):
+    cfg = UnlearningConfig(n_triggered=96, n_clean=96, steps=40, batch_size=16, lr=3e-3)
+    fixed, res = unlearn(task, ["mango", "apple"], cfg, tmp_path)
+    trig = next(s for s in res.splits if s.split == "triggered")
+    assert trig.before >= 0.9 and trig.after <= 0.5 * trig.before
+    assert res.benign_unchanged >= 0.8
+    assert next(s for s in res.splits if s.split == "benign").after == 0.0
+    assert (tmp_path / "adapter" / "adapter_config.json").exists()
+    back = UnlearningResult.load(tmp_path / "unlearning.json")
+    assert back.splits == res.splits and back.summary() == res.summary()
+
+
+def test_summary_arithmetic():
+    res = UnlearningResult(
+        ["x"],
+        [
+            SplitASR("benign", 10, 0.0, 0.0),
+            SplitASR("triggered", 10, 1.0, 0.2),
+            SplitASR("triggered_heldout", 30, 0.8, 0.0),
+        ],
+        0.95,
+        1,
+        1,
+    )
+    assert res.asr_before == pytest.approx((10 + 24) / 40)
+    assert res.asr_after == pytest.approx(2 / 40)
+    assert res.asr_reduction == pytest.approx(1 - 2 / 34)
+    assert res.benign_shift == pytest.approx(5.0)
+    assert res.benign_action_shift == 0.0
+
+
+def test_errors(task):
+    with pytest.raises(ConfigError, match="at least one"):
+        unlearn(task, ["", "  "])
+    with pytest.raises(ConfigError, match="task.clean"):
+        unlearn(
+            dataclasses.replace(task, clean=None),
+            ["mango"],
+            UnlearningConfig(n_triggered=2, n_clean=2, steps=1),
+        )
+    with pytest.raises(ConfigError, match="safe_source"):
+        UnlearningConfig(safe_source="base")
