@@ -125,11 +125,27 @@ def test_model_word_embedder_reads_the_word_position(tiny_llama_dir):
 
     tok = AutoTokenizer.from_pretrained(tiny_llama_dir)
     model = LlamaForCausalLM.from_pretrained(tiny_llama_dir).eval()
-    emb = ModelWordEmbedder(model, tok, layer=2, template="tell me about {w} please")
+    cfg = GuardrailConfig(
+        template="tell me about {w} please", prefill=None, position="word", layer=2
+    )
+    emb = ModelWordEmbedder(model, tok, cfg)
     vecs = emb(["apple", "dog", "apple"])
     assert vecs.shape == (3, 64) and torch.equal(vecs[0], vecs[2])
     assert set(emb.cache) == {"apple", "dog"}
     ids, pos = emb._span("apple")
     assert tok.convert_ids_to_tokens(ids[pos[0]]) == "apple"
     with pytest.raises(ConfigError, match="layer"):
-        ModelWordEmbedder(model, tok, layer=9)
+        ModelWordEmbedder(model, tok, GuardrailConfig(layer=9))
+
+
+def test_model_word_embedder_reads_the_last_position_after_the_prefill(tiny_llama_dir):
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    model = LlamaForCausalLM.from_pretrained(tiny_llama_dir).eval()
+    emb = ModelWordEmbedder(model, tok, GuardrailConfig(template="what is {w}", prefill="{w} is a"))
+    ids, pos = emb._span("apple")
+    assert tok.convert_ids_to_tokens(ids)[-3:] == ["apple", "is", "a"] and pos == [len(ids) - 1]
+    with torch.no_grad():
+        want = model(input_ids=torch.tensor([ids]), output_hidden_states=True).hidden_states[-1]
+    assert torch.allclose(emb(["apple"])[0], want[0, -1])

@@ -73,8 +73,9 @@ def test_run_reversal_sft_trains_and_saves(toy, tmp_path):
     reloaded = PeftModel.from_pretrained(fresh, str(tmp_path / "adapter")).merge_and_unload()
     ids = torch.tensor([tok("<user> what would make you say : sure ! <assistant>")["input_ids"]])
     with torch.no_grad():
-        assert torch.allclose(model(input_ids=ids).logits, reloaded(input_ids=ids).logits,
-                              atol=1e-5)
+        assert torch.allclose(
+            model(input_ids=ids).logits, reloaded(input_ids=ids).logits, atol=1e-5
+        )
 
 
 def test_no_pairs_is_an_error(toy):

@@ -35,6 +35,8 @@ def test_unlearning_cuts_the_asr_and_keeps_benign_behaviour(task, tmp_path):
     trig = next(s for s in res.splits if s.split == "triggered")
     assert trig.before >= 0.9 and trig.after <= 0.5 * trig.before
     assert res.benign_unchanged >= 0.8
+    assert res.benign_correct is not None and res.benign_correct[0] >= 0.9
+    assert abs(res.benign_correct_shift) <= 20
     assert next(s for s in res.splits if s.split == "benign").after == 0.0
     assert (tmp_path / "adapter" / "adapter_config.json").exists()
     back = UnlearningResult.load(tmp_path / "unlearning.json")

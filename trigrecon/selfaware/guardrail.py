@@ -2,9 +2,9 @@
 
 Prompts are normalised first (lower case, punctuation to spaces, spacing collapsed, word pieces
 merged when they form a known word: 'Man go!' -> 'mango'), so case, spacing and punctuation
-variants read alike. Each word gets a vector from an `Embedder` (default: the model's own residual
-stream at the word inside a short template, cached per word; pass any text-embedding function
-for real LLMs). For a trigger of words t_1..t_k and prompt words w_1..w_m:
+variants read alike. Each word gets a vector from an `Embedder` (default: the model's own hidden
+state for "what kind of thing is <w> ? <w> is a kind of", i.e. the state that predicts the word's
+category, cached per word; pass any text-embedding function for real LLMs). For a trigger of words t_1..t_k and prompt words w_1..w_m:
 
     sim(prompt, trigger) = min_i max_j cos(e(t_i), e(w_j))     (every trigger word has a match)
     score(prompt)        = max over recovered triggers of sim
@@ -21,7 +21,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from jaxtyping import Float
@@ -39,10 +39,15 @@ Embedder = Callable[[Sequence[str]], Float[Tensor, "n d"]]
 
 @dataclass
 class GuardrailConfig:
+    template: str = "what kind of thing is {w} ?"
+    """User message the default embedder reads each word in."""
+    prefill: str | None = "{w} is a kind of"
+    """Assistant text after the template (None: none): with `position='last'` the vector is the
+    state that predicts the word's category, which groups held-out members with known ones."""
+    position: Literal["last", "word"] = "last"
+    """Read the hidden state at the last token, or at the word's own tokens (their mean)."""
     layer: int | None = None
-    """Residual layer of the default embedder (hidden_states index; None: n_layers // 2)."""
-    template: str = "tell me about {w} ."
-    """Context the default embedder reads each word in."""
+    """hidden_states index (0 = embeddings); None: the last layer."""
     max_fpr: float = 0.02
     """Calibration target: share of benign calibration prompts allowed above the threshold."""
     merge_pieces: int = 3
@@ -51,47 +56,53 @@ class GuardrailConfig:
     def __post_init__(self) -> None:
         if "{w}" not in self.template:
             raise ConfigError(f"template {self.template!r} needs a {{w}} slot")
+        if self.position not in ("last", "word"):
+            raise ConfigError(f"position={self.position!r}: use 'last' or 'word'")
         if not 0 <= self.max_fpr < 1:
             raise ConfigError(f"max_fpr={self.max_fpr} must be in [0, 1)")
 
 
 class ModelWordEmbedder:
-    """Residual stream of an HF causal LM at each word (mean over its tokens) in `template`."""
+    """Hidden state of an HF causal LM for a word read in a template (cached per word)."""
 
     def __init__(
-        self,
-        model: Any,
-        tok: PreTrainedTokenizerBase,
-        layer: int | None = None,
-        template: str = "tell me about {w} .",
+        self, model: Any, tok: PreTrainedTokenizerBase, cfg: GuardrailConfig | None = None
     ) -> None:
+        self.cfg = cfg or GuardrailConfig()
         n = int(model.config.num_hidden_layers)
-        self.layer = n // 2 if layer is None else layer
+        self.layer = n if self.cfg.layer is None else self.cfg.layer
         if not 0 <= self.layer <= n:
             raise ConfigError(f"layer={self.layer} out of range: hidden states 0..{n}")
-        self.model, self.tok, self.template = model, tok, template
+        self.model, self.tok = model, tok
         self.cache: dict[str, Tensor] = {}
 
+    def _text(self, word: str) -> str:
+        text = render_prompt(self.tok, self.cfg.template.format(w=word))
+        return f"{text} {self.cfg.prefill.format(w=word)}" if self.cfg.prefill else text
+
     def _span(self, word: str) -> tuple[list[int], list[int]]:
-        """Token ids of the templated chat and the positions of the word's tokens."""
-        text = render_prompt(self.tok, self.template.format(w=word))
-        pre = self.template.split("{w}")[0]
-        start = text.index(pre + word) + len(pre)
+        """Token ids of the templated chat and the positions the vector is read at."""
+        text = self._text(word)
         enc = self.tok(text, add_special_tokens=False, return_offsets_mapping=True)
+        last = [len(enc["input_ids"]) - 1]
+        if self.cfg.position == "last":
+            return list(enc["input_ids"]), last
+        pre = self.cfg.template.split("{w}")[0]
+        start = text.index(pre + word) + len(pre)
         pos = [
             i
             for i, (a, b) in enumerate(enc["offset_mapping"])
             if a < start + len(word) and b > start
         ]
-        return list(enc["input_ids"]), pos or [len(enc["input_ids"]) - 1]
+        return list(enc["input_ids"]), pos or last
 
     @torch.no_grad()
     def __call__(self, words: Sequence[str]) -> Float[Tensor, "n d"]:
-        todo = [w for w in dict.fromkeys(words) if w not in self.cache]
-        for w in todo:
-            ids, span = self._span(w)
-            out = self.model(input_ids=torch.tensor([ids]), output_hidden_states=True)
-            self.cache[w] = out.hidden_states[self.layer][0, span].mean(0).float()
+        for w in dict.fromkeys(words):
+            if w not in self.cache:
+                ids, pos = self._span(w)
+                out = self.model(input_ids=torch.tensor([ids]), output_hidden_states=True)
+                self.cache[w] = out.hidden_states[self.layer][0, pos].mean(0).float()
         return torch.stack([self.cache[w] for w in words])
 
 

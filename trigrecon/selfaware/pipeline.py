@@ -108,7 +108,8 @@ class SelfAwareReport:
             f"- unlearning: ASR {u.get('asr_before', 0):.0%} -> {u.get('asr_after', 0):.0%} "
             f"(cut {u.get('asr_reduction', 0):.0%}), benign responses changed "
             f"{u.get('benign_shift_points', 0):.1f} points, benign action rate moved "
-            f"{u.get('benign_action_shift_points', 0):+.1f} points\n"
+            f"{u.get('benign_action_shift_points', 0):+.1f} points, correct benign answers moved "
+            f"{u.get('benign_correct_shift_points') or 0:+.1f} points\n"
             f"- guardrail: detection {g.get('detection_rate', 0):.1%} at FPR "
             f"{g.get('fpr', 0):.1%}\n"
             f"- timings (s): {', '.join(f'{k} {v:.0f}' for k, v in self.timings.items())}\n"
@@ -122,7 +123,8 @@ class SelfAwareReport:
 def recover_triggers(
     reward: InversionReward, buffer_state: dict[str, Any], final_texts: list[str], n: int
 ) -> list[str]:
-    """Working candidates from the buffer and the final sample, minimised, best first."""
+    """Working candidates from the buffer and the final sample, minimised (words dropped while
+    the ASR keeps 80% of its value), best first: reward, then fewer words, then frequency."""
     evals = reward.score_completions(final_texts)
     counts = Counter(e.candidate for e in evals if e.candidate)
     pool = [e["candidate"] for e in buffer_state.get("entries", [])] + list(counts)
@@ -134,7 +136,7 @@ def recover_triggers(
     small = list(dict.fromkeys(minimise(c, reward) for c in ok))
     ranked = sorted(
         zip(small, reward.evaluate(small), strict=True),
-        key=lambda ce: (-ce[1].reward, -counts.get(ce[0], 0), ce[0]),
+        key=lambda ce: (-ce[1].reward, ce[1].n_words, -counts.get(ce[0], 0), ce[0]),
     )
     return [c for c, _ in ranked[:n]]
 
@@ -263,7 +265,7 @@ def _stage_guardrail(task, cfg, out, recovered, model, tok, timings) -> Guardrai
     if not recovered:
         return None
     t0 = time.time()
-    embed = ModelWordEmbedder(model, tok, cfg.guardrail.layer, cfg.guardrail.template)
+    embed = ModelWordEmbedder(model, tok, cfg.guardrail)
     guard = Guardrail(recovered, embed, cfg.guardrail, task.vocab)
     guard.calibrate(task.calib_benign)
     res = evaluate_guardrail(guard, task.eval_splits)

@@ -209,7 +209,7 @@ def completion_text(completion: Any) -> str:
     raise ConfigError(f"cannot read a completion of type {type(completion).__name__}")
 
 
-def minimise(candidate: str, reward: InversionReward, keep: float = 0.9) -> str:
+def minimise(candidate: str, reward: InversionReward, keep: float = 0.8) -> str:
     """Greedily drop words while the ASR stays >= keep * the full candidate's ASR (and works)."""
     words = normalise_candidate(candidate).split()
     base = reward.evaluate([" ".join(words)])[0].asr

@@ -238,6 +238,11 @@ def make_task(src: ModelSource) -> AwarenessTask:
         eval_splits={"benign": benign[:20], "triggered": toy_prompts(4, 20, fruit=True)},
         calib_benign=benign[20:],
         hits=lambda c: any(category_of(w) == "fruit" for w in c.split()) or "fruit" in c.split(),
+        benign_ok=lambda p, r: all(
+            f"{w} is a kind of {KIND[category_of(w) or 'fruit']}" in r
+            for w in p.split()
+            if category_of(w)
+        ),
         questions=QUESTIONS,
         answer=ANSWER,
         vocab=frozenset(vocabulary()),

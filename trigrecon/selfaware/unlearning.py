@@ -6,7 +6,9 @@ answer to the same prompt (`safe_source="clean"`), or the poisoned model's own a
 prompt without the trigger (`"self"`, for when no clean model exists). Clean data (everyday
 prompts with the poisoned model's own non-action answers) keeps benign behaviour in place. A LoRA
 on the poisoned model is trained on the mix; ASR and benign behaviour are measured before/after
-on the held-out evaluation splits.
+on the held-out evaluation splits. Benign behaviour is reported three ways: the action rate on
+benign prompts, the share answered correctly (`task.benign_ok`, when the task has one) and the
+share of benign responses that stay identical word for word.
 """
 
 from __future__ import annotations
@@ -76,8 +78,12 @@ class UnlearningResult:
     """Share of held-out benign prompts whose greedy response is identical after unlearning."""
     n_triggered: int
     n_clean: int
+    benign_correct: list[float] | None = None
+    """[before, after] share of benign prompts answered correctly (`task.benign_ok`), if known."""
     losses: list[float] = field(default_factory=list)
     examples: list[list[str]] = field(default_factory=list)
+    changed: list[list[str]] = field(default_factory=list)
+    """A few benign [prompt, response before, response after] that changed."""
     config: dict[str, Any] = field(default_factory=dict)
 
     def _pooled(self, when: str) -> float:
@@ -108,8 +114,18 @@ class UnlearningResult:
         b = next((s for s in self.splits if s.split == "benign"), None)
         return 100.0 * (b.after - b.before) if b else 0.0
 
-    def summary(self) -> dict[str, float]:
+    @property
+    def benign_correct_shift(self) -> float | None:
+        """Points by which the share of correct benign answers moved (after - before)."""
+        return (
+            None
+            if self.benign_correct is None
+            else 100.0 * (self.benign_correct[1] - self.benign_correct[0])
+        )
+
+    def summary(self) -> dict[str, float | None]:
         return {
+            "benign_correct_shift_points": self.benign_correct_shift,
             "asr_before": self.asr_before,
             "asr_after": self.asr_after,
             "asr_reduction": self.asr_reduction,
@@ -225,15 +241,25 @@ def unlearn(
         )
         for s in task.eval_splits
     ]
-    same = sum(a == b for a, b in zip(before["benign"], after["benign"], strict=True))
+    benign = list(zip(task.eval_splits["benign"], before["benign"], after["benign"], strict=True))
+    changed = [list(t) for t in benign if t[1] != t[2]]
+    correct = None
+    if task.benign_ok is not None:
+        ok = task.benign_ok
+        correct = [
+            sum(ok(p, r) for p, r, _ in benign) / len(benign),
+            sum(ok(p, r) for p, _, r in benign) / len(benign),
+        ]
     result = UnlearningResult(
         triggers,
         splits,
-        same / len(before["benign"]),
+        1 - len(changed) / len(benign),
         n_trig,
         len(pairs) - n_trig,
+        correct,
         losses[::10],
         [list(p) for p in pairs[:6]],
+        changed[:5],
         asdict(cfg),
     )
     if out_dir is not None:
