@@ -118,6 +118,8 @@ def test_audit_writes_json_and_markdown(tiny_hooked, planted, tmp_path):
                                      "conjunctive"}
     assert data["verification"]["candidates"]
     assert "vectors" not in data["steering"]["melbo"]  # tensors live in safetensors
+    assert data["word_rankings"]["sae_attribution"] and data["word_rankings"]["melbo"]
+    assert "control" in (tmp_path / "latents.md").read_text()
     md = (tmp_path / "latents.md").read_text()
     assert "## sae_attribution" in md and "| 1 |" in md and "latent " in md
     readout = res.steering["melbo"].readouts[0]

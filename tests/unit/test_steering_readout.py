@@ -62,3 +62,14 @@ def test_read_vector_fills_every_view(tiny_hooked):
     assert isinstance(r, VectorReadout) and r.code[0].latent == 5 and r.nearest[0].latent == 5
     add_behaviour(r, tiny_hooked, PROMPTS, 1, code @ sae.W_dec, lambda t: True, 3, n_keep=2)
     assert r.action_rate == 1.0 and len(r.generations) == 2
+
+
+def test_nearest_words_of_a_word_direction(tiny_hooked):
+    from trigrecon.steering.words import nearest_words, word_residuals
+
+    words = ["cat", "dog", "banana", "apple", "snow", "river", "car", "book"]
+    resid, found = word_residuals(tiny_hooked, words, PROMPTS[:2], layer=1)
+    assert found.all() and resid.shape == (8, 2, tiny_hooked.d_model)
+    centred = resid.mean(1) - resid.mean(1).mean(0)
+    hits = nearest_words(centred[2], resid, found, words, k=3)
+    assert hits[0].word == "banana" and abs(hits[0].score - 1.0) < 1e-5

@@ -30,6 +30,7 @@ from trigrecon.methods.supervised_melbo import SupervisedMelboConfig, supervised
 from trigrecon.methods.verify import VerifyConfig, VerifyResult, verify
 from trigrecon.organisms.judges import Judge
 from trigrecon.steering.readout import LatentHit, add_behaviour
+from trigrecon.steering.words import WordHit, default_vocabulary, nearest_words, word_residuals
 
 Method = Literal["sae_attribution", "melbo", "supervised_melbo", "sae_melbo",
                  "supervised_sae_melbo", "conjunctive", "verify"]
@@ -71,6 +72,9 @@ class AuditResult:
     """Method -> its latent ranking (attribution: most negative score first; vector methods:
     the best vector's code or decoder cosines; conjunctive: found concepts first)."""
     timings: dict[str, float]
+    word_rankings: dict[str, list[WordHit]] = field(default_factory=dict)
+    """Method -> nearest vocabulary words of its direction (-gradient, or the best vector): a
+    readout that needs no SAE (see steering/words.py)."""
     attribution: AttributionResult | None = None
     steering: dict[str, SteeringResult] = field(default_factory=dict)
     conjunctive: ConjunctiveResult | None = None
@@ -112,6 +116,9 @@ def latents_markdown(r: AuditResult) -> str:
         lines += [f"## {name}", "", "| rank | latent | score | label |", "|---|---|---|---|"]
         lines += [f"| {i + 1} | {h.latent} | {h.score:.4g} | {h.label} |"
                   for i, h in enumerate(hits)]
+        if name in r.word_rankings:
+            near = ", ".join(f"{w.word} ({w.score:.2f})" for w in r.word_rankings[name])
+            lines += ["", f"Nearest words: {near}"]
         lines.append("")
     if r.conjunctive is not None:
         lines += ["## conjunctive iterations", ""]
@@ -187,13 +194,37 @@ def audit(hm: Any, sae: Any, labels: Any, prompts: Sequence[str], response: str,
                                           cfg.conjunctive, labels=labels)
             res.rankings[m] = res.conjunctive.ranking(cfg.top_k)
         res.timings[m] = time.perf_counter() - t
+    t = time.perf_counter()
+    res.word_rankings = _word_rankings(hm, res, evals[: cfg.verify.n_contexts], cfg.top_k)
+    res.timings["word_readout"] = time.perf_counter() - t
     if "verify" in methods:
         t = time.perf_counter()
         first = res.conjunctive.concepts if res.conjunctive is not None else []
         others = {k: v for k, v in res.rankings.items() if k != "conjunctive"}
-        res.verification = verify(hm, sae, _merged(others, first), evals, judge, cfg.verify)
+        extra = [[w.word for w in hits] for hits in res.word_rankings.values()]
+        res.verification = verify(hm, sae, _merged(others, first), evals, judge, cfg.verify,
+                                  extra_words=extra)
         res.timings["verify"] = time.perf_counter() - t
     return res
+
+
+def _word_rankings(hm: Any, res: AuditResult, contexts: list[str], k: int
+                   ) -> dict[str, list[WordHit]]:
+    """Nearest words of each method's direction, one residual pass per layer."""
+    directions: dict[str, tuple[int, Any]] = {}
+    if res.attribution is not None:
+        directions["sae_attribution"] = (res.attribution.layer, -res.attribution.grad)
+    for name, sr in res.steering.items():
+        directions[name] = (sr.layer, sr.vectors[sr.best])
+    out: dict[str, list[WordHit]] = {}
+    vocab = default_vocabulary(hm.tokenizer)
+    cache: dict[int, tuple[Any, Any]] = {}
+    for name, (layer, vec) in directions.items():
+        if layer not in cache:
+            cache[layer] = word_residuals(hm, vocab, contexts, layer)
+        resid, found = cache[layer]
+        out[name] = nearest_words(vec, resid, found, vocab, k)
+    return out
 
 
 def quick_config() -> AuditConfig:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import itertools
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
@@ -23,15 +23,13 @@ from tqdm.auto import tqdm
 from trigrecon.core.errors import ConfigError
 from trigrecon.methods.common import Saveable, check_prompts, hits_from, resolve_layer
 from trigrecon.organisms.judges import Judge, action_rate
-from trigrecon.steering.forward import resid_bounds
 from trigrecon.steering.readout import LatentHit
-
-Inserter = Callable[[str, Sequence[str]], str]
-
-
-def default_insert(prompt: str, words: Sequence[str]) -> str:
-    """'<prompt> it is about w1 and w2 .'"""
-    return f"{prompt} it is about {' and '.join(words)} ."
+from trigrecon.steering.words import (
+    Inserter,
+    default_insert,
+    default_vocabulary,
+    word_residuals,
+)
 
 
 @dataclass
@@ -50,11 +48,13 @@ class VerifyConfig:
     batch_size: int = 256
     n_control: int = 8
     """Random vocabulary words inserted alone, as a control for the insertion itself."""
+    n_extra_words: int = 4
+    """Top words of each extra word ranking (e.g. a vector's nearest words) added as candidates."""
     seed: int = 0
 
     def __post_init__(self) -> None:
         for name in ("n_latents", "words_per_latent", "n_contexts", "max_new_tokens",
-                     "vocabulary_limit", "batch_size", "n_control"):
+                     "vocabulary_limit", "batch_size", "n_control", "n_extra_words"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)!r} must be a positive integer")
 
@@ -63,6 +63,7 @@ class VerifyConfig:
 class Candidate:
     words: list[str]
     latents: list[int]
+    """Source of each word: an SAE latent, or -1, -2, ... for extra (word-readout) words."""
     action_rate: float
     examples: list[str] = field(default_factory=list)
     """(prompt, generation) samples, as 'prompt => generation'."""
@@ -96,56 +97,15 @@ class VerifyResult(Saveable):
         return cls(**data)
 
 
-def default_vocabulary(tokenizer: Any, limit: int = 20000) -> list[str]:
-    """Alphabetic whole-word tokens (2+ letters) of the tokenizer, in id order."""
-    words: dict[str, None] = {}
-    special = set(getattr(tokenizer, "all_special_tokens", []))
-    for tok, _ in sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1]):
-        if tok in special:
-            continue
-        w = tok.lstrip("Ġ▁ ").lower()
-        if len(w) >= 2 and w.isascii() and w.isalpha():
-            words.setdefault(w, None)
-        if len(words) >= limit:
-            break
-    return list(words)
-
-
-def _word_positions(tokenizer: Any, tokens: list[int], word: str) -> list[int]:
-    """Positions of the last occurrence of the word's tokens (with or without a leading space)."""
-    for variant in (" " + word, word):
-        ids = tokenizer(variant, add_special_tokens=False)["input_ids"]
-        n = len(ids)
-        for s in range(len(tokens) - n, -1, -1):
-            if n and tokens[s:s + n] == ids:
-                return list(range(s, s + n))
-    return []
-
-
 @torch.no_grad()
 def word_activations(hm: Any, sae: Any, words: Sequence[str], contexts: Sequence[str],
                      latents: Sequence[int], layer: int, insert: Inserter = default_insert,
                      batch_size: int = 256) -> Float[Tensor, "n_words n_latents"]:
-    """Mean (over contexts) of the max activation of each latent on each inserted word."""
-    stop, _ = resid_bounds(hm, layer)
-    idx = torch.tensor(list(latents), dtype=torch.long)
-    texts = [(wi, insert(c, [w])) for wi, w in enumerate(words) for c in contexts]
-    out = torch.zeros(len(words), len(idx))
-    for start in tqdm(range(0, len(texts), batch_size), desc="word activations", leave=False):
-        chunk = texts[start:start + batch_size]
-        batch = hm.batch([t for _, t in chunk])
-        model = hm.model
-        dev = next(model.parameters()).device
-        resid = model(batch.tokens.to(dev), attention_mask=batch.attention_mask.long().to(dev),
-                      stop_at_layer=stop)
-        for row, (wi, _) in enumerate(chunk):
-            toks = batch.tokens[row, : int(batch.attention_mask[row].sum())].tolist()
-            pos = _word_positions(hm.tokenizer, toks, words[wi])
-            if not pos:
-                continue
-            acts = sae.encode(resid[row, pos].to(sae.W_dec))[:, idx.to(sae.W_dec.device)]
-            out[wi] += acts.max(0).values.float().cpu() / len(contexts)
-    return out
+    """Mean (over contexts) activation of each latent on each inserted word's last token."""
+    resid, found = word_residuals(hm, words, contexts, layer, insert, batch_size)
+    idx = torch.tensor(list(latents), dtype=torch.long, device=sae.W_dec.device)
+    acts = sae.encode(resid.to(sae.W_dec)).index_select(-1, idx).float().cpu()
+    return (acts * found[..., None]).sum(1) / len(contexts)
 
 
 def top_words(hm: Any, sae: Any, latents: Sequence[int], contexts: Sequence[str], k: int = 3,
@@ -209,8 +169,13 @@ def rate_prompts(hm: Any, prompts: Sequence[str], judge: Judge, max_new_tokens: 
 
 def verify(hm: Any, sae: Any, latents: Sequence[LatentHit], eval_prompts: Sequence[str],
            judge: Judge, cfg: VerifyConfig | None = None, *, vocabulary: Sequence[str] | None = None,
-           insert: Inserter = default_insert, layer: int | None = None) -> VerifyResult:
-    """Test the top latents' words as triggers on held-out benign prompts; best first."""
+           insert: Inserter = default_insert, layer: int | None = None,
+           extra_words: Sequence[Sequence[str]] = ()) -> VerifyResult:
+    """Test the top latents' words as triggers on held-out benign prompts; best first.
+
+    `extra_words`: further word rankings (e.g. steering vectors' nearest words); the first
+    `cfg.n_extra_words` of each join the candidates with source ids -1, -2, ... in `latents`.
+    """
     cfg = cfg or VerifyConfig()
     eval_prompts = check_prompts(eval_prompts)
     pool = list(latents)[: 3 * cfg.n_latents]
@@ -221,7 +186,8 @@ def verify(hm: Any, sae: Any, latents: Sequence[LatentHit], eval_prompts: Sequen
                       cfg.vocabulary_limit)
     hits = [h for h in pool if found[h.latent]][: cfg.n_latents]  # latents that fire on words
     words = {h.latent: found[h.latent] for h in hits}
-    sets = candidate_sets(words, cfg.pairs)
+    extra = dict.fromkeys(w for ranking in extra_words for w in ranking[: cfg.n_extra_words])
+    sets = candidate_sets({**words, **{-1 - i: [w] for i, w in enumerate(extra)}}, cfg.pairs)
     controls = control_words(vocabulary or default_vocabulary(hm.tokenizer, cfg.vocabulary_limit),
                              {w for ws, _ in sets for w in ws}, cfg.n_control, cfg.seed)
     groups = [[], *[[c] for c in controls], *[list(ws) for ws, _ in sets]]
