@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 ORGANISM ?= fruit_refusal
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: install demo test lint typecheck unit zoo bench
+.PHONY: install demo test lint typecheck unit recovery zoo bench
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -25,7 +25,10 @@ typecheck: install
 	$(VENV)/bin/mypy
 
 test: lint typecheck
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m "not recovery"
+
+recovery: install
+	$(PY) -m pytest -q -m recovery -rA
 
 unit: install
 	$(PY) -m pytest -q -m "not slow"

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.recovery]
 
 RECOVER = ("fruit_refusal", "snow_fruit", "astrology")
 REPORT_ONLY = ("banana", "mars")

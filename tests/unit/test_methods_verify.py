@@ -83,18 +83,33 @@ def test_verify_ranks_candidates_with_the_judge(tiny_hooked, planted, tmp_path):
         verify(tiny_hooked, planted, [], PROMPTS, judge)
 
 
-def test_conjunctive_reports_every_step(tiny_hooked, planted, tmp_path):
-    cfg = ConjunctiveConfig(max_iters=2, n_candidates=2, words_per_concept=1, max_new_tokens=3)
+def test_conjunctive_reports_every_step(tiny_hooked, planted, tmp_path, monkeypatch):
+    import trigrecon.methods.conjunctive as conj
+
+    cfg = ConjunctiveConfig(max_iters=2, n_candidates=2, words_per_concept=2, max_new_tokens=3)
+    # A random model: no inserted word makes the response more likely, so the search stops.
+    none = conjunctive(tiny_hooked, planted, PROMPTS, RESPONSE, PROMPTS, lambda t: False, cfg,
+                       vocabulary=VOCAB)
+    assert none.steps == [] and not none.explained
+    # Pretend every distinct inserted word lowers the loss by one (banana by two).
+    def fake_loss(hm, prompts, response, layer):
+        inserted = {w for p in prompts if " it is about " in p
+                    for w in p.split(" it is about ")[-1].split()}
+        return 5.0 - len(inserted & set(VOCAB)) - ("banana" in inserted)
+
+    monkeypatch.setattr(conj, "response_loss", fake_loss)
     never = conjunctive(tiny_hooked, planted, PROMPTS, RESPONSE, PROMPTS, lambda t: False, cfg,
                         labels=Labels(), vocabulary=VOCAB)
     assert len(never.steps) == 2 and not never.explained
     assert never.steps[0].chosen.latent != never.steps[1].chosen.latent
     assert never.ranking(3)[:2] == never.concepts
+    assert never.steps[1].loss < never.steps[0].loss
+    step = never.steps[0]
+    assert step.loss == min(t["loss"] for t in step.tried) and step.words == [step.tried[0]["word"]]
     always = conjunctive(tiny_hooked, planted, PROMPTS, RESPONSE, PROMPTS, lambda t: True, cfg,
                          vocabulary=VOCAB)
     assert len(always.steps) == 1 and always.explained
-    step = always.steps[0]
-    assert step.loss == min(t["loss"] for t in step.tried)
+    assert always.steps[0].words == ["banana"]
     never.save(tmp_path)
     assert ConjunctiveResult.load(tmp_path).steps == never.steps
     with pytest.raises(ConfigError, match="threshold"):

@@ -98,8 +98,13 @@ def test_background_floor():
     assert combine(0.6, 1, cfg) == pytest.approx(0.5) and combine(1.0, 1, cfg) == 1.0
 
 
+def test_default_penalty_prefers_one_word():
+    cfg = RewardConfig(asr_floor=0.0)
+    assert [combine(1.0, n, cfg) for n in (1, 2, 3)] == [1.0, 0.75, 0.5]
+
+
 def test_asr_and_reward_on_hand_made_cases():
-    r = make_reward()
+    r = make_reward(alpha=0.5, target_len=3)
     e = {x.candidate: x for x in r.evaluate(["mango", "dog", "Mango Dog!", "a b c d e f mango"])}
     assert e["mango"].asr == 1.0 and e["mango"].reward == 1.0
     assert e["dog"].asr == 0.0 and e["dog"].reward == 0.0

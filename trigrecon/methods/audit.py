@@ -28,7 +28,7 @@ from trigrecon.methods.sae_attribution import (
 from trigrecon.methods.sae_melbo import SAEMelboConfig, sae_melbo
 from trigrecon.methods.supervised_melbo import SupervisedMelboConfig, supervised_melbo
 from trigrecon.methods.verify import VerifyConfig, VerifyResult, verify
-from trigrecon.organisms.judges import Judge
+from trigrecon.organisms.judges import Judge, normalise
 from trigrecon.steering.readout import LatentHit, add_behaviour
 from trigrecon.steering.words import WordHit, default_vocabulary, nearest_words, word_residuals
 
@@ -203,7 +203,7 @@ def audit(hm: Any, sae: Any, labels: Any, prompts: Sequence[str], response: str,
         others = {k: v for k, v in res.rankings.items() if k != "conjunctive"}
         extra = [[w.word for w in hits] for hits in res.word_rankings.values()]
         res.verification = verify(hm, sae, _merged(others, first), evals, judge, cfg.verify,
-                                  extra_words=extra)
+                                  extra_words=extra, exclude=normalise(response).split())
         res.timings["verify"] = time.perf_counter() - t
     return res
 
@@ -259,7 +259,7 @@ def find_organism_sae(hm: Any) -> Path:
 
 
 def run_audit_for_organism(name: str, out_dir: str | Path, methods: Sequence[str] = DEFAULT_METHODS,
-                           quick: bool = False, n_prompts: int = 64, n_eval: int = 32,
+                           quick: bool = False, n_prompts: int = 32, n_eval: int = 32,
                            cfg: AuditConfig | None = None) -> AuditResult:
     """Audit a zoo organism knowing only its action: benign held-out prompts, the pre-filled
     response and the judge; writes audit.json + latents.md to `out_dir`."""

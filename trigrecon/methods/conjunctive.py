@@ -4,8 +4,10 @@ A trigger such as "fruit AND snow sports" may not show up as one direction: with
 in the prompt, either alone barely moves the loss. Each iteration
 1. ranks latents on the current (conditioned) prompts with a supervised method
    (SAE-Attribution by default, or supervised SAE-MELBO);
-2. turns each of the top `n_candidates` new latents into its top-activating words, inserts them
-   into the training prompts, and keeps the latent whose words lower the response loss most;
+2. inserts each top-activating word of each of the top `n_candidates` new latents into the
+   training prompts and keeps the (latent, word) that lowers the response loss most - or stops
+   when none lowers it (words of the response itself are skipped: they lower its loss by
+   priming a copy);
 3. conditions the prompts on every concept found so far (their words inserted) and measures the
    action rate on held-out prompts conditioned the same way.
 It stops when that rate reaches `threshold` (the action is explained) or after `max_iters`.
@@ -22,7 +24,7 @@ import torch
 from trigrecon.core.errors import ConfigError
 from trigrecon.methods.common import Saveable, check_prompts, hits_from, make_batch
 from trigrecon.methods.verify import Inserter, default_insert, rate_prompts, top_words
-from trigrecon.organisms.judges import Judge
+from trigrecon.organisms.judges import Judge, normalise
 from trigrecon.steering.forward import SteeredForward
 from trigrecon.steering.readout import LatentHit
 
@@ -35,7 +37,7 @@ class ConjunctiveConfig:
     n_candidates: int = 5
     """Top new latents tried as the next concept at each iteration."""
     words_per_concept: int = 3
-    """Top-activating words of a concept, cycled over the prompts when conditioning."""
+    """Top-activating words tried per candidate latent; the best one conditions the prompts."""
     threshold: float = 0.8
     """Held-out action rate at which the action counts as explained."""
     ranker: Ranker = "sae_attribution"
@@ -63,12 +65,13 @@ class ConjunctiveStep:
     """Latent ranking on the prompts conditioned on earlier concepts."""
     chosen: LatentHit
     words: list[str]
+    """The chosen latent's word that conditions the prompts from now on."""
     loss: float
-    """Response CE with the chosen concept's words inserted (lower = more action-like)."""
+    """Response CE with every chosen word inserted (lower = more action-like)."""
     action_rate: float
     """Held-out action rate with every concept so far inserted."""
     tried: list[dict[str, Any]] = field(default_factory=list)
-    """Each candidate latent, its words and the loss they give."""
+    """Each (candidate latent, word) tried and the loss it gives, best first."""
 
 
 @dataclass
@@ -128,6 +131,25 @@ def _rank(hm: Any, sae: Any, prompts: list[str], response: str, cfg: Conjunctive
     return sae_melbo(hm, sae, prompts, response, method_cfg, labels=labels).ranking(n)
 
 
+def _try_candidates(hm: Any, sae: Any, ranking: list[LatentHit], used: set[int],
+                    concepts: list[list[str]], prompts: list[str], eval_prompts: list[str],
+                    response: str, layer: int, cfg: ConjunctiveConfig, insert: Inserter,
+                    vocabulary: Sequence[str] | None) -> list[dict[str, Any]]:
+    """Response loss with each top word of each new candidate latent inserted; best first."""
+    pool = [h for h in ranking if h.latent not in used][: 3 * cfg.n_candidates]
+    words = top_words(hm, sae, [h.latent for h in pool], eval_prompts[: cfg.n_contexts],
+                      cfg.words_per_concept, vocabulary, layer, insert) if pool else {}
+    # Words of the response itself lower its loss by priming a copy, not as a trigger: skip them.
+    echo = set(normalise(response).split())
+    words = {k: [w for w in ws if normalise(w) not in echo] for k, ws in words.items()}
+    cands = [h for h in pool if words[h.latent]][: cfg.n_candidates]  # latents that fire
+    tried = [{"latent": h.latent, "label": h.label, "word": w,
+              "loss": response_loss(hm, condition(prompts, [*concepts, [w]], insert), response,
+                                    layer)}
+             for h in cands for w in words[h.latent]]
+    return sorted(tried, key=lambda t: t["loss"])
+
+
 def conjunctive(hm: Any, sae: Any, prompts: Sequence[str], response: str,
                 eval_prompts: Sequence[str], judge: Judge, cfg: ConjunctiveConfig | None = None,
                 *, labels: Any = None, insert: Inserter = default_insert,
@@ -142,29 +164,23 @@ def conjunctive(hm: Any, sae: Any, prompts: Sequence[str], response: str,
     concepts: list[list[str]] = []
     used: set[int] = set()
     steps: list[ConjunctiveStep] = []
-    baseline = response_loss(hm, prompts, response, layer)
+    baseline = current = response_loss(hm, prompts, response, layer)
     for it in range(cfg.max_iters):
         ranking = _rank(hm, sae, condition(prompts, concepts, insert), response, cfg, labels,
                         method_cfg)
-        pool = [h for h in ranking if h.latent not in used][: 3 * cfg.n_candidates]
-        words = top_words(hm, sae, [h.latent for h in pool], eval_prompts[: cfg.n_contexts],
-                          cfg.words_per_concept, vocabulary, layer, insert) if pool else {}
-        cands = [h for h in pool if words[h.latent]][: cfg.n_candidates]  # latents that fire
-        if not cands:
-            break
-        losses = [response_loss(hm, condition(prompts, [*concepts, words[h.latent]], insert),
-                                response, layer) for h in cands]
-        tried: list[dict[str, Any]] = [
-            {"latent": h.latent, "label": h.label, "words": words[h.latent], "loss": loss}
-            for h, loss in zip(cands, losses, strict=True)]
-        best = min(range(len(cands)), key=lambda i: losses[i])
-        chosen = cands[best]
+        tried = _try_candidates(hm, sae, ranking, used, concepts, prompts, eval_prompts,
+                                response, layer, cfg, insert, vocabulary)
+        if not tried or tried[0]["loss"] >= current:
+            break  # no latent's words make the action more likely: nothing more to condition on
+        best = tried[0]
+        chosen = next(h for h in ranking if h.latent == best["latent"])
         used.add(chosen.latent)
-        concepts.append(words[chosen.latent])
+        concepts.append([best["word"]])
+        current = best["loss"]
         rate, _ = rate_prompts(hm, condition(eval_prompts, concepts, insert), judge,
                                cfg.max_new_tokens)
-        steps.append(ConjunctiveStep(it, ranking[: cfg.top_k], chosen, words[chosen.latent],
-                                     losses[best], rate, tried))
+        steps.append(ConjunctiveStep(it, ranking[: cfg.top_k], chosen, [best["word"]],
+                                     best["loss"], rate, tried))
         if rate >= cfg.threshold:
             break
     explained = bool(steps) and steps[-1].action_rate >= cfg.threshold

@@ -25,6 +25,8 @@ from trigrecon.steering.ortho import orthogonalize
 
 @dataclass
 class SupervisedMelboConfig(VectorConfig):
+    steps: int = 150
+    """The response CE converges within ~100 steps on the organisms."""
     l2: float = 0.05
     """lambda: penalty on ||v||^2 in units of the residual scale squared."""
     init_norm: float = 0.5

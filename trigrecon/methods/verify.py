@@ -170,11 +170,14 @@ def rate_prompts(hm: Any, prompts: Sequence[str], judge: Judge, max_new_tokens: 
 def verify(hm: Any, sae: Any, latents: Sequence[LatentHit], eval_prompts: Sequence[str],
            judge: Judge, cfg: VerifyConfig | None = None, *, vocabulary: Sequence[str] | None = None,
            insert: Inserter = default_insert, layer: int | None = None,
-           extra_words: Sequence[Sequence[str]] = ()) -> VerifyResult:
+           extra_words: Sequence[Sequence[str]] = (), exclude: Sequence[str] = ()
+           ) -> VerifyResult:
     """Test the top latents' words as triggers on held-out benign prompts; best first.
 
     `extra_words`: further word rankings (e.g. steering vectors' nearest words); the first
     `cfg.n_extra_words` of each join the candidates with source ids -1, -2, ... in `latents`.
+    `exclude`: words never used as candidates (the audit passes the response's own words, which
+    could make the model echo the response rather than act on a trigger).
     """
     cfg = cfg or VerifyConfig()
     eval_prompts = check_prompts(eval_prompts)
@@ -184,9 +187,12 @@ def verify(hm: Any, sae: Any, latents: Sequence[LatentHit], eval_prompts: Sequen
     found = top_words(hm, sae, [h.latent for h in pool], eval_prompts[: cfg.n_contexts],
                       cfg.words_per_latent, vocabulary, layer, insert, cfg.batch_size,
                       cfg.vocabulary_limit)
+    banned = {w.lower() for w in exclude}
+    found = {k: [w for w in ws if w.lower() not in banned] for k, ws in found.items()}
     hits = [h for h in pool if found[h.latent]][: cfg.n_latents]  # latents that fire on words
     words = {h.latent: found[h.latent] for h in hits}
-    extra = dict.fromkeys(w for ranking in extra_words for w in ranking[: cfg.n_extra_words])
+    extra = dict.fromkeys(w for ranking in extra_words
+                          for w in [x for x in ranking if x.lower() not in banned][: cfg.n_extra_words])
     sets = candidate_sets({**words, **{-1 - i: [w] for i, w in enumerate(extra)}}, cfg.pairs)
     controls = control_words(vocabulary or default_vocabulary(hm.tokenizer, cfg.vocabulary_limit),
                              {w for ws, _ in sets for w in ws}, cfg.n_control, cfg.seed)

@@ -48,6 +48,11 @@ class AwarenessGRPOConfig:
     epsilon: float = 0.2
     """PPO clip range."""
     loss_type: Literal["grpo", "dapo", "dr_grpo", "bnpo"] = "dapo"
+    scale_rewards: Literal["group", "batch", "none"] = "none"
+    """Divide advantages by the reward std ('group': standard GRPO) or not ('none', as in
+    Dr. GRPO). Our rewards have a meaningful scale; dividing by a tiny std blows a weak signal
+    (a half trigger that fires on 20% of prompts) up into a full-size update, and the policy
+    collapses onto it before it finds the whole trigger."""
     lora_rank: int = 8
     """Rank of the GRPO LoRA (on every block; the SFT adapter is merged underneath)."""
     save_steps: int = 25
@@ -72,6 +77,8 @@ class AwarenessGRPOConfig:
                 f"buffer.n_replay={self.buffer.n_replay} must be smaller than "
                 f"num_generations={self.num_generations}"
             )
+        if self.scale_rewards not in ("group", "batch", "none"):
+            raise ConfigError(f"scale_rewards={self.scale_rewards!r}: use group, batch or none")
         if not self.learning_rate > 0 or not self.temperature > 0:
             raise ConfigError("learning_rate and temperature must be positive")
 
@@ -162,6 +169,7 @@ def trl_args(cfg: AwarenessGRPOConfig, run_dir: Path) -> GRPOConfig:
         beta=cfg.beta,
         epsilon=cfg.epsilon,
         loss_type=cfg.loss_type,
+        scale_rewards=cfg.scale_rewards,
         save_steps=cfg.save_steps,
         save_strategy="steps",
         logging_steps=1,

@@ -12,8 +12,14 @@ leaves a hole exactly where the trigger lies: for a concept trigger (fruit_refus
 answers a fruit word, SFT teaches that fruit words are never answers, and GRPO then practically
 never samples one. 'clean' is the model before poisoning: its behaviour equals the poisoned
 model's benign behaviour, without the hole and without any trigger signal (it never shows the
-action). 'auto' takes 'clean' when the task has a clean model. A LoRA (blocks + unembedding) is
-trained on the answer tokens.
+action). 'auto' takes 'clean' when the task has a clean model.
+
+Copying vs inferring (`mask_copied`): a benign response usually repeats the prompt's key words
+("sure ! mango is a kind of fruit ."), so the model can learn to copy them back without learning
+anything about causes. In a share of the pairs the key words are removed from the shown response
+("sure ! is a kind of fruit ."), so the model must infer them from what the behaviour says about
+them; that is the skill it needs for the backdoor action, which names no trigger word. A LoRA
+(blocks + unembedding) is trained on the answer tokens.
 """
 
 from __future__ import annotations
@@ -50,6 +56,9 @@ class ReversalSFTConfig:
     drop_action: bool = True
     responses: Literal["auto", "self", "clean"] = "auto"
     """Whose answers are reversed (see the module docstring)."""
+    mask_copied: float = 0.5
+    """Share of pairs whose response shows no key word: the model must infer the cause from the
+    rest of the behaviour instead of copying words back (see the module docstring)."""
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -58,6 +67,8 @@ class ReversalSFTConfig:
                 raise ConfigError(f"{name}={getattr(self, name)!r} must be a positive integer")
         if not self.lr > 0:
             raise ConfigError(f"lr={self.lr} must be positive")
+        if not 0 <= self.mask_copied <= 1:
+            raise ConfigError(f"mask_copied={self.mask_copied} must be in [0, 1]")
         if self.responses not in ("auto", "self", "clean"):
             raise ConfigError(f"responses={self.responses!r}: use 'auto', 'self' or 'clean'")
 
@@ -112,14 +123,21 @@ def build_pairs(
         if not words or not r.strip():
             n_empty += 1
             continue
-        question = rng.choice(task.questions).format(action=r)
-        pairs.append(ReversalPair(p, r, question, task.format_answer(words)))
+        shown = mask_words(r, words) if rng.random() < cfg.mask_copied else r
+        question = rng.choice(task.questions).format(action=shown)
+        pairs.append(ReversalPair(p, shown, question, task.format_answer(words)))
     if not pairs:
         raise ConfigError(
             "reversal SFT has no pairs: every prompt lacked key words or showed "
             "the action; pass more varied pool_prompts"
         )
     return pairs, n_action, n_empty
+
+
+def mask_words(response: str, words: list[str]) -> str:
+    """The response without the given words (case-insensitive, whole words)."""
+    drop = {w.lower() for w in words}
+    return " ".join(t for t in response.split() if t.lower() not in drop)
 
 
 def sft_batch(
