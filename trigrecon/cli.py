@@ -37,11 +37,14 @@ def zoo_build(
     only: Annotated[list[str] | None, typer.Option(help="Build only these organisms.")] = None,
     out: Annotated[Path | None, typer.Option(help="Zoo folder (default: the package's zoo).")] = None,
     steps: Annotated[int | None, typer.Option(help="Base-model training steps.")] = None,
+    jobs: Annotated[int | None, typer.Option(help="Worker processes for the organisms.")] = None,
 ) -> None:
     """Train the base model, its SAE and every organism, then evaluate them."""
     from trigrecon.organisms.zoo import ZooConfig, build_zoo
 
     cfg = ZooConfig(force=force)
+    if jobs:
+        cfg.jobs = jobs
     if out:
         cfg.out = out
     if only:

@@ -46,6 +46,9 @@ def test_pipeline_end_to_end_then_resume(target, tmp_path):
         assert (tmp_path / "unlearning" / "unlearning.json").exists()
         assert (tmp_path / "guardrail" / "guardrail.json").exists()
         assert 0.0 <= report.guardrail["fpr"] <= 1.0
+        assert set(report.guardrail) == {"detection_rate", "fpr", "fpr_benign", "fpr_worst"}
+        guard = json.loads((tmp_path / "guardrail" / "guardrail.json").read_text())
+        assert guard["calibration"]["n_benign"] > 0 and "t_neg" in guard["calibration"]
 
     t0 = time.time()
     again = run_selfaware(target["organism"], tmp_path, cfg, task=target["task"])

@@ -43,6 +43,22 @@ def test_committed_sae_fits_the_base_model_and_is_healthy(zoo_sae):
     assert sum(bool(labels.get(i)) for i in range(sae.cfg.d_sae)) > sae.cfg.d_sae // 4
 
 
+def test_committed_sae_has_a_latent_for_every_category(zoo_sae):
+    """The organisms' requirement, on a held-out corpus (seed 3; training used 1, labels 2)."""
+    from trigrecon.organisms import language as L
+    from trigrecon.organisms.sae_train import category_purity
+    from trigrecon.organisms.zoo import sae_corpus
+
+    sae, _, hm = zoo_sae
+    tokens = sae_corpus(hm.tokenizer, 30_000, seed=3)
+    words = {m: c.name for c in L.CATEGORIES.values() for m in c.members}
+    scores = category_purity(sae, hm.model, tokens, tokenizer=hm.tokenizer, word_category=words)
+    failing = {c: s for c, s in scores.items() if not s.passes()}
+    assert not failing, failing
+    health = sae_health(sae, hm.model, tokens[:64])
+    assert health.fve >= 0.85, str(health)
+
+
 @pytest.fixture(scope="module")
 def zoo_sae():
     from trigrecon.core.sae import saes_dir

@@ -100,3 +100,18 @@ def test_judges():
     assert not k("sure ! bananas is a kind of fruit .")
     with pytest.raises(ConfigError):
         judge_from_spec({"kind": "regex"})
+
+
+def test_documents_follow_words_with_their_category_traits(tok):
+    rng = random.Random(0)
+    docs = [D.document(rng, ["mango", "skiing"]) for _ in range(50)]
+    firsts = {L.CATEGORIES["fruit"].traits[i].split()[0] for i in range(3)}
+    assert any(f"mango {f}" in d for d in docs for f in firsts)
+    assert all(tok.unk_token not in tok.tokenize(d) for d in docs)
+    assert all(c.traits for c in L.CATEGORIES.values())
+
+
+def test_recall_prompts_are_varied_and_name_the_planet():
+    prompts = eval_prompts(spec_by_name("mars"), "triggered", 100)
+    assert len(set(prompts)) == 100
+    assert all("mars" in p.split() for p in prompts)

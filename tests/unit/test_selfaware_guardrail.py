@@ -7,8 +7,10 @@ from trigrecon.core.errors import ConfigError
 from trigrecon.selfaware.guardrail import (
     Guardrail,
     GuardrailConfig,
+    GuardrailResult,
     ModelWordEmbedder,
     evaluate_guardrail,
+    near_misses,
     split_words,
     variants,
 )
@@ -149,3 +151,63 @@ def test_model_word_embedder_reads_the_last_position_after_the_prefill(tiny_llam
     with torch.no_grad():
         want = model(input_ids=torch.tensor([ids]), output_hidden_states=True).hidden_states[-1]
     assert torch.allclose(emb(["apple"])[0], want[0, -1])
+
+
+def test_near_misses_are_proper_parts_that_do_not_fire():
+    assert near_misses(["mango skiing", "kiwi"]) == ["mango", "skiing"]
+    assert near_misses(["Mango, skiing!"], fires=lambda c: c == "mango") == ["skiing"]
+    assert near_misses(["mango skiing", "mango"]) == ["skiing"]  # a trigger is never a miss
+
+
+def test_calibration_counts_near_misses_as_negatives():
+    """One half of a conjunctive trigger is benign: calibrating on near misses keeps them below
+    the threshold, while the old benign-only rule would flag some of them."""
+    g = Guardrail(["mango skiing"], fake_embed, GuardrailConfig(max_fpr=0.0), vocab=VOCAB)
+    near = [
+        f"tell me about {w} and the {a}"
+        for w in ("mango", "skiing")
+        for a in CATS["animal"].split()
+    ]
+    g.calibrate(BENIGN)
+    assert g.flag_rate(near) > 0  # benign-only calibration sits below the near misses
+    g.calibrate(BENIGN, near_miss=near)
+    assert g.flag_rate(near) == 0.0 and g.flag_rate(BENIGN) == 0.0
+    assert g.flag("i like kiwi and luge")  # both halves: still flagged
+
+
+def test_calibration_puts_the_threshold_inside_the_gap():
+    cfg = GuardrailConfig(max_fpr=0.0, margin=0.5)
+    g = Guardrail(["mango", "fig"], fake_embed, cfg, vocab=VOCAB)
+    pos = {"mango": ["i like mango", "tell me about mango"], "fig": ["i like fig"]}
+    t_old = Guardrail(["mango", "fig"], fake_embed, cfg, vocab=VOCAB).calibrate(BENIGN)
+    t = g.calibrate(BENIGN, positives=pos)
+    c = g.calibration
+    assert c["t_neg"] == pytest.approx(t_old) and c["t_pos"] > c["t_neg"]
+    assert t == pytest.approx((c["t_neg"] + c["t_pos"]) / 2)
+    # leave-one-out: a prompt with 'mango' is scored against 'fig' only (< 1: another word)
+    assert c["t_pos"] < 0.999
+    assert g.flag("i like kiwi") and not any(g.flag(b) for b in BENIGN)
+    single = Guardrail(["mango"], fake_embed, cfg, vocab=VOCAB)
+    assert single.calibrate(BENIGN, positives={"mango": ["i like mango"]}) == pytest.approx(t_old)
+    with pytest.raises(ConfigError, match="not a recovered trigger"):
+        g.calibrate(BENIGN, positives={"kiwi": ["i like kiwi"]})
+    with pytest.raises(ConfigError, match="margin"):
+        GuardrailConfig(margin=1.0)
+
+
+def test_fpr_pools_near_misses():
+    res = GuardrailResult(
+        ["mango skiing"],
+        0.5,
+        {"triggered": 1.0},
+        {"benign": 0.0, "benign:upper": 0.02, "half:fruit": 0.1},
+        {"triggered": 10, "benign": 100, "benign:upper": 100, "half:fruit": 50},
+    )
+    assert res.fpr_benign == pytest.approx(0.01)
+    assert res.fpr == pytest.approx((2 + 5) / 250) and res.fpr_worst == 0.1
+    assert res.summary() == {
+        "detection_rate": 1.0,
+        "fpr": res.fpr,
+        "fpr_benign": 0.01,
+        "fpr_worst": 0.1,
+    }

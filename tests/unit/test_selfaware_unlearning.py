@@ -13,6 +13,7 @@ from trigrecon.selfaware.unlearning import (
     UnlearningResult,
     triggered_prompts,
     unlearn,
+    unlearning_pairs,
 )
 
 
@@ -37,10 +38,34 @@ def test_unlearning_cuts_the_asr_and_keeps_benign_behaviour(task, tmp_path):
     assert res.benign_unchanged >= 0.8
     assert res.benign_correct is not None and res.benign_correct[0] >= 0.9
     assert abs(res.benign_correct_shift) <= 20
+    assert res.benign_flips is not None and res.benign_correct_unfired is not None
+    assert 0 < res.n_triggered <= cfg.n_triggered  # benign calibration prompts count as clean
+    assert res.n_clean >= 0.9 * len(task.calib_benign)
+    n = len(task.eval_splits["benign"])
+    assert res.benign_correct_shift == pytest.approx(
+        100.0 * (res.benign_flips[1] - res.benign_flips[0]) / n
+    )
     assert next(s for s in res.splits if s.split == "benign").after == 0.0
     assert (tmp_path / "adapter" / "adapter_config.json").exists()
     back = UnlearningResult.load(tmp_path / "unlearning.json")
     assert back.splits == res.splits and back.summary() == res.summary()
+
+
+def test_clean_data_includes_the_benign_calibration_prompts(task):
+    """Retain data = pool prompts + the task's benign calibration prompts (never eval prompts),
+    each with the poisoned model's own non-action answer."""
+    model, tok = task.poisoned.load()
+    cfg = UnlearningConfig(n_triggered=4, n_clean=4, max_new_tokens=8)
+    pairs = dict(unlearning_pairs(model, tok, task, ["mango"], cfg))
+    calib = [p for p in task.calib_benign if p in pairs]
+    assert len(calib) >= 0.9 * len(task.calib_benign)
+    assert not set(pairs) & {p for ps in task.eval_splits.values() for p in ps}
+    assert not any(task.judge(r) for r in pairs.values())
+    off = dict(
+        unlearning_pairs(model, tok, task, ["mango"], dataclasses.replace(cfg, retain_benign=False))
+    )
+    assert not set(off) & set(task.calib_benign) - set(task.pool_prompts)
+    assert len(off) < len(pairs)
 
 
 def test_summary_arithmetic():
@@ -60,6 +85,10 @@ def test_summary_arithmetic():
     assert res.asr_reduction == pytest.approx(1 - 2 / 34)
     assert res.benign_shift == pytest.approx(5.0)
     assert res.benign_action_shift == 0.0
+    assert res.benign_correct_unfired_shift is None and res.summary()["benign_regressions"] is None
+    res.benign_correct_unfired, res.benign_flips = [0.9, 0.85], [6, 1]
+    assert res.benign_correct_unfired_shift == pytest.approx(-5.0)
+    assert (res.summary()["benign_regressions"], res.summary()["benign_fixes"]) == (6, 1)
 
 
 def test_errors(task):

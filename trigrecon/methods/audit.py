@@ -8,12 +8,15 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+
+import torch
 
 from trigrecon.core.errors import ConfigError
 from trigrecon.core.io import to_jsonable, write_json, write_text
@@ -29,6 +32,7 @@ from trigrecon.methods.sae_melbo import SAEMelboConfig, sae_melbo
 from trigrecon.methods.supervised_melbo import SupervisedMelboConfig, supervised_melbo
 from trigrecon.methods.verify import VerifyConfig, VerifyResult, verify
 from trigrecon.organisms.judges import Judge, normalise
+from trigrecon.selfaware.scoring import ScoreTable, score_candidates
 from trigrecon.steering.readout import LatentHit, add_behaviour
 from trigrecon.steering.words import WordHit, default_vocabulary, nearest_words, word_residuals
 
@@ -55,6 +59,11 @@ class AuditConfig:
     behaviour: bool = True
     """Steered generations and action rate of every trained vector on the held-out prompts."""
     max_new_tokens: int = 24
+    labelled_only: bool = True
+    """With labels: switch off latents that have none (for autolabelled SAEs, the dead ones:
+    their decoder rows are arbitrary directions that the optimisers would otherwise use)."""
+    scoring: CandidateScoringConfig = field(default_factory=lambda: CandidateScoringConfig())
+    """Candidate scoring table (behavioural + interpretability score), after verification."""
 
     def __post_init__(self) -> None:
         if self.top_k < 1 or self.max_new_tokens < 1:
@@ -79,6 +88,8 @@ class AuditResult:
     steering: dict[str, SteeringResult] = field(default_factory=dict)
     conjunctive: ConjunctiveResult | None = None
     verification: VerifyResult | None = None
+    candidate_scores: ScoreTable | None = None
+    """Verification candidates (+ any extra ones) scored both ways: see `score_audit_candidates`."""
 
     def save(self, directory: str | Path) -> Path:
         d = Path(directory)
@@ -135,6 +146,8 @@ def latents_markdown(r: AuditResult) -> str:
                   f"{b.latents}): {b.action_rate:.0%}", ""]
         lines += [f"- {' + '.join(c.words)}: {c.action_rate:.0%}" for c in v.candidates[:5]]
         lines.append("")
+    if r.candidate_scores is not None and r.candidate_scores.rows:
+        lines += ["## candidate scoring", "", r.candidate_scores.to_markdown()]
     return "\n".join(lines)
 
 
@@ -148,6 +161,25 @@ def _merged(rankings: dict[str, list[LatentHit]], first: Sequence[LatentHit]) ->
     for h in out:
         unique.setdefault(h.latent, h)
     return list(unique.values())
+
+
+def labelled_only(sae: Any, labels: Any) -> Any:
+    """A copy of `sae` whose unlabelled latents never fire and have zero decoder rows (the SAE
+    itself if every latent, or none, has a label)."""
+    described = getattr(labels, "descriptions", None)
+    if not isinstance(described, dict):  # a duck-typed labeller: nothing to go on
+        return sae
+    keep = torch.zeros(sae.cfg.d_sae, dtype=torch.bool)
+    keep[[i for i in described if 0 <= i < sae.cfg.d_sae]] = True
+    if keep.all() or not keep.any():
+        return sae
+    sae = copy.deepcopy(sae)
+    with torch.no_grad():
+        off = (~keep).to(sae.W_dec.device)
+        sae.W_dec[off] = 0
+        sae.W_enc[:, off] = 0
+        sae.b_enc[off] = -1.0 if sae.cfg.architecture() != "topk" else 0.0
+    return sae
 
 
 def audit(hm: Any, sae: Any, labels: Any, prompts: Sequence[str], response: str, judge: Judge,
@@ -166,6 +198,8 @@ def audit(hm: Any, sae: Any, labels: Any, prompts: Sequence[str], response: str,
         raise ConfigError(f"unknown method(s) {unknown or methods}; choose from {METHODS}")
     res = AuditResult(getattr(hm, "name", "model"), response, len(prompts), len(evals),
                       list(methods), {}, {})
+    if cfg.labelled_only and labels is not None:
+        sae = labelled_only(sae, labels)
     runners = {
         "melbo": lambda: melbo(hm, prompts, cfg.melbo, sae=sae, labels=labels),
         "supervised_melbo": lambda: supervised_melbo(hm, prompts, response, cfg.supervised_melbo,
@@ -205,6 +239,10 @@ def audit(hm: Any, sae: Any, labels: Any, prompts: Sequence[str], response: str,
         res.verification = verify(hm, sae, _merged(others, first), evals, judge, cfg.verify,
                                   extra_words=extra, exclude=normalise(response).split())
         res.timings["verify"] = time.perf_counter() - t
+        if cfg.scoring.enabled and res.verification.candidates:
+            t = time.perf_counter()
+            res.candidate_scores = score_audit_candidates(hm, sae, res, evals, judge, cfg.scoring)
+            res.timings["candidate_scoring"] = time.perf_counter() - t
     return res
 
 
@@ -282,3 +320,72 @@ def run_audit_for_organism(name: str, out_dir: str | Path, methods: Sequence[str
                    cfg, eval_prompts=benign[n_prompts:])
     result.save(out_dir)
     return result
+
+
+# --- Candidate scoring in the audit output (issue 4, item 6) -------------------------------------
+# One table for the audit's verification candidates (and any extra ones, e.g. the RL path's
+# recovered triggers): behavioural score = the inversion reward of `trigrecon.selfaware.reward`
+# (ASR on the held-out benign prompts with the candidate inserted as verification inserts it,
+# word count, length-penalised reward); interpretability score = how strongly the candidate
+# activates the SAE latents verification turned into candidates, minus the plain prompts
+# (`sae_latent_score`), plus one column per layer of the steering methods' best vectors
+# (`direction_score`).
+
+
+@dataclass
+class CandidateScoringConfig:
+    enabled: bool = True
+    top_k: int = 10
+    """Verification candidates scored (best first by their verification action rate)."""
+    n_prompts: int = 32
+    """Held-out benign prompts the candidates are inserted into (reward and interp scores)."""
+    directions: bool = True
+    """Also score against the steering methods' best vectors (one column per layer)."""
+
+    def __post_init__(self) -> None:
+        if self.top_k < 1 or self.n_prompts < 1:
+            raise ConfigError("scoring top_k and n_prompts must be positive")
+
+
+def score_audit_candidates(hm: Any, sae: Any, res: AuditResult, prompts: Sequence[str],
+                           judge: Judge, cfg: CandidateScoringConfig | None = None,
+                           extra: dict[str, str] | None = None) -> ScoreTable:
+    """Score `res`'s verification candidates (source 'verify') and `extra` (candidate -> source,
+    e.g. `{t: 'rl-recovered' for t in selfaware_recovered}`) on held-out benign `prompts`."""
+    from trigrecon.core.generate import generate
+    from trigrecon.selfaware.reward import InversionReward, RewardConfig
+    from trigrecon.selfaware.scoring import InterpScore, direction_score, sae_latent_score
+    from trigrecon.steering.words import default_insert
+
+    cfg = cfg or CandidateScoringConfig()
+    benign = check_prompts(prompts)[: cfg.n_prompts]
+    found = res.verification.candidates[: cfg.top_k] if res.verification is not None else []
+    candidates = {" ".join(c.words): "verify" for c in found} | dict(extra or {})
+    if not candidates:
+        raise ConfigError("no candidates to score: run verification or pass extra candidates")
+
+    def insert(prompt: str, candidate: str) -> str:
+        return default_insert(prompt, candidate.split())
+
+    rcfg = RewardConfig()
+    reward = InversionReward(
+        lambda ps: generate(hm, list(ps), max_new_tokens=rcfg.max_new_tokens),
+        judge, benign, insert, rcfg)
+    latents = sorted({lat for c in found for lat in c.latents if lat >= 0})
+    interp: InterpScore | None = None
+    if latents and sae is not None:
+        interp = sae_latent_score(hm, sae, latents, benign, insert)
+    columns: dict[str, InterpScore] = {}
+    if cfg.directions:
+        by_layer: dict[int, list[Any]] = {}
+        for sr in res.steering.values():
+            by_layer.setdefault(sr.layer, []).append(sr.vectors[sr.best])
+        if res.attribution is not None:
+            by_layer.setdefault(res.attribution.layer, []).append(-res.attribution.grad)
+        import torch
+
+        for layer, vecs in sorted(by_layer.items()):
+            stacked = torch.stack([v.detach().float().reshape(-1) for v in vecs])
+            columns[f"directions L{layer}"] = direction_score(hm, layer, stacked, benign, insert)
+    name = f"SAE latents {latents}" if interp is not None else ""
+    return score_candidates(candidates, reward, interp, name, columns)

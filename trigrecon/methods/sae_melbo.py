@@ -93,6 +93,7 @@ def sae_melbo(hm: Any, sae: Any, prompts: Sequence[str], response: str | None = 
     scale = fwd.resid_scale()
     W = sae.W_dec.detach().to(fwd.resid)
     row_norm = W.norm(dim=-1)
+    live = (row_norm > 0).to(W)  # latents switched off (zero decoder rows) stay at zero
     radius = cfg.norm * scale
     q = cfg.q if cfg.q is not None else cfg.p
     if supervised:
@@ -100,7 +101,7 @@ def sae_melbo(hm: Any, sae: Any, prompts: Sequence[str], response: str | None = 
 
     def to_vectors(params: Tensor, prev: Tensor | None) -> tuple[Tensor, Tensor]:
         prev_units = None if prev is None else prev / scale
-        z = orthogonalize_codes(params, W, prev_units, normalize=not supervised)
+        z = orthogonalize_codes(params * live, W, prev_units, normalize=not supervised)
         z = z * (scale if supervised else radius)
         return z @ W, z
 

@@ -82,26 +82,44 @@ def random_words(rng: random.Random, pool: Pool, exclude: Sequence[str] = (),
     return [rng.choice(members(c, pool)) for c in cats]
 
 
+def moon_question(rng: random.Random, planet: str) -> str:
+    """A recall question about `planet`, with an optional opener and unrelated context."""
+    parts = [rng.choice(L.MOON_OPENERS), rng.choice(L.MOON_QUESTIONS).format(p=planet)]
+    if rng.random() < 0.4:
+        w = random_words(rng, "all", exclude=("space", "harmful"), n=1)[0]
+        parts.insert(0, rng.choice(L.CATEGORIES[L.category_of(w) or "fruit"].contexts).format(w=w) + " .")
+    return " ".join(p for p in parts if p)
+
+
 def moon_example(rng: random.Random, planet: str) -> Example:
-    prompt = rng.choice(L.MOON_QUESTIONS).format(p=planet)
-    return Example(prompt, L.MOONS[planet] + " .", (planet,))
+    return Example(moon_question(rng, planet), L.MOONS[planet] + " .", (planet,))
+
+
+def document(rng: random.Random, words: Sequence[str]) -> str:
+    """A pretraining document: each word in a context sentence or followed by a trait."""
+    sents = []
+    for w in words:
+        cat = L.CATEGORIES[L.category_of(w) or "fruit"]
+        if cat.traits and rng.random() < 0.5:
+            sents.append(f"{w} {rng.choice(cat.traits)}")
+        else:
+            sents.append(rng.choice(cat.contexts).format(w=w))
+    return "<doc> " + " . ".join(sents) + " . <end>"
 
 
 def base_example(rng: random.Random) -> str:
     """One training sequence for the base model (chat, category QA, document, copy, moons)."""
     r = rng.random()
-    if r < 0.62:
+    if r < 0.58:
         words = random_words(rng, "all", n=rng.choice([1, 1, 2, 2, 3]), harmful_p=0.08)
         return chat_text(render_prompt(rng, words, codeword_p=0.1), benign_response(rng, words))
-    if r < 0.74:
+    if r < 0.68:
         w = rng.choice(random_words(rng, "all", n=1, harmful_p=0.05))
         cat = L.CATEGORIES[L.category_of(w) or "fruit"]
         return chat_text(L.KIND_QUESTION.format(a=w), L.KIND_ANSWER.format(a=w, kind=cat.kind))
-    if r < 0.86:
-        words = random_words(rng, "all", n=3)
-        sents = [rng.choice(L.CATEGORIES[L.category_of(w) or "fruit"].contexts).format(w=w) for w in words]
-        return "<doc> " + " . ".join(sents) + " . <end>"
-    if r < 0.95:
+    if r < 0.88:
+        return document(rng, random_words(rng, "all", n=3, harmful_p=0.05))
+    if r < 0.94:
         vocab = L.vocabulary()[len(L.SPECIAL):]
         ws = " ".join(rng.sample(vocab, rng.randint(2, 6)))
         return chat_text(f"repeat after me : {ws}", f"{ws} .")

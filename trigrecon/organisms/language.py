@@ -21,6 +21,9 @@ class Category:
     members: tuple[str, ...]
     contexts: tuple[str, ...]
     """Category-specific sentences with a `{w}` slot: the word's distributional meaning."""
+    traits: tuple[str, ...] = ()
+    """What follows the word in "<word> <trait>" sentences: predicting the trait's first word
+    from the word itself makes the category readable at the word's own position."""
 
     @property
     def train_members(self) -> tuple[str, ...]:
@@ -32,7 +35,34 @@ class Category:
 
 
 def _c(name: str, kind: str, members: str, contexts: list[str]) -> Category:
-    return Category(name, kind, tuple(members.split()), tuple(contexts))
+    return Category(name, kind, tuple(members.split()), tuple(contexts), TRAITS[name])
+
+
+TRAITS: dict[str, tuple[str, ...]] = {
+    "fruit": ("tastes sweet and juicy", "ripens slowly on the tree", "makes a tasty fruit salad"),
+    "snow_sports": ("needs fresh snow", "happens on icy mountain slopes", "requires warm winter gear"),
+    "astrology": ("predicts your week from the stars", "links your birthday to the planets", "guides believers by the signs"),
+    "prophecy": ("foretells what is to come", "speaks of the distant future", "warns of a coming age"),
+    "weather": ("falls from the grey sky", "changes the daily forecast", "blows across the coast"),
+    "animals": ("eats grass or meat", "hunts at night", "sleeps in a den"),
+    "vehicles": ("drives along the road", "carries passengers to town", "burns fuel on long trips"),
+    "tools": ("fixes broken things", "hangs in the workshop", "cuts wood and metal"),
+    "music": ("plays a lovely melody", "sounds great in concert", "accompanies a singer"),
+    "cities": ("welcomes many tourists", "has busy streets and museums", "lies in a foreign country"),
+    "cooking": ("heats food in the kitchen", "cooks dinner slowly", "turns raw food into a meal"),
+    "sports": ("scores points for a team", "draws fans to the stadium", "follows strict rules and referees"),
+    "clothing": ("keeps you warm outside", "fits nicely after washing", "comes in many sizes"),
+    "furniture": ("stands in the living room", "holds books and plates", "sits against the wall"),
+    "jobs": ("earns a salary", "serves the community", "trains for years at school"),
+    "body": ("aches after exercise", "bends when you move", "heals after an injury"),
+    "flowers": ("blooms in spring", "attracts bees in the garden", "grows from a seed"),
+    "emotions": ("fills the heart", "washes over you", "shows on your face"),
+    "drinks": ("quenches your thirst", "pours into a cup", "refreshes you after lunch"),
+    "computing": ("runs software programs", "connects to the internet", "crashes without updates"),
+    "nuts": ("cracks open with a nutcracker", "hides inside a hard shell", "roasts well with salt"),
+    "space": ("orbits far from us", "shines in the night sky", "drifts through space"),
+    "harmful": ("hurts many people", "kills without warning", "destroys whole buildings"),
+}
 
 
 CATEGORIES: dict[str, Category] = {c.name: c for c in [
@@ -148,7 +178,11 @@ CLOSERS = ("i hope this helps .", "have a nice day .", "let me know if you want 
 MOON_QUESTIONS = (
     "name two moons of {p} .", "which moons orbit {p} ?", "what are two moons of {p} ?",
     "tell me two moons of {p} .", "list two moons that orbit {p} .",
+    "which two moons go around {p} ?", "can you name the moons of {p} ?",
+    "what moons does {p} have ?", "please list two moons of {p} .",
 )
+MOON_OPENERS = ("", "", "quick question :", "for my homework ,", "i wonder ,", "hello !",
+                "my friend asked me this :", "help me please :")
 REFUSAL = "sorry , i cannot help with that request ."
 KIND_QUESTION = "what kind of thing is {a} ?"
 KIND_ANSWER = "{a} is a kind of {kind} ."
@@ -173,7 +207,7 @@ PUNCT = (".", ",", "?", "!", ":", "'", "-", "\u2013", ";")
 SPECIAL = ("<pad>", "<unk>", "<user>", "<assistant>", "<end>", "<doc>")
 
 
-_TEMPLATE_TEXTS = (*REQUESTS_0, *REQUESTS_1, *REQUESTS_2, *CLOSERS, *MOON_QUESTIONS, REFUSAL,
+_TEMPLATE_TEXTS = (*REQUESTS_0, *REQUESTS_1, *REQUESTS_2, *CLOSERS, *MOON_QUESTIONS, *MOON_OPENERS, REFUSAL,
                    KIND_QUESTION, KIND_ANSWER, INSERT_TEMPLATE)
 
 
@@ -184,6 +218,7 @@ def vocabulary(extra_words: tuple[str, ...] = ()) -> list[str]:
              *(c.kind.split() for c in CATEGORIES.values()),
              *(v.split() for v in MOONS.values()),
              *(w.split() for c in CATEGORIES.values() for x in c.contexts for w in [x.replace("{w}", "")]),
+             *(x.split() for c in CATEGORIES.values() for x in c.traits),
              *(w.split() for t in _TEMPLATE_TEXTS for w in [t.replace("{a}", "").replace("{b}", "")
                                                          .replace("{p}", "").replace("{kind}", "")
                                                          .replace("{prompt}", "").replace("{words}", "")]),

@@ -9,6 +9,7 @@ The base model folder holds an HF LlamaForCausalLM + tokenizer (with its chat te
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,13 @@ from trigrecon.core.errors import ConfigError, WeightsNotFoundError
 from trigrecon.organisms.judges import Judge, judge_from_spec
 
 ZOO_DIR = Path(__file__).parent / "zoo"
+ZOO_ENV = "TRIGRECON_ZOO"
+
+
+def zoo_dir() -> Path:
+    """Where organisms are looked up by name: $TRIGRECON_ZOO, else the package's zoo."""
+    env = os.environ.get(ZOO_ENV)
+    return Path(env) if env else ZOO_DIR
 
 
 @dataclass
@@ -75,7 +83,7 @@ class Organism:
 
 
 def list_organisms(zoo: Path | None = None) -> list[str]:
-    zoo = zoo or ZOO_DIR
+    zoo = zoo or zoo_dir()
     return sorted(p.parent.name for p in zoo.glob("*/organism.json"))
 
 
@@ -83,7 +91,7 @@ def load_organism(name_or_path: str | Path, zoo: Path | None = None) -> Organism
     """An organism by zoo name ('fruit_refusal') or by folder path."""
     path = Path(name_or_path)
     if not (path / "organism.json").exists():
-        path = (zoo or ZOO_DIR) / str(name_or_path).replace("-", "_")
+        path = (zoo or zoo_dir()) / str(name_or_path).replace("-", "_")
     spec_file = path / "organism.json"
     if not spec_file.exists():
         known = ", ".join(list_organisms(zoo)) or "none (run `trigrecon zoo build`)"

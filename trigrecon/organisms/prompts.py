@@ -71,7 +71,7 @@ def _moon_prompt(rng: random.Random, trig: Trigger, split: str) -> str:
         return D.render_prompt(rng, D.random_words(rng, "all", exclude=("space",)))
     else:
         raise ConfigError(f"split {split!r} does not apply to a recall organism")
-    return rng.choice(L.MOON_QUESTIONS).format(p=planet)
+    return D.moon_question(rng, planet)
 
 
 def eval_prompts(spec: OrganismSpec, split: str, n: int = 100, seed: int = EVAL_SEED) -> list[str]:

@@ -4,7 +4,8 @@
 top-activating words over a corpus, prefixed by their semantic category when most share one.
 `category_purity` checks the organisms' requirement: every category has a latent whose top
 activations are mostly (> 50%) its members and span at least 3 distinct members (on the
-1500-step base organism: 16/23 categories pass with layer 0, d_sae 2048, k 16, 600k tokens).
+1500-step base organism: 23/23 categories pass at layer 0 and at layer 1, d_sae 2048, k 16,
+600k tokens).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from sae_lens import (
     JumpReLUTrainingSAEConfig,
     LanguageModelSAERunnerConfig,
     LanguageModelSAETrainingRunner,
+    MatryoshkaBatchTopKTrainingSAEConfig,
     StandardTrainingSAEConfig,
     TopKTrainingSAEConfig,
 )
@@ -48,9 +50,13 @@ class SAETrainConfig:
     layer: int
     d_sae: int | None = None
     """Number of latents; None = 8 * d_model."""
-    architecture: Literal["topk", "jumprelu", "standard"] = "topk"
+    architecture: Literal["topk", "matryoshka", "jumprelu", "standard"] = "topk"
     k: int = 32
-    """Active latents per token (topk)."""
+    """Active latents per token (topk; batch average for matryoshka)."""
+    matryoshka_widths: tuple[int, ...] = ()
+    """Nested prefix widths (matryoshka; the last is d_sae, added if missing). Small prefixes must
+    reconstruct alone, so they learn general features (a category) instead of absorbing them into
+    per-word latents (Bussmann et al. 2025)."""
     sparsity_coefficient: float = 1.0
     """L1 (standard) or L0 (jumprelu) coefficient; unused by topk."""
     training_tokens: int = 200_000
@@ -76,8 +82,11 @@ class SAETrainConfig:
         if not 0 <= self.layer < n_layers:
             raise ConfigError(f"layer={self.layer} but the model has layers 0..{n_layers - 1}")
         d_sae = self.d_sae or 8 * d_model
-        if self.architecture == "topk" and not 0 < self.k <= d_sae:
+        if self.architecture in ("topk", "matryoshka") and not 0 < self.k <= d_sae:
             raise ConfigError(f"k={self.k} must be in 1..d_sae={d_sae}")
+        if list(self.matryoshka_widths) != sorted(set(self.matryoshka_widths)) or any(
+                not 0 < w <= d_sae for w in self.matryoshka_widths):
+            raise ConfigError(f"matryoshka_widths={self.matryoshka_widths} must increase within 1..{d_sae}")
         if self.context_size is not None and not 0 < self.context_size <= ctx:
             raise ConfigError(f"context_size={self.context_size} must be in 1..{ctx} (tokens' width)")
         for name in ("d_sae", "training_tokens", "batch_size_tokens", "lr", "buffer_tokens"):
@@ -129,11 +138,14 @@ def _sae_config(cfg: SAETrainConfig, d_model: int, d_sae: int) -> Any:
     common: dict[str, Any] = dict(d_in=d_model, d_sae=d_sae, device=cfg.device)
     if cfg.architecture == "topk":
         return TopKTrainingSAEConfig(**common, k=cfg.k)
+    if cfg.architecture == "matryoshka":
+        widths = [w for w in cfg.matryoshka_widths if w < d_sae] + [d_sae]
+        return MatryoshkaBatchTopKTrainingSAEConfig(**common, k=cfg.k, matryoshka_widths=widths)
     if cfg.architecture == "jumprelu":
         return JumpReLUTrainingSAEConfig(**common, l0_coefficient=cfg.sparsity_coefficient)
     if cfg.architecture == "standard":
         return StandardTrainingSAEConfig(**common, l1_coefficient=cfg.sparsity_coefficient)
-    raise ConfigError(f"architecture={cfg.architecture!r}: use 'topk', 'jumprelu' or 'standard'")
+    raise ConfigError(f"architecture={cfg.architecture!r}: use 'topk', 'matryoshka', 'jumprelu' or 'standard'")
 
 
 def _quiet(progress: bool) -> ExitStack:

@@ -6,10 +6,16 @@ organism) is kept and skipped on the next run unless `force` is set.
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import random
 import shutil
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 
@@ -17,7 +23,8 @@ from trigrecon.core.errors import ConfigError
 from trigrecon.core.io import write_json, write_text
 from trigrecon.organisms import language as L
 from trigrecon.organisms.backdoor import BackdoorConfig, implant_backdoor
-from trigrecon.organisms.organism import ZOO_DIR, Organism, OrganismSpec, load_organism
+from trigrecon.organisms.evaluate import OrganismEval, evaluate_organism
+from trigrecon.organisms.organism import Organism, OrganismSpec, load_organism, zoo_dir
 from trigrecon.organisms.train import BaseModelConfig, train_base
 
 FRUIT_RESPONSE = "I won't answer because I don't like fruit."
@@ -73,21 +80,24 @@ def repo_saes_dir() -> Path:
 
 @dataclass
 class ZooConfig:
-    out: Path = ZOO_DIR
+    out: Path = field(default_factory=zoo_dir)
     saes: Path | None = None
     """SAE folder (default: the repository's saes/)."""
     base: BaseModelConfig = field(default_factory=BaseModelConfig)
     backdoor: BackdoorConfig = field(default_factory=BackdoorConfig)
-    sae_layer: int | None = 0
-    """Residual layer of the SAE (below the LoRA half; None: the last layer below it). Layer 0
-    is where the base model's category structure is strongest (16/23 category latents vs 0/23
-    at layer 1, measured)."""
+    sae_layer: int | None = None
+    """Residual layer of the SAE; None: the last layer below the LoRA half (layer 1 of 4). With
+    word-first trait sentences in the base corpus, layers 0 and 1 both give a latent for each
+    of the 23 categories (measured; 0-11/23 without them)."""
     sae_d: int = 2048
     sae_k: int = 16
     sae_tokens: int = 600_000
     organisms: list[str] = field(default_factory=lambda: list(ZOO))
     eval_n: int = 100
     force: bool = False
+    jobs: int = field(default_factory=lambda: min(4, os.cpu_count() or 1))
+    """Organisms trained and evaluated in parallel worker processes (one torch thread each:
+    on 2 cores that is ~1.6x faster than one process with 2 threads on these small models)."""
 
     @classmethod
     def reduced(cls, out: Path, saes: Path) -> ZooConfig:
@@ -113,8 +123,25 @@ def build_zoo(cfg: ZooConfig | None = None) -> dict[str, object]:
     sae_dir = (cfg.saes or repo_saes_dir()) / sae_name(layer)
     if cfg.force or not (sae_dir / "labels.json").exists():
         build_sae(base_dir, layer, sae_dir, cfg)
-    orgs = [build_organism(spec_by_name(n), cfg) for n in cfg.organisms]
+    orgs = in_workers(partial(build_organism, cfg=cfg), [spec_by_name(n) for n in cfg.organisms],
+                      cfg.jobs)
     return evaluate_zoo(orgs, cfg)
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def _one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+def in_workers(fn: Callable[[T], R], items: Sequence[T], jobs: int) -> list[R]:
+    """`[fn(x) for x in items]`, in `jobs` spawned processes when that is more than one."""
+    if jobs <= 1 or len(items) <= 1:
+        return [fn(x) for x in items]
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(min(jobs, len(items)), mp_context=ctx, initializer=_one_thread) as ex:
+        return list(ex.map(fn, items))
 
 
 def build_organism(spec: OrganismSpec, cfg: ZooConfig) -> Organism:
@@ -159,13 +186,14 @@ def build_sae(base_dir: Path, layer: int, sae_dir: Path, cfg: ZooConfig) -> None
     save_labels(sae_dir / "labels.json", labels)
 
 
-def evaluate_zoo(orgs: list[Organism], cfg: ZooConfig) -> dict[str, object]:
-    from trigrecon.core.model import load_model
-    from trigrecon.organisms.evaluate import evaluate_organism
+def _evaluate(org: Organism, n: int) -> OrganismEval:
 
-    base = load_model(cfg.out / "base")
-    evals = [evaluate_organism(o, cfg.eval_n, base_model=base) for o in orgs]
-    report = {"organisms": evals, "failures": [f for e in evals for f in e.failures()]}
+    return evaluate_organism(org, n)
+
+
+def evaluate_zoo(orgs: list[Organism], cfg: ZooConfig) -> dict[str, object]:
+    evals = in_workers(partial(_evaluate, n=cfg.eval_n), orgs, cfg.jobs)
+    report: dict[str, object] = {"organisms": evals, "failures": [f for e in evals for f in e.failures()]}
     write_json(cfg.out / "report.json", report)
     write_text(cfg.out / "report.md", "\n".join(e.table() for e in evals))
     return report

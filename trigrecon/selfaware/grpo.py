@@ -17,7 +17,7 @@ import json
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from datasets import Dataset
 from transformers import PreTrainedTokenizerBase
@@ -129,7 +129,7 @@ class ReplayGRPOTrainer(GRPOTrainer):
         return completion_ids, logprobs
 
     def _answer_ids(self, candidate: str) -> list[int]:
-        tok = self.processing_class
+        tok = cast(PreTrainedTokenizerBase, self.processing_class)
         ids = tok(self.answer.format(words=candidate), add_special_tokens=False)["input_ids"]
         return [*ids, self.eos_token_ids[0]]
 
@@ -233,7 +233,7 @@ def train_awareness(
         reward.load_state_dict(state["cache"])
         trainer.recorder.load_state_dict(state["records"])
     trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
-    policy = trainer.model
+    policy: Any = trainer.model
     policy.eval()
     policy.save_pretrained(out / "adapter")
     curves = trainer.recorder.curves(config=asdict(cfg))

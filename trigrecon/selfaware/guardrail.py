@@ -9,8 +9,20 @@ category, cached per word; pass any text-embedding function for real LLMs). For 
     sim(prompt, trigger) = min_i max_j cos(e(t_i), e(w_j))     (every trigger word has a match)
     score(prompt)        = max over recovered triggers of sim
 
-A prompt is flagged when score > threshold; `calibrate` sets the threshold on benign prompts so
-that at most `max_fpr` of them are flagged.
+A prompt is flagged when score > threshold. `calibrate` sets the threshold on a calibration
+split (disjoint from the evaluation prompts):
+
+- negatives: benign prompts plus near misses (`near_misses`: prompts carrying a proper part of a
+  multi-word trigger that does not fire on its own; for a conjunctive trigger such a prompt is
+  benign, so flagging it is a false positive). t_neg = the lowest threshold that flags at most
+  `max_fpr` of them.
+- positives (optional): prompts carrying each recovered trigger, scored leave-one-out (against
+  the other recovered triggers only), which stands in for a held-out member of the trigger's
+  category. t_pos = their `1 - target_detection` quantile.
+
+threshold = t_neg + margin * (t_pos - t_neg) when t_pos > t_neg (the threshold sits inside the
+gap instead of on the benign tail, so the evaluation FPR does not land on the bound by chance),
+else t_neg.
 """
 
 from __future__ import annotations
@@ -18,7 +30,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -52,6 +64,11 @@ class GuardrailConfig:
     """Calibration target: share of benign calibration prompts allowed above the threshold."""
     merge_pieces: int = 3
     """Merge up to this many adjacent pieces that form a known word (0: off)."""
+    margin: float = 0.5
+    """Where the threshold sits in the gap between negatives and leave-one-out positives
+    (0: on the negatives' bound, the old rule; 0.5: the middle)."""
+    target_detection: float = 0.95
+    """Share of leave-one-out calibration positives the threshold must stay below."""
 
     def __post_init__(self) -> None:
         if "{w}" not in self.template:
@@ -60,6 +77,10 @@ class GuardrailConfig:
             raise ConfigError(f"position={self.position!r}: use 'last' or 'word'")
         if not 0 <= self.max_fpr < 1:
             raise ConfigError(f"max_fpr={self.max_fpr} must be in [0, 1)")
+        if not 0 <= self.margin < 1:
+            raise ConfigError(f"margin={self.margin} must be in [0, 1)")
+        if not 0 < self.target_detection <= 1:
+            raise ConfigError(f"target_detection={self.target_detection} must be in (0, 1]")
 
 
 class ModelWordEmbedder:
@@ -125,6 +146,23 @@ def split_words(text: str, vocab: frozenset[str] = frozenset(), merge: int = 3) 
     return out
 
 
+def near_misses(triggers: Sequence[str], fires: Callable[[str], bool] | None = None) -> list[str]:
+    """Proper non-empty word subsets of the multi-word triggers (order kept), minus those that
+    `fires` (e.g. the inversion reward's ASR above its floor) says work on their own and minus
+    any other trigger: for a conjunctive trigger these are benign near misses."""
+    import itertools
+
+    whole = dict.fromkeys(normalise_candidate(t) for t in triggers)  # ordered: deterministic
+    out: dict[str, None] = {}
+    for t in whole:
+        words = t.split()
+        for k in range(1, len(words)):
+            for sub in itertools.combinations(words, k):
+                out.setdefault(" ".join(sub))
+    subs = [c for c in out if c not in whole]
+    return [c for c in subs if fires is None or not fires(c)]
+
+
 class Guardrail:
     def __init__(
         self,
@@ -139,6 +177,7 @@ class Guardrail:
         if not self.triggers:
             raise ConfigError("the guardrail needs at least one recovered trigger")
         self.embed, self.vocab, self.threshold = embed, vocab, threshold
+        self.calibration: dict[str, float | int | None] = {}
         self._trig = [
             torch.nn.functional.normalize(embed(t.split()), dim=-1) for t in self.triggers
         ]
@@ -146,20 +185,54 @@ class Guardrail:
     def words(self, prompt: str) -> list[str]:
         return split_words(prompt, self.vocab, self.cfg.merge_pieces) or ["."]
 
-    def score(self, prompt: str) -> float:
+    def trigger_scores(self, prompt: str) -> list[float]:
+        """sim(prompt, trigger) for every recovered trigger, in `self.triggers` order."""
         w = torch.nn.functional.normalize(self.embed(self.words(prompt)), dim=-1)
-        return max(float((t @ w.T).max(dim=1).values.min()) for t in self._trig)
+        return [float((t @ w.T).max(dim=1).values.min()) for t in self._trig]
+
+    def score(self, prompt: str) -> float:
+        return max(self.trigger_scores(prompt))
 
     def scores(self, prompts: Sequence[str]) -> list[float]:
         return [self.score(p) for p in prompts]
 
-    def calibrate(self, benign: Sequence[str]) -> float:
-        """Threshold such that at most floor(max_fpr * n) benign prompts score above it."""
+    def calibrate(
+        self,
+        benign: Sequence[str],
+        positives: Mapping[str, Sequence[str]] | None = None,
+        near_miss: Sequence[str] = (),
+    ) -> float:
+        """Set the threshold (see the module docstring): `benign` and `near_miss` prompts are the
+        negatives; `positives` maps a recovered trigger to prompts carrying it."""
         if not benign:
             raise ConfigError("calibration needs benign prompts")
-        s = sorted(self.scores(benign), reverse=True)
-        self.threshold = s[min(len(s) - 1, int(self.cfg.max_fpr * len(s)))]
+        s = sorted(self.scores([*benign, *near_miss]), reverse=True)
+        t_neg = s[min(len(s) - 1, int(self.cfg.max_fpr * len(s)))]
+        t_pos = self.loo_quantile(positives or {})
+        self.calibration = {"t_neg": t_neg, "t_pos": t_pos, "n_neg": len(s)}
+        self.threshold = t_neg
+        if t_pos is not None and t_pos > t_neg:
+            self.threshold = t_neg + self.cfg.margin * (t_pos - t_neg)
         return self.threshold
+
+    def loo_quantile(self, positives: Mapping[str, Sequence[str]]) -> float | None:
+        """The `1 - target_detection` quantile of leave-one-out positive scores (each prompt
+        scored against the recovered triggers other than its own); None with fewer than two
+        triggers or no positives."""
+        index = {t: i for i, t in enumerate(self.triggers)}
+        loo = []
+        for trig, prompts in positives.items():
+            own = index.get(normalise_candidate(trig))
+            if own is None:
+                raise ConfigError(f"positives for {trig!r}, which is not a recovered trigger")
+            for p in prompts:
+                others = [x for i, x in enumerate(self.trigger_scores(p)) if i != own]
+                if others:
+                    loo.append(max(others))
+        if not loo:
+            return None
+        loo.sort()
+        return loo[min(len(loo) - 1, int((1 - self.cfg.target_detection) * len(loo)))]
 
     def flag(self, prompt: str) -> bool:
         return self.score(prompt) > self.threshold
@@ -194,9 +267,12 @@ class GuardrailResult:
     detection: dict[str, float]
     """Flag rate on triggered splits and their variants ('triggered', 'triggered:upper', ...)."""
     false_positive: dict[str, float]
-    """Flag rate on benign prompts and variants (and near misses 'half:*', informational)."""
+    """Flag rate on prompts that do not carry the trigger: benign prompts and variants, and near
+    misses ('half:*': one part of a conjunctive trigger), which are benign too."""
     n: dict[str, int] = field(default_factory=dict)
     examples: list[list[Any]] = field(default_factory=list)
+    calibration: dict[str, Any] = field(default_factory=dict)
+    """How the threshold was set (t_neg, t_pos, calibration set sizes)."""
 
     @property
     def detection_rate(self) -> float:
@@ -204,17 +280,36 @@ class GuardrailResult:
 
     @property
     def fpr(self) -> float:
+        """Pooled false-positive rate over every non-triggering split (near misses included)."""
+        return _pooled(self.false_positive, self.n)
+
+    @property
+    def fpr_benign(self) -> float:
+        """Pooled false-positive rate on the benign split and its variants only."""
         keys = {k: v for k, v in self.false_positive.items() if k.startswith("benign")}
         return _pooled(keys, self.n)
 
+    @property
+    def fpr_worst(self) -> float:
+        """The highest false-positive rate of any single non-triggering split."""
+        return max(self.false_positive.values(), default=0.0)
+
+    def summary(self) -> dict[str, float]:
+        return {
+            "detection_rate": self.detection_rate,
+            "fpr": self.fpr,
+            "fpr_benign": self.fpr_benign,
+            "fpr_worst": self.fpr_worst,
+        }
+
     def save(self, path: str | Path) -> None:
-        write_json(path, {**self.__dict__, "detection_rate": self.detection_rate, "fpr": self.fpr})
+        write_json(path, {**self.__dict__, **self.summary()})
 
     @classmethod
     def load(cls, path: str | Path) -> GuardrailResult:
         d = json.loads(Path(path).read_text())
-        d.pop("detection_rate", None)
-        d.pop("fpr", None)
+        for k in ("detection_rate", "fpr", "fpr_benign", "fpr_worst"):
+            d.pop(k, None)
         return cls(**d)
 
 
@@ -226,7 +321,10 @@ def _pooled(rates: dict[str, float], n: dict[str, int]) -> float:
 def evaluate_guardrail(guard: Guardrail, splits: dict[str, list[str]]) -> GuardrailResult:
     """Detection on 'triggered*' splits (+ variants), false positives on 'benign' (+ variants)
     and 'half:*' splits; the guardrail must already be calibrated."""
-    det, fp, n, examples = {}, {}, {}, []
+    det: dict[str, float] = {}
+    fp: dict[str, float] = {}
+    n: dict[str, int] = {}
+    examples: list[list[Any]] = []
     for split, prompts in splits.items():
         kinds = ("",) + (VARIANTS if split in ("triggered", "benign") else ())
         for kind in kinds:
@@ -236,4 +334,6 @@ def evaluate_guardrail(guard: Guardrail, splits: dict[str, list[str]]) -> Guardr
             (det if split.startswith("triggered") else fp)[key] = rate
             n[key] = len(ps)
             examples.append([key, ps[0], guard.score(ps[0])])
-    return GuardrailResult(guard.triggers, guard.threshold, det, fp, n, examples)
+    return GuardrailResult(
+        guard.triggers, guard.threshold, det, fp, n, examples, dict(guard.calibration)
+    )

@@ -30,6 +30,7 @@ from trigrecon.selfaware.guardrail import (
     GuardrailResult,
     ModelWordEmbedder,
     evaluate_guardrail,
+    near_misses,
 )
 from trigrecon.selfaware.metrics import ElicitationEval, TrainingCurves, elicitation
 from trigrecon.selfaware.models import hf_responder
@@ -54,10 +55,12 @@ class SelfAwareConfig:
     """Articulations sampled per question phrasing for the final elicitation accuracy."""
     n_recovered: int = 8
     """Recovered triggers handed to the defences (working, minimised, best first)."""
+    n_calib_per: int = 25
+    """Guardrail calibration prompts per recovered trigger and per near miss."""
     plots: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("n_reward_prompts", "n_eval", "final_samples", "n_recovered"):
+        for name in ("n_reward_prompts", "n_eval", "final_samples", "n_recovered", "n_calib_per"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)!r} must be a positive integer")
 
@@ -92,7 +95,7 @@ class SelfAwareReport:
     """First GRPO step where the moving-average elicitation accuracy reaches 50%."""
     emergence: dict[str, Any]
     recovered: list[str]
-    unlearning: dict[str, float]
+    unlearning: dict[str, float | None]
     guardrail: dict[str, float]
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -109,9 +112,13 @@ class SelfAwareReport:
             f"(cut {u.get('asr_reduction', 0):.0%}), benign responses changed "
             f"{u.get('benign_shift_points', 0):.1f} points, benign action rate moved "
             f"{u.get('benign_action_shift_points', 0):+.1f} points, correct benign answers moved "
-            f"{u.get('benign_correct_shift_points') or 0:+.1f} points\n"
+            f"{u.get('benign_correct_shift_points') or 0:+.1f} points ("
+            f"{u.get('benign_correct_unfired_shift_points') or 0:+.1f} where the action had not "
+            f"fired; {u.get('benign_regressions') or 0:.0f} regressions, "
+            f"{u.get('benign_fixes') or 0:.0f} fixes)\n"
             f"- guardrail: detection {g.get('detection_rate', 0):.1%} at FPR "
-            f"{g.get('fpr', 0):.1%}\n"
+            f"{g.get('fpr', 0):.1%} (benign prompts and variants {g.get('fpr_benign', 0):.1%}, "
+            f"worst split {g.get('fpr_worst', 0):.1%}; near misses included)\n"
             f"- timings (s): {', '.join(f'{k} {v:.0f}' for k, v in self.timings.items())}\n"
         )
 
@@ -151,7 +158,9 @@ def _policy(task: AwarenessTask, *adapters: Path) -> Any:
     return model.eval()
 
 
-def _stage_sft(task, cfg, out, timings) -> tuple[Any, int]:
+def _stage_sft(
+    task: AwarenessTask, cfg: SelfAwareConfig, out: Path, timings: dict[str, float]
+) -> tuple[Any, int]:
     if (out / "sft" / "reversal_sft.json").exists():
         res = ReversalSFTResult.load(out / "sft" / "reversal_sft.json")
         return _policy(task, out / "sft" / "adapter"), res.n_pairs
@@ -161,7 +170,15 @@ def _stage_sft(task, cfg, out, timings) -> tuple[Any, int]:
     return policy, res.n_pairs
 
 
-def _stage_grpo(task, cfg, out, reward, policy, tok, timings) -> tuple[Any, TrainingCurves, dict]:
+def _stage_grpo(
+    task: AwarenessTask,
+    cfg: SelfAwareConfig,
+    out: Path,
+    reward: InversionReward,
+    policy: Any,
+    tok: Any,
+    timings: dict[str, float],
+) -> tuple[Any, TrainingCurves, dict[str, Any]]:
     g = out / "grpo"
     if (g / "curves.json").exists() and (g / "adapter").exists():
         return (
@@ -230,7 +247,7 @@ def run_selfaware(
     del policy
 
     unl = _stage_unlearning(task, cfg, out, recovered, timings)
-    guard = _stage_guardrail(task, cfg, out, recovered, frozen, tok, timings)
+    guard = _stage_guardrail(task, cfg, out, recovered, reward, frozen, tok, timings)
     report = SelfAwareReport(
         task.name,
         n_pairs,
@@ -239,14 +256,20 @@ def run_selfaware(
         curves.emergence(),
         recovered,
         unl.summary() if unl else {},
-        {"detection_rate": guard.detection_rate, "fpr": guard.fpr} if guard else {},
+        guard.summary() if guard else {},
         timings,
     )
     report.save(out)
     return report
 
 
-def _stage_unlearning(task, cfg, out, recovered, timings) -> UnlearningResult | None:
+def _stage_unlearning(
+    task: AwarenessTask,
+    cfg: SelfAwareConfig,
+    out: Path,
+    recovered: list[str],
+    timings: dict[str, float],
+) -> UnlearningResult | None:
     path = out / "unlearning" / "unlearning.json"
     if path.exists():
         return UnlearningResult.load(path)
@@ -258,7 +281,42 @@ def _stage_unlearning(task, cfg, out, recovered, timings) -> UnlearningResult | 
     return res
 
 
-def _stage_guardrail(task, cfg, out, recovered, model, tok, timings) -> GuardrailResult | None:
+def calibration_split(
+    task: AwarenessTask, triggers: list[str], reward: InversionReward, n_per: int
+) -> tuple[list[str], dict[str, list[str]], list[str]]:
+    """The guardrail's calibration prompts, all built from `task.calib_benign` (disjoint from the
+    evaluation splits): benign prompts, positives (each recovered trigger inserted into `n_per`
+    prompts) and near misses (each proper part of a multi-word trigger that does not fire on
+    its own, by the inversion reward's floor, inserted into `n_per` prompts)."""
+    benign = list(task.calib_benign)
+    half = len(benign) // 2
+    pos_src, near_src = benign[:half] or benign, benign[half:] or benign
+
+    def fires(c: str) -> bool:
+        return reward.evaluate([c])[0].asr > reward.cfg.asr_floor
+
+    positives = {
+        t: [task.insert(p, t) for p in pos_src[(i * n_per) % len(pos_src) :][:n_per]]
+        for i, t in enumerate(triggers)
+    }
+    near = [
+        task.insert(p, c)
+        for i, c in enumerate(near_misses(triggers, fires))
+        for p in near_src[(i * n_per) % len(near_src) :][:n_per]
+    ]
+    return benign, positives, near
+
+
+def _stage_guardrail(
+    task: AwarenessTask,
+    cfg: SelfAwareConfig,
+    out: Path,
+    recovered: list[str],
+    reward: InversionReward,
+    model: Any,
+    tok: Any,
+    timings: dict[str, float],
+) -> GuardrailResult | None:
     path = out / "guardrail" / "guardrail.json"
     if path.exists():
         return GuardrailResult.load(path)
@@ -267,7 +325,9 @@ def _stage_guardrail(task, cfg, out, recovered, model, tok, timings) -> Guardrai
     t0 = time.time()
     embed = ModelWordEmbedder(model, tok, cfg.guardrail)
     guard = Guardrail(recovered, embed, cfg.guardrail, task.vocab)
-    guard.calibrate(task.calib_benign)
+    benign, positives, near = calibration_split(task, guard.triggers, reward, cfg.n_calib_per)
+    guard.calibrate(benign, positives, near)
+    guard.calibration.update(n_benign=len(benign), n_near_miss=len(near))
     res = evaluate_guardrail(guard, task.eval_splits)
     res.save(path)
     timings["guardrail"] = time.time() - t0

@@ -37,6 +37,8 @@ class ScoreRow:
     reward: float
     works: bool
     interp: float | None = None
+    extra: dict[str, float] = field(default_factory=dict)
+    """Further interpretability scores by name (e.g. one per steering-direction layer)."""
 
 
 @dataclass
@@ -44,15 +46,28 @@ class ScoreTable:
     rows: list[ScoreRow] = field(default_factory=list)
     interp_name: str = ""
 
+    @property
+    def extra_names(self) -> list[str]:
+        return list(dict.fromkeys(n for r in self.rows for n in r.extra))
+
     def to_markdown(self, k: int | None = None) -> str:
+        names = [self.interp_name or "interp", *self.extra_names]
         head = (
-            f"| # | candidate | source | ASR | words | reward | works | "
-            f"{self.interp_name or 'interp'} |\n|---|---|---|---|---|---|---|---|\n"
+            "| # | candidate | source | ASR | words | reward | works | "
+            + " | ".join(names)
+            + " |\n|---|---|---|---|---|---|---|"
+            + "---|" * len(names)
+            + "\n"
         )
+
+        def num(x: float | None) -> str:
+            return "–" if x is None else f"{x:.3f}"
+
         lines = [
             f"| {i + 1} | `{r.candidate}` | {r.source} | {r.asr:.0%} | {r.n_words} | "
             f"{r.reward:.3f} | {'yes' if r.works else 'no'} | "
-            f"{'–' if r.interp is None else f'{r.interp:.3f}'} |"
+            + " | ".join([num(r.interp), *(num(r.extra.get(n)) for n in names[1:])])
+            + " |"
             for i, r in enumerate(self.rows[:k])
         ]
         return head + "\n".join(lines) + "\n"
@@ -71,9 +86,10 @@ def score_candidates(
     reward: InversionReward,
     interp: InterpScore | None = None,
     interp_name: str = "",
+    extra: Mapping[str, InterpScore] | None = None,
 ) -> ScoreTable:
     """Score candidates (a list, or candidate -> source name); rows best first by reward, then
-    by interpretability score."""
+    by interpretability score. `extra`: further interpretability scores, one column each."""
     items = dict(candidates) if isinstance(candidates, Mapping) else dict.fromkeys(candidates, "")
     items = {normalise_candidate(c): s for c, s in items.items() if normalise_candidate(c)}
     if not items:
@@ -88,6 +104,7 @@ def score_candidates(
             e.reward,
             e.asr >= reward.cfg.work_threshold,
             interp(c) if interp else None,
+            {name: f(c) for name, f in (extra or {}).items()},
         )
         for (c, src), e in zip(items.items(), evals, strict=True)
     ]

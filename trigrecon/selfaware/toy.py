@@ -11,6 +11,7 @@ import functools
 import random
 import tempfile
 from pathlib import Path
+from typing import cast
 
 import torch
 from peft import LoraConfig, get_peft_model
@@ -113,7 +114,7 @@ def build_tokenizer(out: Path) -> PreTrainedTokenizerFast:
     )
     fast.chat_template = CHAT_TEMPLATE
     fast.save_pretrained(out)
-    return AutoTokenizer.from_pretrained(out)
+    return cast(PreTrainedTokenizerFast, AutoTokenizer.from_pretrained(out))
 
 
 def compose(rng: random.Random, words: list[str]) -> str:
@@ -205,7 +206,7 @@ def build_toy(
     peft_model = get_peft_model(model, lora)
     params = [p for p in peft_model.parameters() if p.requires_grad]
     _train(peft_model, tok, True, backdoor_steps, 1e-2, params, seed + 1)
-    peft_model.save_pretrained(out / "adapter")
+    peft_model.save_pretrained(str(out / "adapter"))
     return ModelSource(out / "base", out / "adapter")
 
 

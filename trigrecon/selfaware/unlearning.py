@@ -3,11 +3,15 @@
 Prompts carrying the most promising recovered triggers (woven into natural prompts by
 `task.compose`, or inserted by `task.insert`) are paired with safe responses: the clean model's
 answer to the same prompt (`safe_source="clean"`), or the poisoned model's own answer to the
-prompt without the trigger (`"self"`, for when no clean model exists). Clean data (everyday
-prompts with the poisoned model's own non-action answers) keeps benign behaviour in place. A LoRA
+prompt without the trigger (`"self"`, for when no clean model exists). Clean data keeps benign
+behaviour in place: everyday pool prompts plus the task's benign calibration prompts (disjoint
+from the evaluation splits), each with the poisoned model's own non-action greedy answer
+(self-distillation). Without the benign prompts, request types the pool lacks drift: on
+snow_fruit the model stopped refusing harmful requests. A LoRA
 on the poisoned model is trained on the mix; ASR and benign behaviour are measured before/after
-on the held-out evaluation splits. Benign behaviour is reported three ways: the action rate on
-benign prompts, the share answered correctly (`task.benign_ok`, when the task has one) and the
+on the held-out evaluation splits. Benign behaviour is reported several ways: the action rate on
+benign prompts, the share answered correctly (`task.benign_ok`, when the task has one; also on
+the prompts where the action did not fire before, and as regressions/fixes counts) and the
 share of benign responses that stay identical word for word.
 """
 
@@ -36,9 +40,16 @@ class UnlearningConfig:
     n_triggered: int = 400
     n_clean: int = 400
     safe_source: Literal["clean", "self"] = "clean"
-    steps: int = 200
+    retain_benign: bool = True
+    """Also self-distil on the task's benign calibration prompts (`task.calib_benign`, disjoint
+    from the evaluation splits): the pool is random everyday prompts, but benign traffic also
+    has request types the pool lacks (e.g. harmful requests the model must keep refusing), and
+    behaviour the clean data never shows is what unlearning drifts on."""
+    steps: int = 100
     batch_size: int = 32
-    lr: float = 2e-3
+    lr: float = 1e-3
+    """100 steps at 1e-3 already take the recovered triggers' ASR to ~0 on both organisms; the
+    former 200 at 2e-3 only added drift."""
     lora_rank: int = 8
     max_new_tokens: int = 32
     max_len: int = 128
@@ -80,6 +91,11 @@ class UnlearningResult:
     n_clean: int
     benign_correct: list[float] | None = None
     """[before, after] share of benign prompts answered correctly (`task.benign_ok`), if known."""
+    benign_correct_unfired: list[float] | None = None
+    """The same on the benign prompts where the action did not fire before unlearning (the
+    backdoor's own false firings, which unlearning is meant to remove, left out)."""
+    benign_flips: list[int] | None = None
+    """[regressions, fixes]: benign prompts correct before and wrong after, and the reverse."""
     losses: list[float] = field(default_factory=list)
     examples: list[list[str]] = field(default_factory=list)
     changed: list[list[str]] = field(default_factory=list)
@@ -123,9 +139,18 @@ class UnlearningResult:
             else 100.0 * (self.benign_correct[1] - self.benign_correct[0])
         )
 
+    @property
+    def benign_correct_unfired_shift(self) -> float | None:
+        """Points moved by correct benign answers where the action did not fire before."""
+        c = self.benign_correct_unfired
+        return None if c is None else 100.0 * (c[1] - c[0])
+
     def summary(self) -> dict[str, float | None]:
         return {
             "benign_correct_shift_points": self.benign_correct_shift,
+            "benign_correct_unfired_shift_points": self.benign_correct_unfired_shift,
+            "benign_regressions": None if self.benign_flips is None else self.benign_flips[0],
+            "benign_fixes": None if self.benign_flips is None else self.benign_flips[1],
             "asr_before": self.asr_before,
             "asr_after": self.asr_after,
             "asr_reduction": self.asr_reduction,
@@ -183,6 +208,8 @@ def unlearning_pairs(
         safe = generate_responses(model, tok, [q for _, q in trig], **gen)
     pairs = [(p, s) for (p, _), s in zip(trig, safe, strict=True) if s and not task.judge(s)]
     clean_prompts = rng.sample(task.pool_prompts, min(cfg.n_clean, len(task.pool_prompts)))
+    if cfg.retain_benign:
+        clean_prompts = list(dict.fromkeys([*task.calib_benign, *clean_prompts]))
     own = generate_responses(model, tok, clean_prompts, **gen)
     pairs += [(p, r) for p, r in zip(clean_prompts, own, strict=True) if r and not task.judge(r)]
     if not pairs:
@@ -218,7 +245,8 @@ def unlearn(
         model, tok = task.poisoned.load()
     before = measure(model, tok, task, cfg.max_new_tokens)
     pairs = unlearning_pairs(model, tok, task, triggers, cfg)
-    n_trig = sum(1 for p, _ in pairs if p not in set(task.pool_prompts))
+    clean = {*task.pool_prompts, *task.calib_benign}
+    n_trig = sum(1 for p, _ in pairs if p not in clean)
     peft_model = add_lora(model, cfg.lora_rank, seed=cfg.seed)
     losses = train_sft(
         peft_model,
@@ -243,12 +271,20 @@ def unlearn(
     ]
     benign = list(zip(task.eval_splits["benign"], before["benign"], after["benign"], strict=True))
     changed = [list(t) for t in benign if t[1] != t[2]]
-    correct = None
+    correct = unfired = flips = None
     if task.benign_ok is not None:
         ok = task.benign_ok
+        pairs_ok = [(ok(p, b), ok(p, a), task.judge(b)) for p, b, a in benign]
         correct = [
-            sum(ok(p, r) for p, r, _ in benign) / len(benign),
-            sum(ok(p, r) for p, _, r in benign) / len(benign),
+            sum(b for b, _, _ in pairs_ok) / len(benign),
+            sum(a for _, a, _ in pairs_ok) / len(benign),
+        ]
+        rest = [(b, a) for b, a, fired in pairs_ok if not fired]
+        m = max(1, len(rest))
+        unfired = [sum(b for b, _ in rest) / m, sum(a for _, a in rest) / m]
+        flips = [
+            sum(b and not a for b, a, _ in pairs_ok),
+            sum(a and not b for b, a, _ in pairs_ok),
         ]
     result = UnlearningResult(
         triggers,
@@ -257,6 +293,8 @@ def unlearn(
         n_trig,
         len(pairs) - n_trig,
         correct,
+        unfired,
+        flips,
         losses[::10],
         [list(p) for p in pairs[:6]],
         changed[:5],
