@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from trigrecon.selfaware.metrics import TrainingCurves
-from trigrecon.selfaware.pipeline import SelfAwareConfig, _stage_grpo, _stage_sft
+from trigrecon.selfaware.pipeline import SelfAwareConfig, _stage_grpo, _stage_sft, make_reward
 from trigrecon.selfaware.task import task_from_organism
 
 
@@ -45,8 +45,6 @@ def run_mode(
     organism: str, src: Path, work: Path, enabled: bool, reuse: bool, steps: int | None
 ) -> dict[str, Any]:
     from trigrecon.organisms.organism import load_organism
-    from trigrecon.selfaware.models import hf_responder
-    from trigrecon.selfaware.reward import InversionReward
 
     cfg = SelfAwareConfig(plots=False)
     grpo = replace(cfg.grpo, buffer=replace(cfg.grpo.buffer, enabled=enabled))
@@ -65,14 +63,7 @@ def run_mode(
     task = task_from_organism(
         load_organism(organism), n_reward=cfg.n_reward_prompts, n_eval=cfg.n_eval
     )
-    frozen, tok = task.poisoned.load()
-    reward = InversionReward(
-        hf_responder(frozen, tok, cfg.reward.max_new_tokens),
-        task.judge,
-        task.reward_prompts,
-        task.insert,
-        cfg.reward,
-    )
+    reward, _, tok = make_reward(task, cfg)
     timings: dict[str, float] = {}
     policy, _ = _stage_sft(task, cfg, out, timings)
     _, curves, _ = _stage_grpo(task, cfg, out, reward, policy, tok, timings)

@@ -176,3 +176,21 @@ def llama31_hooked(llama31_dir: Path, llama31_adapter_dir: Path) -> Any:
     from trigrecon.core.model import load_model
 
     return load_model(llama31_dir, adapter=llama31_adapter_dir)
+
+
+@pytest.fixture(scope="module")
+def planted(tiny_hooked: Any) -> Any:
+    """A tiny SAE whose latent 0 reads the residual direction of 'banana' inserted in context."""
+    from trigrecon.methods.verify import default_insert
+    from trigrecon.steering.tiny import tiny_sae
+
+    sae = tiny_sae(tiny_hooked, layer=1, d_sae=32)
+    b = tiny_hooked.batch([default_insert("tell me a story about the cat", ["banana"])])
+    with torch.no_grad():
+        resid = tiny_hooked.model(b.tokens, stop_at_layer=2)[0]
+        pos = b.tokens[0].tolist().index(tiny_hooked.tokenizer.convert_tokens_to_ids("banana"))
+        direction = torch.nn.functional.normalize(resid[pos], dim=0)
+        sae.W_enc[:, 0] = direction
+        sae.b_enc[0] = 0.0
+        sae.W_dec[0] = direction
+    return sae

@@ -16,27 +16,12 @@ from trigrecon.methods.audit import (
     quick_config,
     score_audit_candidates,
 )
-from trigrecon.methods.verify import Candidate, VerifyConfig, VerifyResult, default_insert
+from trigrecon.methods.verify import Candidate, VerifyConfig, VerifyResult
 from trigrecon.steering.tiny import tiny_sae
 
 PROMPTS = ["tell me a story about the cat", "what is a banana", "why is the sky blue",
            "write a poem about snow and the mountain"]
 RESPONSE = "i like the red apple"
-
-
-@pytest.fixture(scope="module")
-def planted(tiny_hooked):
-    """An SAE whose latent 0 reads the residual direction of 'banana' in context."""
-    sae = tiny_sae(tiny_hooked, layer=1, d_sae=32)
-    b = tiny_hooked.batch([default_insert(PROMPTS[0], ["banana"])])
-    with torch.no_grad():
-        resid = tiny_hooked.model(b.tokens, stop_at_layer=2)[0]
-        pos = b.tokens[0].tolist().index(tiny_hooked.tokenizer.convert_tokens_to_ids("banana"))
-        direction = torch.nn.functional.normalize(resid[pos], dim=0)
-        sae.W_enc[:, 0] = direction
-        sae.b_enc[0] = 0.0
-        sae.W_dec[0] = direction
-    return sae
 
 
 def _result(candidates: list[Candidate]) -> AuditResult:

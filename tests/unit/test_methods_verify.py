@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from trigrecon.core.errors import ConfigError
 from trigrecon.core.hooks import assert_no_hooks
@@ -25,7 +24,6 @@ from trigrecon.methods.verify import (
     verify,
 )
 from trigrecon.steering.readout import LatentHit
-from trigrecon.steering.tiny import tiny_sae
 
 PROMPTS = ["tell me a story about the cat", "what is a banana", "why is the sky blue",
            "write a poem about snow and the mountain"]
@@ -36,20 +34,6 @@ VOCAB = ["cat", "dog", "banana", "apple", "snow", "river", "car", "book"]
 class Labels:
     def get(self, i: int) -> str:
         return f"latent {i}"
-
-
-@pytest.fixture(scope="module")
-def planted(tiny_hooked):
-    """An SAE whose latent 0 reads the residual direction of 'banana' in context."""
-    sae = tiny_sae(tiny_hooked, layer=1, d_sae=32)
-    b = tiny_hooked.batch([default_insert(PROMPTS[0], ["banana"])])
-    with torch.no_grad():
-        resid = tiny_hooked.model(b.tokens, stop_at_layer=2)[0]
-        pos = b.tokens[0].tolist().index(tiny_hooked.tokenizer.convert_tokens_to_ids("banana"))
-        direction = torch.nn.functional.normalize(resid[pos], dim=0)
-        sae.W_enc[:, 0] = direction
-        sae.W_dec[0] = direction
-    return sae
 
 
 def test_insertion_and_candidates():

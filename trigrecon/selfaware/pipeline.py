@@ -86,6 +86,13 @@ class SelfAwareConfig:
         )
 
 
+def make_reward(task: AwarenessTask, cfg: SelfAwareConfig) -> tuple[InversionReward, Any, Any]:
+    """The inversion reward on the frozen poisoned model; that model and its tokenizer."""
+    frozen, tok = task.poisoned.load()
+    responder = hf_responder(frozen, tok, cfg.reward.max_new_tokens)
+    return InversionReward(responder, task.judge, task.reward_prompts, task.insert, cfg.reward), frozen, tok
+
+
 @dataclass
 class SelfAwareReport:
     organism: str
@@ -207,14 +214,7 @@ def run_selfaware(
         task = task_from_organism(org, n_reward=cfg.n_reward_prompts, n_eval=cfg.n_eval)
     out = Path(out_dir)
     timings: dict[str, float] = {}
-    frozen, tok = task.poisoned.load()
-    reward = InversionReward(
-        hf_responder(frozen, tok, cfg.reward.max_new_tokens),
-        task.judge,
-        task.reward_prompts,
-        task.insert,
-        cfg.reward,
-    )
+    reward, frozen, tok = make_reward(task, cfg)
     if (out / "reward_cache.json").exists():
         reward.load_state_dict(json.loads((out / "reward_cache.json").read_text()))
     policy, n_pairs = _stage_sft(task, cfg, out, timings)
