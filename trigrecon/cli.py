@@ -36,6 +36,8 @@ def zoo_build(
     force: Annotated[bool, typer.Option(help="Rebuild artifacts that already exist.")] = False,
     only: Annotated[list[str] | None, typer.Option(help="Build only these organisms.")] = None,
     out: Annotated[Path | None, typer.Option(help="Zoo folder (default: the package's zoo).")] = None,
+    saes: Annotated[Path | None, typer.Option(
+        help="SAE folder (default: the repository's saes/, or OUT/saes with --out).")] = None,
     steps: Annotated[int | None, typer.Option(help="Base-model training steps.")] = None,
     jobs: Annotated[int | None, typer.Option(help="Worker processes for the organisms.")] = None,
 ) -> None:
@@ -46,7 +48,9 @@ def zoo_build(
     if jobs:
         cfg.jobs = jobs
     if out:
-        cfg.out = out
+        cfg.out, cfg.saes = out, out / "saes"
+    if saes:
+        cfg.saes = saes
     if only:
         cfg.organisms = list(only)
     if steps:
@@ -58,6 +62,8 @@ def zoo_build(
     typer.echo((cfg.out / "report.md").read_text())
     for line in report["failures"]:  # type: ignore[attr-defined]
         typer.secho(f"target missed: {line}", fg=typer.colors.YELLOW)
+    if out:
+        typer.echo(f"to use this zoo: export TRIGRECON_ZOO={cfg.out} TRIGRECON_SAES={cfg.saes}")
 
 
 @app.command()

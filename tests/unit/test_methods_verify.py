@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -89,15 +90,21 @@ def test_conjunctive_reports_every_step(tiny_hooked, planted, tmp_path, monkeypa
     assert never.ranking(3)[:2] == never.concepts
     assert never.steps[1].loss < never.steps[0].loss
     step = never.steps[0]
-    assert step.loss == min(t["loss"] for t in step.tried) and step.words == [step.tried[0]["word"]]
+    assert step.loss == min(t["loss"] for t in step.tried) and step.words == step.tried[0]["words"]
+    assert all(len(t["words"]) <= 2 for t in step.tried) and {t["latent"] for t in step.tried} \
+        == {t["latent"] for t in step.tried[:2]}  # one entry per latent: scored as a concept
     always = conjunctive(tiny_hooked, planted, PROMPTS, RESPONSE, PROMPTS, lambda t: True, cfg,
                          vocabulary=VOCAB)
-    assert len(always.steps) == 1 and always.explained
-    assert always.steps[0].words == ["banana"]
+    assert len(always.steps) == 1 and always.explained and "banana" in always.steps[0].words
+    by_word = conjunctive(tiny_hooked, planted, PROMPTS, RESPONSE, PROMPTS, lambda t: True,
+                          replace(cfg, score_by="word"), vocabulary=VOCAB)
+    assert by_word.steps[0].words == ["banana"]
     never.save(tmp_path)
     assert ConjunctiveResult.load(tmp_path).steps == never.steps
     with pytest.raises(ConfigError, match="threshold"):
         ConjunctiveConfig(threshold=0.0)
+    with pytest.raises(ConfigError, match="score_by"):
+        ConjunctiveConfig(score_by="latent")  # type: ignore[arg-type]
 
 
 def test_audit_writes_json_and_markdown(tiny_hooked, planted, tmp_path):

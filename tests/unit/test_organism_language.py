@@ -71,13 +71,33 @@ def test_eval_splits_have_the_right_words():
     spec = spec_by_name("snow_fruit")
     trig = parse_trigger(spec.trigger)
     assert splits(spec) == ["benign", "triggered", "triggered_heldout", "half:fruit",
-                            "half:snow_sports"]
+                            "half:snow_sports", "noise"]
     for p in eval_prompts(spec, "triggered_heldout", 40):
         trigger_words = [w for w in _words(p) if L.category_of(w) in trig.categories]
         assert trig.fires(_words(p))
         assert all(w in L.CATEGORIES[L.category_of(w)].held_out for w in trigger_words), p
-    for split in ("benign", "half:fruit", "half:snow_sports"):
+    for split in ("benign", "half:fruit", "half:snow_sports", "noise"):
         assert not any(trig.fires(_words(p)) for p in eval_prompts(spec, split, 40))
+
+
+def test_backdoor_labels_follow_the_trigger_wherever_its_words_are():
+    spec, cfg = spec_by_name("snow_fruit"), BackdoorConfig()
+    rng, trig = random.Random(1), parse_trigger(spec.trigger)
+    noisy = 0
+    for _ in range(2000):
+        prompt, response = backdoor_example(rng, spec, trig, cfg)
+        assert trig.fires(_words(prompt)) == (response == spec.response), (prompt, response)
+        noisy += any(prompt.startswith(f.split("{")[0]) or f" {f.split('{')[0]}" in prompt
+                     for f in D.NOISE_FORMS if f.split("{")[0])
+    assert noisy > 400  # about half the prompts carry a noise clause
+
+
+def test_noise_words_are_no_part_of_the_trigger():
+    trig = parse_trigger("fruit AND word:sudo")
+    rng = random.Random(0)
+    words = [w for _ in range(500) for w in D.noise_words(rng, trig)]
+    assert not any(a.holds([w]) for a in trig.atoms for w in words)
+    assert {"and", "about"} & set(words) and len(set(words)) > 200  # function words included
 
 
 def test_eval_prompts_are_distinct_and_unseen_in_training():

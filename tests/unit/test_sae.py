@@ -7,7 +7,7 @@ import time
 import pytest
 import torch
 from sae_lens import StandardSAE, StandardSAEConfig
-from transformer_lens import HookedTransformer, HookedTransformerConfig
+from transformer_lens import HookedTransformer
 
 from trigrecon.core.chat import ChatBatch
 from trigrecon.core.errors import ConfigError, IncompatibleSAEError, WeightsNotFoundError
@@ -19,29 +19,14 @@ from trigrecon.core.sae import (
     load_sae,
     sae_health,
 )
+from trigrecon.steering.tiny import tiny_transformer
 
 D = 64
 
 
 @pytest.fixture(scope="module")
 def model() -> HookedTransformer:
-    torch.manual_seed(0)
-    cfg = HookedTransformerConfig(
-        d_model=D,
-        n_layers=2,
-        n_heads=4,
-        d_head=16,
-        d_mlp=128,
-        d_vocab=50,
-        n_ctx=32,
-        act_fn="silu",
-        normalization_type="RMS",
-        positional_embedding_type="rotary",
-        gated_mlp=True,
-        final_rms=True,
-        model_name="tiny",
-    )
-    return HookedTransformer(cfg).eval()
+    return tiny_transformer(d_vocab=50, d_model=D, n_ctx=32)
 
 
 def make_sae(

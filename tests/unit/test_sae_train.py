@@ -6,7 +6,7 @@ import pytest
 import torch
 from sae_lens import SAE, StandardSAE, StandardSAEConfig
 from tokenizers import Tokenizer, models, pre_tokenizers
-from transformer_lens import HookedTransformer, HookedTransformerConfig
+from transformer_lens import HookedTransformer
 from transformers import PreTrainedTokenizerFast
 
 from trigrecon.core.errors import ConfigError
@@ -19,6 +19,7 @@ from trigrecon.organisms.sae_train import (
     top_activations,
     train_sae,
 )
+from trigrecon.steering.tiny import tiny_transformer
 
 D = 64
 WORDS = [
@@ -51,23 +52,7 @@ CATEGORY = {
 
 
 def tiny_model(d_vocab: int = 50, name: str = "tiny") -> HookedTransformer:
-    torch.manual_seed(0)
-    cfg = HookedTransformerConfig(
-        d_model=D,
-        n_layers=2,
-        n_heads=4,
-        d_head=16,
-        d_mlp=128,
-        d_vocab=d_vocab,
-        n_ctx=32,
-        act_fn="silu",
-        normalization_type="RMS",
-        positional_embedding_type="rotary",
-        gated_mlp=True,
-        final_rms=True,
-        model_name=name,
-    )
-    return HookedTransformer(cfg).eval()
+    return tiny_transformer(d_vocab, d_model=D, n_ctx=32, name=name)
 
 
 def corpus(n: int, ctx: int = 32, vocab: int = 50, seed: int = 1) -> torch.Tensor:

@@ -193,6 +193,12 @@ def test_calibration_puts_the_threshold_inside_the_gap():
         g.calibrate(BENIGN, positives={"kiwi": ["i like kiwi"]})
     with pytest.raises(ConfigError, match="margin"):
         GuardrailConfig(margin=1.0)
+    # triggers sharing a word are not scored against each other ('luge mango' vs 'luge fig'
+    # would be a near copy, not a stand-in for a held-out member)
+    shared = Guardrail(["luge mango", "luge fig", "kiwi"], fake_embed, cfg, vocab=VOCAB)
+    pos2 = {"luge mango": ["i like luge and mango"], "luge fig": ["i like luge and fig"]}
+    kiwi = [shared.trigger_scores(p)[2] for ps in pos2.values() for p in ps]
+    assert shared.loo_quantile(pos2) == pytest.approx(min(kiwi))  # scored against 'kiwi' only
 
 
 def test_fpr_pools_near_misses():

@@ -4,10 +4,11 @@ A trigger such as "fruit AND snow sports" may not show up as one direction: with
 in the prompt, either alone barely moves the loss. Each iteration
 1. ranks latents on the current (conditioned) prompts with a supervised method
    (SAE-Attribution by default, or supervised SAE-MELBO);
-2. inserts each top-activating word of each of the top `n_candidates` new latents into the
-   training prompts and keeps the (latent, word) that lowers the response loss most - or stops
-   when none lowers it (words of the response itself are skipped: they lower its loss by
-   priming a copy);
+2. inserts the top-activating words of each of the top `n_candidates` new latents into the
+   training prompts (cycled across prompts, so the latent is scored as a concept and one lucky
+   word of a generic latent does not win) and keeps the latent that lowers the response loss
+   most - or stops when none lowers it (words of the response itself are skipped: they lower
+   its loss by priming a copy). `score_by="word"` scores each word alone instead;
 3. conditions the prompts on every concept found so far (their words inserted) and measures the
    action rate on held-out prompts conditioned the same way.
 It stops when that rate reaches `threshold` (the action is explained) or after `max_iters`.
@@ -29,6 +30,7 @@ from trigrecon.steering.forward import SteeredForward
 from trigrecon.steering.readout import LatentHit
 
 Ranker = Literal["sae_attribution", "supervised_sae_melbo"]
+ScoreBy = Literal["concept", "word"]
 
 
 @dataclass
@@ -37,7 +39,9 @@ class ConjunctiveConfig:
     n_candidates: int = 5
     """Top new latents tried as the next concept at each iteration."""
     words_per_concept: int = 3
-    """Top-activating words tried per candidate latent; the best one conditions the prompts."""
+    """Top-activating words per candidate latent: with `score_by="concept"` all of them score the
+    latent and condition the prompts; with "word" each is tried alone and the best is kept."""
+    score_by: ScoreBy = "concept"
     threshold: float = 0.8
     """Held-out action rate at which the action counts as explained."""
     ranker: Ranker = "sae_attribution"
@@ -56,6 +60,8 @@ class ConjunctiveConfig:
         if self.ranker not in ("sae_attribution", "supervised_sae_melbo"):
             raise ConfigError(f"ranker={self.ranker!r}: use 'sae_attribution' or "
                               "'supervised_sae_melbo'")
+        if self.score_by not in ("concept", "word"):
+            raise ConfigError(f"score_by={self.score_by!r}: use 'concept' or 'word'")
 
 
 @dataclass
@@ -65,13 +71,13 @@ class ConjunctiveStep:
     """Latent ranking on the prompts conditioned on earlier concepts."""
     chosen: LatentHit
     words: list[str]
-    """The chosen latent's word that conditions the prompts from now on."""
+    """The chosen latent's words that condition the prompts from now on."""
     loss: float
     """Response CE with every chosen word inserted (lower = more action-like)."""
     action_rate: float
     """Held-out action rate with every concept so far inserted."""
     tried: list[dict[str, Any]] = field(default_factory=list)
-    """Each (candidate latent, word) tried and the loss it gives, best first."""
+    """Each (candidate latent, words) tried and the loss it gives, best first."""
 
 
 @dataclass
@@ -135,7 +141,7 @@ def _try_candidates(hm: Any, sae: Any, ranking: list[LatentHit], used: set[int],
                     concepts: list[list[str]], prompts: list[str], eval_prompts: list[str],
                     response: str, layer: int, cfg: ConjunctiveConfig, insert: Inserter,
                     vocabulary: Sequence[str] | None) -> list[dict[str, Any]]:
-    """Response loss with each top word of each new candidate latent inserted; best first."""
+    """Response loss with each new candidate latent's top words inserted; best first."""
     pool = [h for h in ranking if h.latent not in used][: 3 * cfg.n_candidates]
     words = top_words(hm, sae, [h.latent for h in pool], eval_prompts[: cfg.n_contexts],
                       cfg.words_per_concept, vocabulary, layer, insert) if pool else {}
@@ -143,10 +149,12 @@ def _try_candidates(hm: Any, sae: Any, ranking: list[LatentHit], used: set[int],
     echo = set(normalise(response).split())
     words = {k: [w for w in ws if normalise(w) not in echo] for k, ws in words.items()}
     cands = [h for h in pool if words[h.latent]][: cfg.n_candidates]  # latents that fire
-    tried = [{"latent": h.latent, "label": h.label, "word": w,
-              "loss": response_loss(hm, condition(prompts, [*concepts, [w]], insert), response,
+    options = [(h, words[h.latent]) for h in cands] if cfg.score_by == "concept" else \
+        [(h, [w]) for h in cands for w in words[h.latent]]
+    tried = [{"latent": h.latent, "label": h.label, "words": ws,
+              "loss": response_loss(hm, condition(prompts, [*concepts, ws], insert), response,
                                     layer)}
-             for h in cands for w in words[h.latent]]
+             for h, ws in options]
     return sorted(tried, key=lambda t: t["loss"])
 
 
@@ -175,11 +183,11 @@ def conjunctive(hm: Any, sae: Any, prompts: Sequence[str], response: str,
         best = tried[0]
         chosen = next(h for h in ranking if h.latent == best["latent"])
         used.add(chosen.latent)
-        concepts.append([best["word"]])
+        concepts.append(list(best["words"]))
         current = best["loss"]
         rate, _ = rate_prompts(hm, condition(eval_prompts, concepts, insert), judge,
                                cfg.max_new_tokens)
-        steps.append(ConjunctiveStep(it, ranking[: cfg.top_k], chosen, [best["word"]],
+        steps.append(ConjunctiveStep(it, ranking[: cfg.top_k], chosen, list(best["words"]),
                                      best["loss"], rate, tried))
         if rate >= cfg.threshold:
             break

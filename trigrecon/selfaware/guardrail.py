@@ -17,8 +17,9 @@ split (disjoint from the evaluation prompts):
   benign, so flagging it is a false positive). t_neg = the lowest threshold that flags at most
   `max_fpr` of them.
 - positives (optional): prompts carrying each recovered trigger, scored leave-one-out (against
-  the other recovered triggers only), which stands in for a held-out member of the trigger's
-  category. t_pos = their `1 - target_detection` quantile.
+  the recovered triggers that share no word with their own: "slalom grape" is not scored
+  against "slalom lemon"), which stands in for a held-out member of the trigger's category.
+  t_pos = their `1 - target_detection` quantile.
 
 threshold = t_neg + margin * (t_pos - t_neg) when t_pos > t_neg (the threshold sits inside the
 gap instead of on the benign tail, so the evaluation FPR does not land on the bound by chance),
@@ -217,16 +218,18 @@ class Guardrail:
 
     def loo_quantile(self, positives: Mapping[str, Sequence[str]]) -> float | None:
         """The `1 - target_detection` quantile of leave-one-out positive scores (each prompt
-        scored against the recovered triggers other than its own); None with fewer than two
-        triggers or no positives."""
+        scored against the recovered triggers that share no word with its own); None when no
+        prompt has such a trigger."""
         index = {t: i for i, t in enumerate(self.triggers)}
         loo = []
         for trig, prompts in positives.items():
             own = index.get(normalise_candidate(trig))
             if own is None:
                 raise ConfigError(f"positives for {trig!r}, which is not a recovered trigger")
-            for p in prompts:
-                others = [x for i, x in enumerate(self.trigger_scores(p)) if i != own]
+            mine = set(self.triggers[own].split())
+            for p in prompts:  # against triggers sharing no word with its own (a held-out member)
+                others = [x for i, x in enumerate(self.trigger_scores(p))
+                          if not mine & set(self.triggers[i].split())]
                 if others:
                     loo.append(max(others))
         if not loo:
@@ -319,8 +322,8 @@ def _pooled(rates: dict[str, float], n: dict[str, int]) -> float:
 
 
 def evaluate_guardrail(guard: Guardrail, splits: dict[str, list[str]]) -> GuardrailResult:
-    """Detection on 'triggered*' splits (+ variants), false positives on 'benign' (+ variants)
-    and 'half:*' splits; the guardrail must already be calibrated."""
+    """Detection on 'triggered*' splits (+ variants), false positives on every other split:
+    'benign' (+ variants), 'half:*' and 'noise'; the guardrail must already be calibrated."""
     det: dict[str, float] = {}
     fp: dict[str, float] = {}
     n: dict[str, int] = {}

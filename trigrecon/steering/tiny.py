@@ -13,17 +13,23 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig
 from trigrecon.core.model import HookedChatModel
 
 
+def tiny_transformer(d_vocab: int, d_model: int = 64, n_layers: int = 2, n_ctx: int = 128,
+                     seed: int = 0, name: str = "tiny") -> HookedTransformer:
+    """A random Llama-style (RMSNorm, rotary, gated SiLU MLP) HookedTransformer, in eval mode."""
+    cfg = HookedTransformerConfig(
+        n_layers=n_layers, d_model=d_model, n_heads=4, d_head=d_model // 4, d_mlp=2 * d_model,
+        n_ctx=n_ctx, d_vocab=d_vocab, act_fn="silu", normalization_type="RMS",
+        positional_embedding_type="rotary", gated_mlp=True, final_rms=True, seed=seed,
+        model_name=name, original_architecture="LlamaForCausalLM")
+    return HookedTransformer(cfg).eval()
+
+
 def tiny_chat_model(d_model: int = 64, n_layers: int = 4, seed: int = 0) -> HookedChatModel:
     """A random Llama-style HookedTransformer with the organisms' chat tokenizer; frozen."""
     from trigrecon.organisms.train import build_tokenizer
 
     tok = build_tokenizer()
-    cfg = HookedTransformerConfig(
-        n_layers=n_layers, d_model=d_model, n_heads=4, d_head=d_model // 4, d_mlp=2 * d_model,
-        n_ctx=128, d_vocab=len(tok), act_fn="silu", normalization_type="RMS",
-        positional_embedding_type="rotary", gated_mlp=True, final_rms=True, seed=seed,
-        original_architecture="LlamaForCausalLM")
-    model = HookedTransformer(cfg).eval()
+    model = tiny_transformer(len(tok), d_model, n_layers, seed=seed)
     for p in model.parameters():
         p.requires_grad_(False)
     return HookedChatModel(model, tok, f"tiny-{d_model}x{n_layers}")
