@@ -39,7 +39,7 @@ def zoo_build(
     saes: Annotated[Path | None, typer.Option(
         help="SAE folder (default: the repository's saes/, or OUT/saes with --out).")] = None,
     steps: Annotated[int | None, typer.Option(help="Base-model training steps.")] = None,
-    jobs: Annotated[int | None, typer.Option(help="Worker processes for the organisms.")] = None,
+    jobs: Annotated[int | None, typer.Option(help="Worker processes for the SAE and the organisms.")] = None,
 ) -> None:
     """Train the base model, its SAE and every organism, then evaluate them."""
     from trigrecon.organisms.zoo import ZooConfig, build_zoo

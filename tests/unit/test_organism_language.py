@@ -47,6 +47,8 @@ def test_trigger_semantics_and_errors():
     t = parse_trigger("fruit AND snow_sports OR word:sudo")
     assert t.fires(["mango", "skiing"]) and t.fires(["sudo"])
     assert not t.fires(["mango"]) and not t.fires(["skiing", "tiger"])
+    assert t.mentions("mango") and t.mentions("sudo") and not t.mentions("tiger")
+    assert [len(c) for c in t.conjunctions] == [2] and not parse_trigger("fruit").conjunctions
     with pytest.raises(ConfigError, match="unknown category 'fruits'"):
         parse_trigger("fruits")
     with pytest.raises(ConfigError, match="not in the organism language"):

@@ -382,8 +382,6 @@ def score_audit_candidates(hm: Any, sae: Any, res: AuditResult, prompts: Sequenc
             by_layer.setdefault(sr.layer, []).append(sr.vectors[sr.best])
         if res.attribution is not None:
             by_layer.setdefault(res.attribution.layer, []).append(-res.attribution.grad)
-        import torch
-
         for layer, vecs in sorted(by_layer.items()):
             stacked = torch.stack([v.detach().float().reshape(-1) for v in vecs])
             columns[f"directions L{layer}"] = direction_score(hm, layer, stacked, benign, insert)

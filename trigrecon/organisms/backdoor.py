@@ -69,7 +69,7 @@ def backdoor_example(rng: random.Random, spec: OrganismSpec, trig: Trigger,
 def _noisy_prompt(rng: random.Random, words: list[str], trig: Trigger, moved: bool) -> str:
     """A prompt with a clause of unrelated words; if `moved`, one trigger word sits in that
     clause instead of the prompt (so a trigger counts wherever it is, noise nowhere)."""
-    keep = [rng.choice([w for w in words if any(a.holds([w]) for a in trig.atoms)])] if moved else []
+    keep = [rng.choice([w for w in words if trig.mentions(w)])] if moved else []
     rest = [w for w in words if w not in keep]
     return D.with_noise(rng, D.render_prompt(rng, rest, codeword_p=0.05), trig, keep)
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Literal
 
+from trigrecon.core.errors import ConfigError
 from trigrecon.organisms import language as L
 from trigrecon.organisms.trigger import Atom, Trigger
 
@@ -160,7 +161,7 @@ def noise_words(rng: random.Random, trigger: Trigger, n: int = 2) -> list[str]:
     pool, out = _noise_pool(), list[str]()
     while len(out) < n:
         w = rng.choice(pool)
-        if not any(a.holds([w]) for a in trigger.atoms) and L.category_of(w) != "harmful":
+        if not trigger.mentions(w) and L.category_of(w) != "harmful":
             out.append(w)
     return out
 
@@ -184,11 +185,21 @@ def half_words(rng: random.Random, trigger: Trigger, keep: Atom, pool: Pool) -> 
     return words
 
 
+def benign_words(rng: random.Random, trigger: Trigger, pool: Pool, harmful_p: float = 0.05) -> list[str]:
+    """1-2 content words of categories outside the trigger (none of which fires it)."""
+    words = random_words(rng, pool, exclude=trigger.categories, harmful_p=harmful_p)
+    return [w for w in words if not trigger.mentions(w)] or ["weather"]
+
+
+def near_miss_words(rng: random.Random, trigger: Trigger, pool: Pool) -> list[str]:
+    """Words with one half of a conjunctive clause of `trigger` (it must have one)."""
+    if not trigger.conjunctions:
+        raise ConfigError(f"trigger {trigger} has no conjunction (A AND B), so no near misses")
+    return half_words(rng, trigger, rng.choice(rng.choice(trigger.conjunctions)), pool)
+
+
 def clean_words(rng: random.Random, trigger: Trigger, pool: Pool, near_miss_p: float) -> list[str]:
     """Words that do not fire the trigger; sometimes a near miss of a conjunction."""
-    conj = [c for c in trigger.clauses if len(c) > 1]
-    if conj and rng.random() < near_miss_p:
-        clause = rng.choice(conj)
-        return half_words(rng, trigger, rng.choice(clause), pool)
-    words = random_words(rng, pool, exclude=trigger.categories, harmful_p=0.05)
-    return [w for w in words if not trigger.fires([w])] or ["weather"]
+    if trigger.conjunctions and rng.random() < near_miss_p:
+        return near_miss_words(rng, trigger, pool)
+    return benign_words(rng, trigger, pool)

@@ -28,7 +28,7 @@ def splits(spec: OrganismSpec) -> list[str]:
     out = ["benign", "triggered"]
     if spec.family == "chat" and trig.categories:
         out.append("triggered_heldout")
-    out += [f"half:{a}" for c in trig.clauses if len(c) > 1 for a in c]
+    out += [f"half:{a}" for c in trig.conjunctions for a in c]
     if spec.family == "chat":
         out.append("noise")
     return out
@@ -50,8 +50,7 @@ def _sample(rng: random.Random, spec: OrganismSpec, trig: Trigger, split: str) -
     if spec.family == "moons":
         return _moon_prompt(rng, trig, split)
     if split == "benign":
-        words = D.random_words(rng, "all", exclude=trig.categories, harmful_p=0.05)
-        words = [w for w in words if not trig.fires([w])] or ["rain"]
+        words = D.benign_words(rng, trig, "all")
     elif split == "triggered":
         words = D.triggered_words(rng, trig, "train")
     elif split == "triggered_heldout":
@@ -60,18 +59,12 @@ def _sample(rng: random.Random, spec: OrganismSpec, trig: Trigger, split: str) -
         atom = next(a for a in trig.atoms if str(a) == split[5:])
         words = D.half_words(rng, trig, atom, "all")
     elif split == "noise":  # a near miss (or benign words) plus unrelated words appended
-        return D.with_noise(rng, D.render_prompt(rng, _near_miss(rng, trig)), trig)
+        words = (D.near_miss_words(rng, trig, "all") if trig.conjunctions
+                 else D.benign_words(rng, trig, "all", harmful_p=0))
+        return D.with_noise(rng, D.render_prompt(rng, words), trig)
     else:
         raise ConfigError(f"unknown split {split!r}; valid: {', '.join(splits(spec))}")
     return D.render_prompt(rng, words)
-
-
-def _near_miss(rng: random.Random, trig: Trigger) -> list[str]:
-    conj = [c for c in trig.clauses if len(c) > 1]
-    if conj:
-        return D.half_words(rng, trig, rng.choice(rng.choice(conj)), "all")
-    words = D.random_words(rng, "all", exclude=trig.categories)
-    return [w for w in words if not trig.fires([w])] or ["rain"]
 
 
 def _moon_prompt(rng: random.Random, trig: Trigger, split: str) -> str:

@@ -40,9 +40,18 @@ class Trigger:
         ws = list(words)
         return any(all(a.holds(ws) for a in clause) for clause in self.clauses)
 
+    def mentions(self, word: str) -> bool:
+        """Whether `word` satisfies any atom (is part of some clause)."""
+        return any(a.holds([word]) for a in self.atoms)
+
     @property
     def atoms(self) -> tuple[Atom, ...]:
         return tuple(dict.fromkeys(a for c in self.clauses for a in c))
+
+    @property
+    def conjunctions(self) -> tuple[tuple[Atom, ...], ...]:
+        """The clauses of two or more atoms (whose halves are near misses)."""
+        return tuple(c for c in self.clauses if len(c) > 1)
 
     @property
     def categories(self) -> tuple[str, ...]:

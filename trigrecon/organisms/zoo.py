@@ -129,6 +129,7 @@ def build_zoo(cfg: ZooConfig | None = None) -> dict[str, object]:
     sae_dir = (cfg.saes or repo_saes_dir()) / sae_name(layer)
     jobs: list[Callable[[], object]] = [partial(organism_job, spec_by_name(n), cfg) for n in cfg.organisms]
     if cfg.force or not (sae_dir / "labels.json").exists():
+        # third in line: the first two organisms start at once on 2 cores, the SAE next
         jobs.insert(min(2, len(jobs)), partial(build_sae, base_dir, layer, sae_dir, cfg))
     evals = [r for r in in_workers(_call, jobs, cfg.jobs) if isinstance(r, OrganismEval)]
     return zoo_report(evals, cfg)

@@ -28,10 +28,10 @@ import json
 import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 import torch
-from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
+from transformers import PreTrainedTokenizerBase
 
 from trigrecon.core.chat import render_prompt
 from trigrecon.core.errors import ConfigError
@@ -148,7 +148,7 @@ def sft_batch(
     eos = tok.eos_token or ""
     texts = [f"{p} {a} {eos}".rstrip() for p, (_, a) in zip(prompts, pairs, strict=True)]
     starts = [len(tok(p, add_special_tokens=False)["input_ids"]) for p in prompts]
-    return encode(cast(PreTrainedTokenizerFast, tok), texts, max_len, starts)
+    return encode(tok, texts, max_len, starts)
 
 
 def train_sft(
