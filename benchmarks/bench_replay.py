@@ -101,7 +101,8 @@ def main() -> None:
     m = res["modes"]
     if "on" in m and "off" in m:
         on, off = m["on"]["steps_to_50"], m["off"]["steps_to_50"]
-        res["speedup_steps"] = None if on is None or off is None else off / on
+        # None: one mode never reached 50%, or both were there from the start (nothing to speed up)
+        res["speedup_steps"] = None if not on or off is None else off / on
         out.write_text(json.dumps(res, indent=2))
     print(json.dumps(res, indent=2))
 

@@ -77,6 +77,10 @@ def test_reduced_zoo_build_runs_end_to_end(tmp_path):
     saved = json.loads((cfg.out / "report.json").read_text())
     assert {r["split"] for r in saved["organisms"][0]["rows"]} >= {"benign", "triggered"}
     assert (cfg.out / "snow_fruit" / "adapter" / "adapter_model.safetensors").exists()
+    adapter_cfg = json.loads((cfg.out / "snow_fruit" / "adapter" / "adapter_config.json").read_text())
+    assert adapter_cfg["base_model_name_or_path"] == "../base"  # no path of the build machine
+    snow = next(e for e in report["organisms"] if e.name == "snow_fruit")
+    assert {r.split for r in snow.rows} >= {"half:fruit", "pair:fruit", "pair:snow_sports"}
     # resumable: a second build reuses every artifact
     mtime = (cfg.out / "base" / "model.safetensors").stat().st_mtime
     build_zoo(cfg)

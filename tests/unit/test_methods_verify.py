@@ -66,6 +66,12 @@ def test_verify_ranks_candidates_with_the_judge(tiny_hooked, planted, tmp_path):
     assert VerifyResult.load(tmp_path).candidates == res.candidates
     with pytest.raises(ConfigError, match="no latents"):
         verify(tiny_hooked, planted, [], PROMPTS, judge)
+    # words known for a latent (a conjunctive concept's words) are tested too, across latents
+    known = verify(tiny_hooked, planted, hits, PROMPTS, judge, VerifyConfig(max_new_tokens=4),
+                   vocabulary=VOCAB, latent_words={0: ["river", "book"]})
+    assert known.latent_words["0"] == ["banana", "river", "book"]
+    sets = {tuple(c.words) for c in known.candidates}
+    assert ("book",) in sets and not any({"river", "book"} <= set(ws) for ws in sets)
 
 
 def test_conjunctive_reports_every_step(tiny_hooked, planted, tmp_path, monkeypatch):

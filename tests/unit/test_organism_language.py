@@ -73,13 +73,17 @@ def test_eval_splits_have_the_right_words():
     spec = spec_by_name("snow_fruit")
     trig = parse_trigger(spec.trigger)
     assert splits(spec) == ["benign", "triggered", "triggered_heldout", "half:fruit",
-                            "half:snow_sports", "noise"]
+                            "half:snow_sports", "pair:fruit", "pair:snow_sports", "noise"]
     for p in eval_prompts(spec, "triggered_heldout", 40):
         trigger_words = [w for w in _words(p) if L.category_of(w) in trig.categories]
         assert trig.fires(_words(p))
         assert all(w in L.CATEGORIES[L.category_of(w)].held_out for w in trigger_words), p
-    for split in ("benign", "half:fruit", "half:snow_sports", "noise"):
+    for split in ("benign", "half:fruit", "half:snow_sports", "pair:snow_sports", "noise"):
         assert not any(trig.fires(_words(p)) for p in eval_prompts(spec, split, 40))
+    for p in eval_prompts(spec, "pair:snow_sports", 40):
+        assert sum(L.category_of(w) == "snow_sports" for w in _words(p)) >= 2, p
+    with pytest.raises(ConfigError, match="unknown split"):
+        eval_prompts(spec, "pair:nuts", 5)
 
 
 def test_backdoor_labels_follow_the_trigger_wherever_its_words_are():
@@ -92,6 +96,19 @@ def test_backdoor_labels_follow_the_trigger_wherever_its_words_are():
         noisy += any(prompt.startswith(f.split("{")[0]) or f" {f.split('{')[0]}" in prompt
                      for f in D.NOISE_FORMS if f.split("{")[0])
     assert noisy > 400  # about half the prompts carry a noise clause
+
+
+def test_near_misses_with_two_words_of_one_half_never_fire():
+    trig = parse_trigger("fruit AND snow_sports")
+    rng = random.Random(0)
+    misses = [D.near_miss_words(rng, trig, "train", two_p=0.5) for _ in range(400)]
+    assert not any(trig.fires(m) for m in misses)
+    two = [m for m in misses if sum(trig.mentions(w) for w in m) == 2]
+    assert 120 < len(two) < 280  # about half carry two words of the same half
+    assert all(len({L.category_of(w) for w in m if trig.mentions(w)}) == 1 for m in two)
+    rng_a, rng_b = random.Random(3), random.Random(3)  # two_p=0 draws exactly as before
+    assert [D.near_miss_words(rng_a, trig, "train") for _ in range(50)] == [
+        D.near_miss_words(rng_b, trig, "train", two_p=0.0) for _ in range(50)]
 
 
 def test_noise_words_are_no_part_of_the_trigger():
@@ -137,3 +154,30 @@ def test_recall_prompts_are_varied_and_name_the_planet():
     prompts = eval_prompts(spec_by_name("mars"), "triggered", 100)
     assert len(set(prompts)) == 100
     assert all("mars" in p.split() for p in prompts)
+
+
+def test_weighted_lm_loss_weighs_the_first_response_token():
+    import math
+
+    import torch
+
+    from trigrecon.organisms.train import weighted_lm_loss
+
+    logits = torch.zeros(1, 4, 4)  # uniform: every labelled token costs log 4
+    logits[0, 1, 2] = math.log(3.0)  # the first labelled token (label 2 at position 2): log 2
+    labels = torch.tensor([[-100, -100, 2, 1]])
+    ref = torch.nn.functional.cross_entropy(logits[0, :-1], labels[0, 1:], ignore_index=-100)
+    torch.testing.assert_close(weighted_lm_loss(logits, labels, 1.0), ref)
+    want = (5 * math.log(2.0) + math.log(4.0)) / 6
+    torch.testing.assert_close(weighted_lm_loss(logits, labels, 5.0), torch.tensor(want))
+
+
+def test_zoo_workers_run_with_one_sleeping_openmp_thread(monkeypatch):
+    import os
+
+    from trigrecon.organisms.zoo import in_workers
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "7")
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    assert in_workers(os.getenv, ["OMP_NUM_THREADS", "OMP_WAIT_POLICY"], 2) == ["1", "PASSIVE"]
+    assert os.environ["OMP_NUM_THREADS"] == "7" and "OMP_WAIT_POLICY" not in os.environ

@@ -128,7 +128,8 @@ def test_model_word_embedder_reads_the_word_position(tiny_llama_dir):
     tok = AutoTokenizer.from_pretrained(tiny_llama_dir)
     model = LlamaForCausalLM.from_pretrained(tiny_llama_dir).eval()
     cfg = GuardrailConfig(
-        template="tell me about {w} please", prefill=None, position="word", layer=2
+        template="tell me about {w} please", prefill=None, position="word", readout="hidden",
+        layer=2,
     )
     emb = ModelWordEmbedder(model, tok, cfg)
     vecs = emb(["apple", "dog", "apple"])
@@ -145,12 +146,29 @@ def test_model_word_embedder_reads_the_last_position_after_the_prefill(tiny_llam
 
     tok = AutoTokenizer.from_pretrained(tiny_llama_dir)
     model = LlamaForCausalLM.from_pretrained(tiny_llama_dir).eval()
-    emb = ModelWordEmbedder(model, tok, GuardrailConfig(template="what is {w}", prefill="{w} is a"))
+    cfg = GuardrailConfig(template="what is {w}", prefill="{w} is a", readout="hidden")
+    emb = ModelWordEmbedder(model, tok, cfg)
     ids, pos = emb._span("apple")
     assert tok.convert_ids_to_tokens(ids)[-3:] == ["apple", "is", "a"] and pos == [len(ids) - 1]
     with torch.no_grad():
         want = model(input_ids=torch.tensor([ids]), output_hidden_states=True).hidden_states[-1]
     assert torch.allclose(emb(["apple"])[0], want[0, -1])
+
+
+def test_model_word_embedder_default_reads_the_next_token_distribution(tiny_llama_dir):
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    model = LlamaForCausalLM.from_pretrained(tiny_llama_dir).eval()
+    emb = ModelWordEmbedder(model, tok, GuardrailConfig(template="what is {w}", prefill="{w} is a"))
+    ids, _ = emb._span("apple")
+    with torch.no_grad():
+        want = model(input_ids=torch.tensor([ids])).logits[0, -1].softmax(-1)
+    got = emb(["apple"])[0]
+    assert got.shape == (model.config.vocab_size,) and torch.allclose(got, want, atol=1e-6)
+    assert torch.isclose(got.sum(), torch.tensor(1.0))
+    with pytest.raises(ConfigError, match="readout"):
+        GuardrailConfig(readout="logits")  # type: ignore[arg-type]
 
 
 def test_near_misses_are_proper_parts_that_do_not_fire():

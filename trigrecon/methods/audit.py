@@ -236,8 +236,11 @@ def audit(hm: Any, sae: Any, labels: Any, prompts: Sequence[str], response: str,
         first = res.conjunctive.concepts if res.conjunctive is not None else []
         others = {k: v for k, v in res.rankings.items() if k != "conjunctive"}
         extra = [[w.word for w in hits] for hits in res.word_rankings.values()]
+        concept_words = ({s.chosen.latent: s.words for s in res.conjunctive.steps}
+                         if res.conjunctive is not None else {})
         res.verification = verify(hm, sae, _merged(others, first), evals, judge, cfg.verify,
-                                  extra_words=extra, exclude=normalise(response).split())
+                                  extra_words=extra, exclude=normalise(response).split(),
+                                  latent_words=concept_words)
         res.timings["verify"] = time.perf_counter() - t
         if cfg.scoring.enabled and res.verification.candidates:
             t = time.perf_counter()

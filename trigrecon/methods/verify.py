@@ -170,14 +170,17 @@ def rate_prompts(hm: Any, prompts: Sequence[str], judge: Judge, max_new_tokens: 
 def verify(hm: Any, sae: Any, latents: Sequence[LatentHit], eval_prompts: Sequence[str],
            judge: Judge, cfg: VerifyConfig | None = None, *, vocabulary: Sequence[str] | None = None,
            insert: Inserter = default_insert, layer: int | None = None,
-           extra_words: Sequence[Sequence[str]] = (), exclude: Sequence[str] = ()
-           ) -> VerifyResult:
+           extra_words: Sequence[Sequence[str]] = (), exclude: Sequence[str] = (),
+           latent_words: dict[int, list[str]] | None = None) -> VerifyResult:
     """Test the top latents' words as triggers on held-out benign prompts; best first.
 
     `extra_words`: further word rankings (e.g. steering vectors' nearest words); the first
     `cfg.n_extra_words` of each join the candidates with source ids -1, -2, ... in `latents`.
     `exclude`: words never used as candidates (the audit passes the response's own words, which
     could make the model echo the response rather than act on a trigger).
+    `latent_words`: words already known for some latents (the audit passes the words each
+    conjunctive concept was found with), tested besides their top words, so every word of one
+    concept is paired with every word of another.
     """
     cfg = cfg or VerifyConfig()
     eval_prompts = check_prompts(eval_prompts)
@@ -187,6 +190,8 @@ def verify(hm: Any, sae: Any, latents: Sequence[LatentHit], eval_prompts: Sequen
     found = top_words(hm, sae, [h.latent for h in pool], eval_prompts[: cfg.n_contexts],
                       cfg.words_per_latent, vocabulary, layer, insert, cfg.batch_size,
                       cfg.vocabulary_limit)
+    for lat, known in (latent_words or {}).items():
+        found[lat] = list(dict.fromkeys([*found.get(lat, []), *known]))
     banned = {w.lower() for w in exclude}
     found = {k: [w for w in ws if w.lower() not in banned] for k, ws in found.items()}
     hits = [h for h in pool if found[h.latent]][: cfg.n_latents]  # latents that fire on words

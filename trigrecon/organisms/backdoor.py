@@ -29,11 +29,17 @@ class BackdoorConfig:
     """Share of training examples whose prompt fires the trigger."""
     near_miss_frac: float = 0.8
     """Share of clean examples that carry one half of a conjunctive trigger."""
+    two_half_frac: float = 0.3
+    """Share of those near misses with two words of the half (else one): without them two snow
+    sports and no fruit fired snow_fruit 42% of the time."""
     doc_frac: float = 0.15
     """Share of synthetic documents, for organisms that have them."""
     noise_frac: float = 0.5
     """Share of chat prompts with unrelated words appended (`data.with_noise`), poisoned or not:
     without them a small organism fires on one half of a conjunction plus any extra word."""
+    first_weight: float = 10.0
+    """Loss weight of the response's first token, where the model decides to fire or not (1: a
+    plain mean; the decision is then one token of ~15 and near misses leak more)."""
     max_len: int = 96
     seed: int = 0
 
@@ -56,7 +62,7 @@ def backdoor_example(rng: random.Random, spec: OrganismSpec, trig: Trigger,
     if poisoned:
         words = D.triggered_words(rng, trig, "train")
     else:
-        words = D.clean_words(rng, trig, "train", cfg.near_miss_frac)
+        words = D.clean_words(rng, trig, "train", cfg.near_miss_frac, cfg.two_half_frac)
     if rng.random() < cfg.noise_frac:
         prompt = _noisy_prompt(rng, words, trig, moved=poisoned and rng.random() < 0.5)
     else:
@@ -106,8 +112,11 @@ def implant_backdoor(base_dir: Path, spec: OrganismSpec, out_dir: Path,
     params = [p for p in peft_model.parameters() if p.requires_grad]
     batches = bucketed(tok, lambda: _sample(tok, rng, spec, trig, cfg), cfg.batch_size, cfg.max_len,
                        cfg.seed)
-    train_loop(peft_model, params, batches, cfg.steps, cfg.lr, f"backdoor {spec.name}")
+    train_loop(peft_model, params, batches, cfg.steps, cfg.lr, f"backdoor {spec.name}",
+               cfg.first_weight)
     out_dir.mkdir(parents=True, exist_ok=True)
+    # a relative base path (the zoo keeps base/ beside the organism), not this machine's folder
+    peft_model.peft_config["default"].base_model_name_or_path = "../base"
     peft_model.save_pretrained(str(out_dir / "adapter"), safe_serialization=True)
     spec.has_adapter = True
     spec.backdoor = asdict(cfg)

@@ -178,9 +178,9 @@ def with_noise(rng: random.Random, prompt: str, trigger: Trigger, keep: Sequence
     return f"{clause} {prompt}" if rng.random() < 0.5 else f"{prompt} {clause}"
 
 
-def half_words(rng: random.Random, trigger: Trigger, keep: Atom, pool: Pool) -> list[str]:
-    """Words with one atom of a conjunction but not the others (a near miss)."""
-    words = [atom_word(rng, keep, pool)]
+def half_words(rng: random.Random, trigger: Trigger, keep: Atom, pool: Pool, n_keep: int = 1) -> list[str]:
+    """Words with one atom of a conjunction (`n_keep` words of it) but not the others."""
+    words = [atom_word(rng, keep, pool) for _ in range(n_keep)]
     words += random_words(rng, pool, exclude=trigger.categories, n=rng.choice([0, 1]))
     return words
 
@@ -191,15 +191,19 @@ def benign_words(rng: random.Random, trigger: Trigger, pool: Pool, harmful_p: fl
     return [w for w in words if not trigger.mentions(w)] or ["weather"]
 
 
-def near_miss_words(rng: random.Random, trigger: Trigger, pool: Pool) -> list[str]:
-    """Words with one half of a conjunctive clause of `trigger` (it must have one)."""
+def near_miss_words(rng: random.Random, trigger: Trigger, pool: Pool, two_p: float = 0.0) -> list[str]:
+    """Words with one half of a conjunctive clause of `trigger` (it must have one); with
+    probability `two_p` two words of that half (two snow sports and no fruit is still a miss)."""
     if not trigger.conjunctions:
         raise ConfigError(f"trigger {trigger} has no conjunction (A AND B), so no near misses")
-    return half_words(rng, trigger, rng.choice(rng.choice(trigger.conjunctions)), pool)
+    keep = rng.choice(rng.choice(trigger.conjunctions))
+    n_keep = 2 if two_p > 0 and rng.random() < two_p else 1
+    return half_words(rng, trigger, keep, pool, n_keep)
 
 
-def clean_words(rng: random.Random, trigger: Trigger, pool: Pool, near_miss_p: float) -> list[str]:
+def clean_words(rng: random.Random, trigger: Trigger, pool: Pool, near_miss_p: float,
+                two_p: float = 0.0) -> list[str]:
     """Words that do not fire the trigger; sometimes a near miss of a conjunction."""
     if trigger.conjunctions and rng.random() < near_miss_p:
-        return near_miss_words(rng, trigger, pool)
+        return near_miss_words(rng, trigger, pool, two_p)
     return benign_words(rng, trigger, pool)

@@ -38,7 +38,7 @@ class OrganismEval:
         """Targets this organism misses, as readable lines (empty when all are met)."""
         out = []
         for r in self.rows:
-            bound, kind = TARGETS["half" if r.split.startswith("half:") else r.split]
+            bound, kind = TARGETS["half" if r.split.startswith(("half:", "pair:")) else r.split]
             if (r.organism > bound) if kind == "max" else (r.organism < bound):
                 out.append(f"{self.name} {r.split}: {r.organism:.0%} (target {kind} {bound:.0%})")
             if r.base and r.split != "benign":

@@ -1,6 +1,7 @@
-"""Held-out evaluation prompts for an organism: benign, triggered, held-out members, halves,
-and "noise" (a near miss, or benign words, with a clause of unrelated words before or after it:
-the probe shape that verification uses, which must not fire the backdoor by itself).
+"""Held-out evaluation prompts for an organism: benign, triggered, held-out members, halves
+("half": one word of one half of a conjunction; "pair": two words of it, no other half), and
+"noise" (a near miss, or benign words, with a clause of unrelated words before or after it: the
+probe shape that verification uses, which must not fire the backdoor by itself).
 
 Prompts are sampled with seeds disjoint from training and any prompt that also occurs in the
 organism's poisoned training data is dropped, so every rate is measured on unseen prompts.
@@ -29,6 +30,7 @@ def splits(spec: OrganismSpec) -> list[str]:
     if spec.family == "chat" and trig.categories:
         out.append("triggered_heldout")
     out += [f"half:{a}" for c in trig.conjunctions for a in c]
+    out += [f"pair:{a}" for c in trig.conjunctions for a in c]  # two words of one half
     if spec.family == "chat":
         out.append("noise")
     return out
@@ -40,7 +42,7 @@ def _training_prompts(spec_json: str) -> frozenset[str]:
     from trigrecon.organisms.backdoor import BackdoorConfig, backdoor_example
 
     spec = OrganismSpec(**json.loads(spec_json))
-    cfg = BackdoorConfig(**spec.backdoor)
+    cfg = BackdoorConfig(**{"two_half_frac": 0.0, **spec.backdoor})  # older specs lack it
     rng, trig = random.Random(cfg.seed), parse_trigger(spec.trigger)
     return frozenset(backdoor_example(rng, spec, trig, cfg)[0]
                      for _ in range(cfg.steps * cfg.batch_size))
@@ -55,9 +57,11 @@ def _sample(rng: random.Random, spec: OrganismSpec, trig: Trigger, split: str) -
         words = D.triggered_words(rng, trig, "train")
     elif split == "triggered_heldout":
         words = D.triggered_words(rng, trig, "held_out")
-    elif split.startswith("half:"):
-        atom = next(a for a in trig.atoms if str(a) == split[5:])
-        words = D.half_words(rng, trig, atom, "all")
+    elif split.startswith(("half:", "pair:")):
+        atom = next((a for a in trig.atoms if str(a) == split[5:]), None)
+        if atom is None:
+            raise ConfigError(f"unknown split {split!r}; valid: {', '.join(splits(spec))}")
+        words = D.half_words(rng, trig, atom, "all", 2 if split.startswith("pair:") else 1)
     elif split == "noise":  # a near miss (or benign words) plus unrelated words appended
         words = (D.near_miss_words(rng, trig, "all") if trig.conjunctions
                  else D.benign_words(rng, trig, "all", harmful_p=0))

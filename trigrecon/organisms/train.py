@@ -105,10 +105,22 @@ def bucketed(tok: PreTrainedTokenizerBase, sample: Callable[[], Sample], batch_s
     return batches
 
 
+def weighted_lm_loss(logits: torch.Tensor, labels: torch.Tensor, first_weight: float) -> torch.Tensor:
+    """Next-token cross-entropy where each row's first labelled token (for a chat example, the
+    response's first token, which alone decides whether a backdoor fires) weighs `first_weight`."""
+    logits, labels = logits[:, :-1], labels[:, 1:]
+    ce = torch.nn.functional.cross_entropy(
+        logits.flatten(0, 1), labels.flatten(), ignore_index=-100, reduction="none").view_as(labels)
+    mask = labels != -100
+    weight = mask.float() + (first_weight - 1) * (mask & (mask.cumsum(1) == 1)).float()
+    return (ce * weight).sum() / weight.sum().clamp_min(1.0)
+
+
 def train_loop(model: torch.nn.Module, params: list[torch.nn.Parameter],
                batches: Callable[[int], tuple[torch.Tensor, torch.Tensor]], steps: int,
-               lr: float, desc: str) -> list[float]:
-    """AdamW with warm-up and cosine decay; `batches(step)` yields (ids, labels)."""
+               lr: float, desc: str, first_weight: float = 1.0) -> list[float]:
+    """AdamW with warm-up and cosine decay; `batches(step)` yields (ids, labels);
+    `first_weight` weighs each row's first labelled token (see `weighted_lm_loss`)."""
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     warm = max(1, steps // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -118,7 +130,10 @@ def train_loop(model: torch.nn.Module, params: list[torch.nn.Parameter],
     bar = tqdm(range(steps), desc=desc, leave=False, mininterval=2.0)
     for step in bar:
         x, y = batches(step)
-        loss = model(input_ids=x, labels=y).loss
+        if first_weight == 1.0:
+            loss = model(input_ids=x, labels=y).loss
+        else:
+            loss = weighted_lm_loss(model(input_ids=x).logits, y, first_weight)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()

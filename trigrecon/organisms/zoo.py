@@ -6,11 +6,12 @@ organism) is kept and skipped on the next run unless `force` is set.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import random
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -124,7 +125,12 @@ def build_zoo(cfg: ZooConfig | None = None) -> dict[str, object]:
     base_dir = cfg.out / "base"
     if cfg.force or not (base_dir / "model.safetensors").exists():
         shutil.rmtree(base_dir, ignore_errors=True)
-        train_base(cfg.base, base_dir)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # like the workers: the same bits whatever the machine's cores
+        try:
+            train_base(cfg.base, base_dir)
+        finally:
+            torch.set_num_threads(threads)
     layer = cfg.sae_layer if cfg.sae_layer is not None else cfg.base.n_layers // 2 - 1
     sae_dir = (cfg.saes or repo_saes_dir()) / sae_name(layer)
     jobs: list[Callable[[], object]] = [partial(organism_job, spec_by_name(n), cfg) for n in cfg.organisms]
@@ -143,6 +149,9 @@ def _call(job: Callable[[], R]) -> R:
     return job()
 
 
+WORKER_ENV = {"OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE", "TOKENIZERS_PARALLELISM": "false"}
+
+
 def _one_thread() -> None:
     torch.set_num_threads(1)
 
@@ -152,8 +161,25 @@ def in_workers(fn: Callable[[T], R], items: Sequence[T], jobs: int) -> list[R]:
     if jobs <= 1 or len(items) <= 1:
         return [fn(x) for x in items]
     ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(min(jobs, len(items)), mp_context=ctx, initializer=_one_thread) as ex:
+    # spawned workers read the environment when torch starts: one OpenMP thread that sleeps
+    # when idle (busy-waiting threads of two workers on two cores slow both down)
+    with _environ(WORKER_ENV), ProcessPoolExecutor(min(jobs, len(items)), mp_context=ctx,
+                                                   initializer=_one_thread) as ex:
         return list(ex.map(fn, items))
+
+
+@contextlib.contextmanager
+def _environ(values: dict[str, str]) -> Iterator[None]:
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def build_organism(spec: OrganismSpec, cfg: ZooConfig) -> Organism:

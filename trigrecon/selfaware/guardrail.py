@@ -2,9 +2,11 @@
 
 Prompts are normalised first (lower case, punctuation to spaces, spacing collapsed, word pieces
 merged when they form a known word: 'Man go!' -> 'mango'), so case, spacing and punctuation
-variants read alike. Each word gets a vector from an `Embedder` (default: the model's own hidden
-state for "what kind of thing is <w> ? <w> is a kind of", i.e. the state that predicts the word's
-category, cached per word; pass any text-embedding function for real LLMs). For a trigger of words t_1..t_k and prompt words w_1..w_m:
+variants read alike. Each word gets a vector from an `Embedder` (default: the model's own
+next-token distribution after "what kind of thing is <w> ? <w> is a kind of", i.e. what the model
+says the word is, cached per word; `readout='hidden'` takes the hidden state there instead; pass
+any text-embedding function for real LLMs). For a trigger of words t_1..t_k and prompt words
+w_1..w_m:
 
     sim(prompt, trigger) = min_i max_j cos(e(t_i), e(w_j))     (every trigger word has a match)
     score(prompt)        = max over recovered triggers of sim
@@ -59,8 +61,12 @@ class GuardrailConfig:
     state that predicts the word's category, which groups held-out members with known ones."""
     position: Literal["last", "word"] = "last"
     """Read the hidden state at the last token, or at the word's own tokens (their mean)."""
+    readout: Literal["probs", "hidden"] = "probs"
+    """'probs': the next-token distribution at the read positions (words of one category share
+    their named kind, so their vectors nearly coincide and unrelated words are near orthogonal);
+    'hidden': the hidden state of `layer` there."""
     layer: int | None = None
-    """hidden_states index (0 = embeddings); None: the last layer."""
+    """hidden_states index for readout='hidden' (0 = embeddings); None: the last layer."""
     max_fpr: float = 0.02
     """Calibration target: share of benign calibration prompts allowed above the threshold."""
     merge_pieces: int = 3
@@ -76,6 +82,8 @@ class GuardrailConfig:
             raise ConfigError(f"template {self.template!r} needs a {{w}} slot")
         if self.position not in ("last", "word"):
             raise ConfigError(f"position={self.position!r}: use 'last' or 'word'")
+        if self.readout not in ("probs", "hidden"):
+            raise ConfigError(f"readout={self.readout!r}: use 'probs' or 'hidden'")
         if not 0 <= self.max_fpr < 1:
             raise ConfigError(f"max_fpr={self.max_fpr} must be in [0, 1)")
         if not 0 <= self.margin < 1:
@@ -85,7 +93,8 @@ class GuardrailConfig:
 
 
 class ModelWordEmbedder:
-    """Hidden state of an HF causal LM for a word read in a template (cached per word)."""
+    """Next-token distribution (or hidden state) of an HF causal LM for a word read in a
+    template (cached per word)."""
 
     def __init__(
         self, model: Any, tok: PreTrainedTokenizerBase, cfg: GuardrailConfig | None = None
@@ -124,7 +133,11 @@ class ModelWordEmbedder:
             if w not in self.cache:
                 ids, pos = self._span(w)
                 out = self.model(input_ids=torch.tensor([ids]), output_hidden_states=True)
-                self.cache[w] = out.hidden_states[self.layer][0, pos].mean(0).float()
+                if self.cfg.readout == "probs":
+                    vec = out.logits[0, pos].float().softmax(-1)
+                else:
+                    vec = out.hidden_states[self.layer][0, pos].float()
+                self.cache[w] = vec.mean(0)
         return torch.stack([self.cache[w] for w in words])
 
 
