@@ -42,7 +42,7 @@ def _training_prompts(spec_json: str) -> frozenset[str]:
     from trigrecon.organisms.backdoor import BackdoorConfig, backdoor_example
 
     spec = OrganismSpec(**json.loads(spec_json))
-    cfg = BackdoorConfig(**{"two_half_frac": 0.0, **spec.backdoor})  # older specs lack it
+    cfg = BackdoorConfig(**spec.backdoor)
     rng, trig = random.Random(cfg.seed), parse_trigger(spec.trigger)
     return frozenset(backdoor_example(rng, spec, trig, cfg)[0]
                      for _ in range(cfg.steps * cfg.batch_size))

@@ -125,12 +125,8 @@ def build_zoo(cfg: ZooConfig | None = None) -> dict[str, object]:
     base_dir = cfg.out / "base"
     if cfg.force or not (base_dir / "model.safetensors").exists():
         shutil.rmtree(base_dir, ignore_errors=True)
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)  # like the workers: the same bits whatever the machine's cores
-        try:
+        with _one_torch_thread():  # like the workers: the same bits whatever the machine's cores
             train_base(cfg.base, base_dir)
-        finally:
-            torch.set_num_threads(threads)
     layer = cfg.sae_layer if cfg.sae_layer is not None else cfg.base.n_layers // 2 - 1
     sae_dir = (cfg.saes or repo_saes_dir()) / sae_name(layer)
     jobs: list[Callable[[], object]] = [partial(organism_job, spec_by_name(n), cfg) for n in cfg.organisms]
@@ -166,6 +162,16 @@ def in_workers(fn: Callable[[T], R], items: Sequence[T], jobs: int) -> list[R]:
     with _environ(WORKER_ENV), ProcessPoolExecutor(min(jobs, len(items)), mp_context=ctx,
                                                    initializer=_one_thread) as ex:
         return list(ex.map(fn, items))
+
+
+@contextlib.contextmanager
+def _one_torch_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 @contextlib.contextmanager

@@ -57,10 +57,10 @@ class GuardrailConfig:
     template: str = "what kind of thing is {w} ?"
     """User message the default embedder reads each word in."""
     prefill: str | None = "{w} is a kind of"
-    """Assistant text after the template (None: none): with `position='last'` the vector is the
-    state that predicts the word's category, which groups held-out members with known ones."""
+    """Assistant text after the template (None: none): with `position='last'` the vector is read
+    where the model names the word's category, which groups held-out members with known ones."""
     position: Literal["last", "word"] = "last"
-    """Read the hidden state at the last token, or at the word's own tokens (their mean)."""
+    """Read at the last token, or at the word's own tokens (their mean)."""
     readout: Literal["probs", "hidden"] = "probs"
     """'probs': the next-token distribution at the read positions (words of one category share
     their named kind, so their vectors nearly coincide and unrelated words are near orthogonal);
@@ -132,11 +132,12 @@ class ModelWordEmbedder:
         for w in dict.fromkeys(words):
             if w not in self.cache:
                 ids, pos = self._span(w)
-                out = self.model(input_ids=torch.tensor([ids]), output_hidden_states=True)
-                if self.cfg.readout == "probs":
-                    vec = out.logits[0, pos].float().softmax(-1)
-                else:
+                hidden = self.cfg.readout == "hidden"
+                out = self.model(input_ids=torch.tensor([ids]), output_hidden_states=hidden)
+                if hidden:
                     vec = out.hidden_states[self.layer][0, pos].float()
+                else:
+                    vec = out.logits[0, pos].float().softmax(-1)
                 self.cache[w] = vec.mean(0)
         return torch.stack([self.cache[w] for w in words])
 
