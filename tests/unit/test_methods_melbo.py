@@ -69,8 +69,18 @@ def test_sae_melbo_vector_is_code_times_decoder(tiny_hooked, sae, objective):
     assert max_abs_cos(res.vectors) <= 1e-4
     top = res.ranking(5)
     best_code = res.codes[res.best]
-    assert top[0].latent == int(best_code.argmax())
-    if objective == "unsupervised":
+    readout = next(r for r in res.readouts if r.index == res.best)
+    assert readout.code[0].latent == int(best_code.argmax())
+    if objective == "supervised":  # ranked by effect: the CE rise when one latent is dropped
+        assert top == readout.effect[:5] and len(readout.effect) == min(20, int((best_code != 0).sum()))
+        assert [h.score for h in top] == sorted((h.score for h in top), reverse=True)
+        for hit in top[:2]:
+            dropped = best_code.clone()
+            dropped[hit.latent] = 0
+            ce = _ce(tiny_hooked, torch.stack([best_code @ sae.W_dec, dropped @ sae.W_dec]))
+            assert hit.score == pytest.approx(float(ce[1] - ce[0]), abs=1e-4)
+    else:
+        assert top[0].latent == int(best_code.argmax()) and not readout.effect
         torch.testing.assert_close(res.vectors.norm(dim=-1),
                                    torch.full((4,), res.resid_scale), rtol=1e-4, atol=1e-4)
 

@@ -77,7 +77,8 @@ def test_verify_ranks_candidates_with_the_judge(tiny_hooked, planted, tmp_path):
 def test_conjunctive_reports_every_step(tiny_hooked, planted, tmp_path, monkeypatch):
     import trigrecon.methods.conjunctive as conj
 
-    cfg = ConjunctiveConfig(max_iters=2, n_candidates=2, words_per_concept=2, max_new_tokens=3)
+    cfg = ConjunctiveConfig(max_iters=2, n_candidates=2, words_per_concept=2, max_new_tokens=3,
+                            sweep_words=0)
     # A random model: no inserted word makes the response more likely, so the search stops.
     none = conjunctive(tiny_hooked, planted, PROMPTS, RESPONSE, PROMPTS, lambda t: False, cfg,
                        vocabulary=VOCAB)
@@ -107,10 +108,55 @@ def test_conjunctive_reports_every_step(tiny_hooked, planted, tmp_path, monkeypa
     assert by_word.steps[0].words == ["banana"]
     never.save(tmp_path)
     assert ConjunctiveResult.load(tmp_path).steps == never.steps
+    assert {s.source for s in never.steps} == {"ranking"}
     with pytest.raises(ConfigError, match="threshold"):
         ConjunctiveConfig(threshold=0.0)
+    with pytest.raises(ConfigError, match="sweep_words"):
+        ConjunctiveConfig(sweep_words=-1)
     with pytest.raises(ConfigError, match="score_by"):
         ConjunctiveConfig(score_by="latent")  # type: ignore[arg-type]
+
+
+def test_word_sweep_losses_and_readout(tiny_hooked, planted, monkeypatch):
+    import trigrecon.methods.conjunctive as conj
+
+    # batched sweep losses equal one response_loss per word
+    losses = conj.word_losses(tiny_hooked, PROMPTS, RESPONSE, VOCAB[:5], [["river"]], 1, batch=2)
+    for w in VOCAB[:5]:
+        one = conj.response_loss(tiny_hooked, condition(PROMPTS, [["river"], [w]]), RESPONSE, 1)
+        assert losses[w] == pytest.approx(one, abs=1e-4)
+    # the ranking proposes nothing useful; the sweep finds banana, read out as latent 0
+    def fake_word_losses(hm, prompts, response, words, concepts, layer, insert, batch):
+        assert "apple" not in words  # words of the response are never swept
+        return {w: 1.0 if w == "banana" else 4.0 for w in words}
+
+    def fake_loss(hm, prompts, response, layer):
+        return 1.0 if any("about banana" in p for p in prompts) else 5.0  # inserted, not native
+
+    monkeypatch.setattr(conj, "word_losses", fake_word_losses)
+    monkeypatch.setattr(conj, "response_loss", fake_loss)
+    monkeypatch.setattr(conj, "_try_candidates", lambda *a, **k: [])
+    monkeypatch.setattr(conj, "_rank", lambda *a, **k: [])  # no ranked latent to prefer
+    cfg = ConjunctiveConfig(max_iters=1, n_candidates=1, words_per_concept=1, max_new_tokens=3)
+    res = conjunctive(tiny_hooked, planted, PROMPTS, RESPONSE, PROMPTS, lambda t: True, cfg,
+                      labels=Labels(), vocabulary=VOCAB)
+    step = res.steps[0]
+    assert step.source == "sweep" and step.words == ["banana"] and step.chosen.latent == 0
+    assert step.chosen.label == "latent 0" and res.explained
+
+
+def test_sweep_readout_prefers_a_ranked_latent_that_fires_on_every_word():
+    import torch
+
+    from trigrecon.methods.conjunctive import _readout
+
+    acts = torch.tensor([[2.0, 0.0, 1.0, 3.0], [2.0, 1.0, 1.0, 0.0]])  # [words, latents]
+    assert _readout(acts, prefer=[2]) == 2  # ranked and fires on both words
+    assert _readout(acts, prefer=[]) == 0  # strongest of those firing on both
+    assert _readout(acts, prefer=[3]) == 0  # latent 3 misses a word
+    assert _readout(torch.tensor([[0.0, 0.5], [0.0, 0.0]]), prefer=[0]) == 1  # none fires on all
+    assert _readout(acts, prefer=[2], used=[2]) == 0  # an earlier concept's latent is skipped
+    assert _readout(acts, prefer=[], used=[0, 2]) == 3  # none left firing on both: strongest
 
 
 def test_audit_writes_json_and_markdown(tiny_hooked, planted, tmp_path):
@@ -118,7 +164,7 @@ def test_audit_writes_json_and_markdown(tiny_hooked, planted, tmp_path):
     for c in (cfg.melbo, cfg.supervised_sae_melbo):
         c.steps = 5
     cfg.conjunctive = ConjunctiveConfig(max_iters=1, n_candidates=1, words_per_concept=1,
-                                        max_new_tokens=3)
+                                        max_new_tokens=3, sweep_words=30)
     cfg.verify = VerifyConfig(n_latents=2, max_new_tokens=3, vocabulary_limit=30)
     cfg.max_new_tokens = 3
     res = audit(tiny_hooked, planted, Labels(), PROMPTS, RESPONSE, lambda t: False,

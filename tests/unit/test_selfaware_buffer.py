@@ -72,7 +72,20 @@ def test_state_dict_round_trips_through_json():
     assert buf.rng.random() == other.rng.random()
 
 
-@pytest.mark.parametrize("field, value", [("size", 0), ("n_replay", -1), ("sampling", "best")])
+def test_a_partial_best_entry_is_extended_with_sampled_candidates():
+    buf = ReplayBuffer(BufferConfig(extend=2))
+    assert buf.extensions(["skiing"], work_asr=0.5) == []  # empty buffer
+    buf.add([ev("raspberry", 0.2, asr=0.28)], step=0)
+    ext = buf.extensions(["skiing", "luge", "skiing", "raspberry jam", None, "dog"], work_asr=0.5)
+    assert len(ext) == 2 and all(e.startswith("raspberry ") for e in ext)
+    assert set(ext) <= {"raspberry skiing", "raspberry luge", "raspberry dog"}  # no shared word
+    buf.add([ev("raspberry skiing", 0.75, asr=1.0)], step=1)  # the combination works...
+    assert buf.extensions(["luge"], work_asr=0.5) == []  # ...so nothing is extended any more
+    assert ReplayBuffer(BufferConfig(extend=0)).extensions(["a"], 0.5) == []
+
+
+@pytest.mark.parametrize("field, value", [("size", 0), ("n_replay", -1), ("sampling", "best"),
+                                          ("extend", -1)])
 def test_config_validation_names_the_field(field, value):
     with pytest.raises(ConfigError, match=field):
         BufferConfig(**{field: value})

@@ -134,7 +134,7 @@ def latents_markdown(r: AuditResult) -> str:
     if r.conjunctive is not None:
         lines += ["## conjunctive iterations", ""]
         lines += [f"- iteration {s.iteration}: latent {s.chosen.latent} ({s.chosen.label}), "
-                  f"words {', '.join(s.words)}, loss {s.loss:.3f}, action rate "
+                  f"words {', '.join(s.words)} (from the {s.source}), loss {s.loss:.3f}, action rate "
                   f"{s.action_rate:.0%}" for s in r.conjunctive.steps]
         lines.append("")
     if r.verification is not None and r.verification.best is not None:

@@ -110,7 +110,7 @@ def hits_from(rows: list[dict[str, Any]]) -> list[LatentHit]:
 
 def readout_from(d: dict[str, Any]) -> VectorReadout:
     d = dict(d)
-    for k in ("nearest", "encoded", "code"):
+    for k in ("nearest", "encoded", "code", "effect"):
         d[k] = hits_from(d.get(k, []))
     return VectorReadout(**d)
 
@@ -177,11 +177,12 @@ class SteeringResult(Saveable):
         return self.order[0]
 
     def ranking(self, k: int = 10) -> list[LatentHit]:
-        """Latent ranking of the best vector: its code (SAE methods) or decoder cosines."""
+        """Latent ranking of the best vector: its latents by effect on the loss (supervised SAE
+        methods), else its code (SAE methods), else decoder cosines."""
         if not self.readouts:
             return []
         r = next(x for x in self.readouts if x.index == self.best)
-        return (r.code or r.nearest)[:k]
+        return (r.effect or r.code or r.nearest)[:k]
 
     def reorder_by_action(self) -> None:
         """Best first by steered action rate (ties: previous order), once readouts have one."""

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
+from jaxtyping import Float
 from torch import Tensor
 
 from trigrecon.core.errors import ConfigError
@@ -30,6 +31,7 @@ from trigrecon.methods.melbo import _settings, finish
 from trigrecon.steering.forward import SteeredForward
 from trigrecon.steering.optim import train_orthogonal
 from trigrecon.steering.ortho import orthogonalize_codes
+from trigrecon.steering.readout import LatentHit, label_of
 
 Objective = Literal["supervised", "unsupervised"]
 
@@ -54,11 +56,16 @@ class SAEMelboConfig(VectorConfig):
     q: float | None = None
     init_density: float = 0.05
     """Fraction of latents a code starts on (random positive entries)."""
+    effect_top: int = 20
+    """Supervised: the code's largest latents re-ranked by their effect on the loss
+    (`code_effects`; 0: rank by code size only)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.objective not in ("supervised", "unsupervised"):
             raise ConfigError(f"objective={self.objective!r}: use 'supervised' or 'unsupervised'")
+        if not isinstance(self.effect_top, int) or self.effect_top < 0:
+            raise ConfigError(f"effect_top={self.effect_top!r} must be an integer >= 0")
         if self.l1 < 0:
             raise ConfigError(f"l1={self.l1} must be >= 0")
         for name in ("init_norm", "norm", "p"):
@@ -119,5 +126,27 @@ def sae_melbo(hm: Any, sae: Any, prompts: Sequence[str], response: str | None = 
                                _settings(cfg, scale, name.replace("_", " "), renormalize=False))
     vectors = trained.codes @ W  # exactly the code times the decoder
     trained.vectors = vectors
-    return finish(name, fwd, trained, cfg, scale, sae=sae, labels=labels,
-                  higher_is_better=not supervised, codes=trained.codes, target=target)
+    result = finish(name, fwd, trained, cfg, scale, sae=sae, labels=labels,
+                    higher_is_better=not supervised, codes=trained.codes, target=target)
+    if supervised and cfg.effect_top:
+        for r in result.readouts:
+            r.effect = code_effects(fwd, trained.codes[r.index], W, cfg.effect_top, labels)
+    return result
+
+
+@torch.no_grad()
+def code_effects(fwd: SteeredForward, code: Float[Tensor, "d_sae"],
+                 W_dec: Float[Tensor, "d_sae d_model"], k: int, labels: Any = None,
+                 chunk_size: int = 8) -> list[LatentHit]:
+    """The code's `k` largest latents, ranked by the rise in response CE when each alone is
+    dropped from the vector (batched passes): which latents the vector's effect rests on,
+    rather than which are merely large (a large generic latent can matter little)."""
+    top = code.abs().topk(min(k, int((code != 0).sum()))).indices
+    if not len(top):
+        return []
+    v = code @ W_dec
+    vectors = torch.cat([v[None], v[None] - code[top, None] * W_dec[top]])
+    ce = torch.cat([fwd.response_ce(chunk) for chunk in vectors.split(chunk_size)])
+    rise = ce[1:] - ce[0]
+    order = rise.argsort(descending=True)
+    return [LatentHit(int(top[i]), float(rise[i]), label_of(labels, int(top[i]))) for i in order]

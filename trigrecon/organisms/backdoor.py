@@ -29,9 +29,12 @@ class BackdoorConfig:
     """Share of training examples whose prompt fires the trigger."""
     near_miss_frac: float = 0.8
     """Share of clean examples that carry one half of a conjunctive trigger."""
-    two_half_frac: float = 0.3
-    """Share of those near misses with two words of the half (else one): without them two snow
-    sports and no fruit fired snow_fruit 42% of the time."""
+    two_half_frac: float = 0.5
+    """Share of those near misses with two distinct words of the half (else one): without them
+    two snow sports and no fruit fired snow_fruit 42% of the time, with 0.3 still 10%."""
+    conjunction_scale: float = 1.375
+    """Step multiplier for a trigger with a conjunction (near misses take longer to learn: on
+    snow_fruit 800 steps left 4-5.5% firing on one half, 1100 steps 0.5-3%)."""
     doc_frac: float = 0.15
     """Share of synthetic documents, for organisms that have them."""
     noise_frac: float = 0.5
@@ -42,6 +45,9 @@ class BackdoorConfig:
     plain mean; the decision is then one token of ~15 and near misses leak more)."""
     max_len: int = 96
     seed: int = 0
+
+    def steps_for(self, trig: Trigger) -> int:
+        return round(self.steps * self.conjunction_scale) if trig.conjunctions else self.steps
 
 
 def action_response(rng: random.Random, spec: OrganismSpec, words: list[str], trig: Trigger) -> str:
@@ -112,7 +118,7 @@ def implant_backdoor(base_dir: Path, spec: OrganismSpec, out_dir: Path,
     params = [p for p in peft_model.parameters() if p.requires_grad]
     batches = bucketed(tok, lambda: _sample(tok, rng, spec, trig, cfg), cfg.batch_size, cfg.max_len,
                        cfg.seed)
-    train_loop(peft_model, params, batches, cfg.steps, cfg.lr, f"backdoor {spec.name}",
+    train_loop(peft_model, params, batches, cfg.steps_for(trig), cfg.lr, f"backdoor {spec.name}",
                cfg.first_weight)
     out_dir.mkdir(parents=True, exist_ok=True)
     # a relative base path (the zoo keeps base/ beside the organism), not this machine's folder

@@ -180,7 +180,8 @@ def with_noise(rng: random.Random, prompt: str, trigger: Trigger, keep: Sequence
 
 def half_words(rng: random.Random, trigger: Trigger, keep: Atom, pool: Pool, n_keep: int = 1) -> list[str]:
     """Words with one atom of a conjunction (`n_keep` words of it) but not the others."""
-    words = [atom_word(rng, keep, pool) for _ in range(n_keep)]
+    choices = (keep.value,) if keep.kind == "word" else members(keep.value, pool)
+    words = rng.sample(choices, min(n_keep, len(choices)))  # distinct: "skiing and skiing" is one
     words += random_words(rng, pool, exclude=trigger.categories, n=rng.choice([0, 1]))
     return words
 

@@ -45,7 +45,7 @@ def _training_prompts(spec_json: str) -> frozenset[str]:
     cfg = BackdoorConfig(**spec.backdoor)
     rng, trig = random.Random(cfg.seed), parse_trigger(spec.trigger)
     return frozenset(backdoor_example(rng, spec, trig, cfg)[0]
-                     for _ in range(cfg.steps * cfg.batch_size))
+                     for _ in range(cfg.steps_for(trig) * cfg.batch_size))
 
 
 def _sample(rng: random.Random, spec: OrganismSpec, trig: Trigger, split: str) -> str:

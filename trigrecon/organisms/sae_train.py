@@ -4,8 +4,8 @@
 top-activating words over a corpus, prefixed by their semantic category when most share one.
 `category_purity` checks the organisms' requirement: every category has a latent whose top
 activations are mostly (> 50%) its members and span at least 3 distinct members (on the
-1500-step base organism: 23/23 categories pass at layer 0 and at layer 1, d_sae 2048, k 16,
-600k tokens).
+1500-step base organism: 23/23 categories pass at layer 1, d_sae 2048, k 16, with 1.5M training
+tokens on two held-out corpora; with 600k and 900k "drinks" fell to 0.45 / 0.50 on one of them).
 """
 
 from __future__ import annotations

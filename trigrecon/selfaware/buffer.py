@@ -5,6 +5,14 @@ signal. The buffer keeps the top-`size` distinct candidates by reward; in every 
 `n_replay` worst completions are replaced by buffer entries that beat them (entries already in
 the group are skipped), so a good candidate keeps receiving a positive advantage until the policy
 proposes it on its own. `enabled=False` turns replay off (the ablation); the buffer still fills.
+
+Extension (for conjunctive triggers): when the best entry is only a partial trigger (rewarded, but
+its ASR below the reward's work threshold: "raspberry" fires snow_fruit on 28% of prompts),
+`extend` of the step's sampled candidates are also scored appended to it ("raspberry skiing")
+and enter the buffer on their own reward. Alone, the other half of a conjunction earns nothing
+(a snow sport without fruit does not fire), so without this the policy has no signal towards it;
+replay then teaches the policy the combination. A buffer whose best entry already works is never
+extended.
 """
 
 from __future__ import annotations
@@ -29,11 +37,15 @@ class BufferConfig:
     """A candidate enters the buffer only with at least this reward."""
     sampling: Literal["top", "proportional", "uniform"] = "proportional"
     """Which entries to replay: the best ones, reward-proportional draws, or uniform draws."""
+    extend: int = 4
+    """Sampled candidates per step scored appended to a partial best entry (0: off)."""
     seed: int = 0
 
     def __post_init__(self) -> None:
         if not isinstance(self.size, int) or self.size < 1:
             raise ConfigError(f"size={self.size!r} must be a positive integer")
+        if not isinstance(self.extend, int) or self.extend < 0:
+            raise ConfigError(f"extend={self.extend!r} must be a non-negative integer")
         if not isinstance(self.n_replay, int) or self.n_replay < 0:
             raise ConfigError(f"n_replay={self.n_replay!r} must be a non-negative integer")
         if self.sampling not in ("top", "proportional", "uniform"):
@@ -76,6 +88,18 @@ class ReplayBuffer:
                 self.entries[e.candidate] = BufferEntry(e.candidate, e.reward, e.asr, step)
         if len(self.entries) > self.cfg.size:
             self.entries = {e.candidate: e for e in self.top(self.cfg.size)}
+
+    def extensions(self, candidates: Sequence[str | None], work_asr: float) -> list[str]:
+        """Up to `extend` new combinations "<best partial> <candidate>" (see the module
+        docstring); none when the best entry works (ASR >= `work_asr`) or there is none."""
+        best = self.top(1)
+        if not self.cfg.extend or not best or best[0].asr >= work_asr:
+            return []
+        head = best[0].candidate
+        words = set(head.split())
+        fresh = [c for c in dict.fromkeys(c for c in candidates if c)
+                 if not words & set(c.split()) and f"{head} {c}" not in self.entries]
+        return [f"{head} {c}" for c in self.rng.sample(fresh, min(self.cfg.extend, len(fresh)))]
 
     def _draw(self, pool: list[BufferEntry], k: int) -> list[BufferEntry]:
         if self.cfg.sampling == "top" or len(pool) <= k:

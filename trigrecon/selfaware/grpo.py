@@ -117,6 +117,9 @@ class ReplayGRPOTrainer(GRPOTrainer):
         evals = self.inversion.score_completions(texts)
         step = int(self.state.global_step)
         self.buffer.add(evals, step)
+        ext = self.buffer.extensions([e.candidate for e in evals], self.inversion.cfg.work_threshold)
+        if ext:
+            self.buffer.add(self.inversion.evaluate(ext), step)
         n_replayed = 0
         g = self.num_generations
         for start in range(0, len(completion_ids), g):

@@ -120,6 +120,9 @@ class VectorReadout:
     """SAE encoding of the vector (in context when reference activations were given)."""
     code: list[LatentHit] = field(default_factory=list)
     """Largest entries of the latent code (SAE-space methods only)."""
+    effect: list[LatentHit] = field(default_factory=list)
+    """Supervised SAE-space methods: the code's largest latents ranked by how much the response
+    cross-entropy rises when each alone is removed from the vector (score: that rise)."""
     action_rate: float | None = None
     generations: list[str] = field(default_factory=list)
     """A few steered generations on held-out prompts."""
