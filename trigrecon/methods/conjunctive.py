@@ -191,15 +191,15 @@ def _sweep(hm: Any, sae: Any, concepts: list[list[str]], prompts: list[str],
         return None
     losses = word_losses(hm, prompts[: cfg.sweep_prompts], response, vocab, concepts, layer,
                          insert, cfg.sweep_batch)
-    words = sorted(losses, key=losses.__getitem__)[: cfg.words_per_concept]
+    best = sorted(losses, key=losses.__getitem__)
+    words = best[: cfg.words_per_concept]
     acts = word_activations(hm, sae, words, eval_prompts[: cfg.n_contexts],
                             range(sae.W_dec.shape[0]), layer, insert)
     latent = _readout(acts, prefer, sorted(used))
     return {"latent": latent, "label": label_of(labels, latent), "words": words,
             "loss": response_loss(hm, condition(prompts, [*concepts, words], insert), response,
                                   layer),
-            "source": "sweep", "word_losses": {w: losses[w] for w in
-                                               sorted(losses, key=losses.__getitem__)[:10]}}
+            "source": "sweep", "word_losses": {w: losses[w] for w in best[:10]}}
 
 
 def _readout(acts: Tensor, prefer: Sequence[int], used: Sequence[int] = ()) -> int:
