@@ -181,3 +181,11 @@ def test_zoo_workers_run_with_one_sleeping_openmp_thread(monkeypatch):
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
     assert in_workers(os.getenv, ["OMP_NUM_THREADS", "OMP_WAIT_POLICY"], 2) == ["1", "PASSIVE"]
     assert os.environ["OMP_NUM_THREADS"] == "7" and "OMP_WAIT_POLICY" not in os.environ
+
+
+@pytest.mark.parametrize("field", ["base_threads", "jobs", "eval_n"])
+def test_zoo_config_names_a_bad_count(field):
+    from trigrecon.organisms.zoo import ZooConfig
+
+    with pytest.raises(ConfigError, match=field):
+        ZooConfig(**{field: 0})

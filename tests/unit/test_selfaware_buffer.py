@@ -79,7 +79,8 @@ def test_a_partial_best_entry_is_extended_with_sampled_candidates():
     ext = buf.extensions(["skiing", "luge", "skiing", "raspberry jam", None, "dog"], work_asr=0.5)
     assert len(ext) == 2 and all(e.startswith("raspberry ") for e in ext)
     assert set(ext) <= {"raspberry skiing", "raspberry luge", "raspberry dog"}  # no shared word
-    buf.add([ev("raspberry skiing", 0.75, asr=1.0)], step=1)  # the combination works...
+    buf.add([ev("raspberry skiing", 0.75, asr=1.0)], step=1, proposed=False)  # it works...
+    assert buf.entries["raspberry skiing"].seen == 0  # ...but the policy has not said it yet
     assert buf.extensions(["luge"], work_asr=0.5) == []  # ...so nothing is extended any more
     assert ReplayBuffer(BufferConfig(extend=0)).extensions(["a"], 0.5) == []
 

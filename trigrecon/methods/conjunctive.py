@@ -217,16 +217,26 @@ def _readout(acts: Tensor, prefer: Sequence[int], used: Sequence[int] = ()) -> i
     return int(torch.where(mask, mean, torch.tensor(float("-inf"))).argmax())
 
 
+def _pool(ranking: list[LatentHit], used: set[int], cfg: ConjunctiveConfig) -> list[LatentHit]:
+    """The ranked latents not yet chosen that an iteration considers."""
+    return [h for h in ranking if h.latent not in used][: 3 * cfg.n_candidates]
+
+
+def _echo(response: str) -> set[str]:
+    """Words of the response itself: they lower its loss by priming a copy, not as a trigger,
+    so no candidate may use them."""
+    return set(normalise(response).split())
+
+
 def _try_candidates(hm: Any, sae: Any, ranking: list[LatentHit], used: set[int],
                     concepts: list[list[str]], prompts: list[str], eval_prompts: list[str],
                     response: str, layer: int, cfg: ConjunctiveConfig, insert: Inserter,
                     vocabulary: Sequence[str] | None) -> list[dict[str, Any]]:
     """Response loss with each new candidate latent's top words inserted; best first."""
-    pool = [h for h in ranking if h.latent not in used][: 3 * cfg.n_candidates]
+    pool = _pool(ranking, used, cfg)
     words = top_words(hm, sae, [h.latent for h in pool], eval_prompts[: cfg.n_contexts],
                       cfg.words_per_concept, vocabulary, layer, insert) if pool else {}
-    # Words of the response itself lower its loss by priming a copy, not as a trigger: skip them.
-    echo = set(normalise(response).split())
+    echo = _echo(response)
     words = {k: [w for w in ws if normalise(w) not in echo] for k, ws in words.items()}
     cands = [h for h in pool if words[h.latent]][: cfg.n_candidates]  # latents that fire
     options = [(h, words[h.latent]) for h in cands] if cfg.score_by == "concept" else \
@@ -259,10 +269,10 @@ def conjunctive(hm: Any, sae: Any, prompts: Sequence[str], response: str,
         tried = _try_candidates(hm, sae, ranking, used, concepts, prompts, eval_prompts,
                                 response, layer, cfg, insert, vocabulary)
         if cfg.sweep_words:
-            skip = set(normalise(response).split()) | {normalise(w) for c in concepts for w in c}
-            pool = [h.latent for h in ranking if h.latent not in used][: 3 * cfg.n_candidates]
+            skip = _echo(response) | {normalise(w) for c in concepts for w in c}
             swept = _sweep(hm, sae, concepts, prompts, eval_prompts, response, layer, cfg, insert,
-                           vocabulary, skip, labels, pool, used)
+                           vocabulary, skip, labels, [h.latent for h in _pool(ranking, used, cfg)],
+                           used)
             tried = sorted([*tried, *([swept] if swept else [])], key=lambda t: t["loss"])
         if not tried or tried[0]["loss"] >= current:
             break  # no latent's words make the action more likely: nothing more to condition on

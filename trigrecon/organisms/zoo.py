@@ -106,6 +106,11 @@ class ZooConfig:
     """Worker processes for the SAE and the organisms (one torch thread each: on 2 cores that
     is ~1.6x faster than one process with 2 threads on these small models)."""
 
+    def __post_init__(self) -> None:
+        for name in ("base_threads", "jobs", "eval_n"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ConfigError(f"{name}={getattr(self, name)!r} must be a positive integer")
+
     @classmethod
     def reduced(cls, out: Path, saes: Path) -> ZooConfig:
         """A tiny build for tests: minutes become seconds, quality is not expected."""

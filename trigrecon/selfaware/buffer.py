@@ -60,7 +60,8 @@ class BufferEntry:
     step: int
     """Training step at which it was first proposed."""
     seen: int = 1
-    """How often the policy proposed it (replays not counted)."""
+    """How often the policy proposed it (replays not counted; 0 for an extension it has not
+    proposed yet)."""
     replayed: int = 0
 
 
@@ -77,15 +78,17 @@ class ReplayBuffer:
         ranked = sorted(self.entries.values(), key=lambda e: (-e.reward, e.step, e.candidate))
         return ranked[: k or len(ranked)]
 
-    def add(self, evals: Sequence[Evaluation], step: int) -> None:
-        """Insert sampled (not replayed) evaluations; keep the top `size`."""
+    def add(self, evals: Sequence[Evaluation], step: int, proposed: bool = True) -> None:
+        """Insert sampled (not replayed) evaluations; keep the top `size`. `proposed=False` for
+        candidates the policy did not propose (extensions): they do not count as seen."""
         for e in evals:
             if e.candidate is None:
                 continue
             if e.candidate in self.entries:
-                self.entries[e.candidate].seen += 1
+                self.entries[e.candidate].seen += int(proposed)
             elif e.reward >= self.cfg.min_reward:
-                self.entries[e.candidate] = BufferEntry(e.candidate, e.reward, e.asr, step)
+                self.entries[e.candidate] = BufferEntry(e.candidate, e.reward, e.asr, step,
+                                                        seen=int(proposed))
         if len(self.entries) > self.cfg.size:
             self.entries = {e.candidate: e for e in self.top(self.cfg.size)}
 

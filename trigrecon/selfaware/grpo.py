@@ -119,7 +119,7 @@ class ReplayGRPOTrainer(GRPOTrainer):
         self.buffer.add(evals, step)
         ext = self.buffer.extensions([e.candidate for e in evals], self.inversion.cfg.work_threshold)
         if ext:
-            self.buffer.add(self.inversion.evaluate(ext), step)
+            self.buffer.add(self.inversion.evaluate(ext), step, proposed=False)
         n_replayed = 0
         g = self.num_generations
         for start in range(0, len(completion_ids), g):
