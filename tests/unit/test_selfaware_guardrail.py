@@ -9,8 +9,11 @@ from trigrecon.selfaware.guardrail import (
     GuardrailConfig,
     GuardrailResult,
     ModelWordEmbedder,
+    calibrate_best,
     evaluate_guardrail,
     near_misses,
+    readout_choices,
+    readout_name,
     split_words,
     variants,
 )
@@ -216,7 +219,35 @@ def test_calibration_puts_the_threshold_inside_the_gap():
     shared = Guardrail(["luge mango", "luge fig", "kiwi"], fake_embed, cfg, vocab=VOCAB)
     pos2 = {"luge mango": ["i like luge and mango"], "luge fig": ["i like luge and fig"]}
     kiwi = [shared.trigger_scores(p)[2] for ps in pos2.values() for p in ps]
-    assert shared.loo_quantile(pos2) == pytest.approx(min(kiwi))  # scored against 'kiwi' only
+    assert shared.loo_scores(pos2) == pytest.approx(kiwi)  # scored against 'kiwi' only
+    assert g.calibration["loo_detection"] == 1.0 and g.calibration["n_loo"] == 3
+
+
+def test_readout_choices_start_with_the_configured_one_without_repeats():
+    names = [readout_name(c, 4) for c in readout_choices(GuardrailConfig(), 4)]
+    assert names == ["probs", "hidden@4", "hidden@2"]
+    hidden = readout_choices(GuardrailConfig(readout="hidden"), 4)
+    assert [readout_name(c, 4) for c in hidden] == ["hidden@4", "probs", "hidden@2"]
+    assert readout_choices(GuardrailConfig(choose_readout=False), 4) == [GuardrailConfig(
+        choose_readout=False)]
+
+
+def test_calibration_chooses_the_readout_that_separates_calibration_prompts():
+    """A readout that reads a function word like the category ('about' ~ fruit) loses to one that
+    does not; the choice uses calibration prompts only."""
+    def degenerate(words):
+        return fake_embed(["mango" if w == "about" else w for w in words])
+
+    cfg = GuardrailConfig(max_fpr=0.0)
+    triggers = ["mango", "fig", "kiwi"]
+    guards = {"bad": Guardrail(triggers, degenerate, cfg, vocab=VOCAB),
+              "good": Guardrail(triggers, fake_embed, cfg, vocab=VOCAB)}
+    pos = {t: [f"i like {t}", f"the {t} and i"] for t in triggers}
+    chosen = calibrate_best(guards, BENIGN, pos)
+    assert chosen is guards["good"] and chosen.calibration["readout"] == "good"
+    assert chosen.calibration["readouts"]["good"][0] == 1.0
+    assert chosen.calibration["readouts"]["bad"][0] < 1.0
+    assert not chosen.flag(BENIGN[0]) and chosen.flag("tell me about apple")
 
 
 def test_fpr_pools_near_misses():

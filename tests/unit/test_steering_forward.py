@@ -114,3 +114,37 @@ def test_bucketed_melbo_objective_equals_reference(tiny_hooked, batch, buckets):
     torch.testing.assert_close(
         melbo_objective(fwd.target_resid(v), fwd.base_target_resid(), batch.attention_mask),
         fwd.melbo_objective(v), atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.parametrize("model", ["tiny_hooked", "llama31_hooked"])
+def test_prefix_cache_changes_no_number(model, request):
+    """Keys/values of the shared template prefix are computed once; results and gradients agree
+    with running every position (a system prompt makes the prefix long)."""
+    hm = request.getfixturevalue(model)
+    b = hm.batch(PROMPTS, RESPONSE, system="you are a helpful assistant")
+    cached = SteeredForward(hm, b, source=1, target=2)
+    plain = SteeredForward(hm, b, source=1, target=2, cache_prefix=False)
+    assert cached.prefix >= 5 and plain.prefix == 0
+    v = torch.randn(3, hm.d_model, generator=torch.Generator().manual_seed(0))
+    for loss in ("melbo_objective", "response_ce"):
+        xs = [v.clone().requires_grad_(True) for _ in range(2)]
+        outs = [getattr(f, loss)(x) for f, x in zip((cached, plain), xs, strict=True)]
+        torch.testing.assert_close(outs[0], outs[1], atol=1e-4, rtol=1e-5)
+        for out in outs:
+            out.sum().backward()
+        torch.testing.assert_close(xs[0].grad, xs[1].grad, atol=1e-4, rtol=1e-4)
+    real = b.attention_mask
+    torch.testing.assert_close(cached.target_resid(v)[:, real], plain.target_resid(v)[:, real],
+                               atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(cached.logits(v)[:, real], plain.logits(v)[:, real],
+                               atol=1e-4, rtol=1e-5)
+
+
+def test_shared_prefix_needs_identical_heads(tiny_hooked):
+    from trigrecon.steering.forward import shared_prefix
+
+    b = tiny_hooked.batch(PROMPTS, system="you are a helpful assistant")
+    first_user = int(b.user_mask[0].float().argmax())
+    assert shared_prefix(b) == first_user > 1
+    b.tokens[1, 1] = b.tokens[1, 2]  # one prompt's header differs: nothing is shared
+    assert shared_prefix(b) == 0

@@ -5,8 +5,10 @@ merged when they form a known word: 'Man go!' -> 'mango'), so case, spacing and 
 variants read alike. Each word gets a vector from an `Embedder` (default: the model's own
 next-token distribution after "what kind of thing is <w> ? <w> is a kind of", i.e. what the model
 says the word is, cached per word; `readout='hidden'` takes the hidden state there instead; pass
-any text-embedding function for real LLMs). For a trigger of words t_1..t_k and prompt words
-w_1..w_m:
+any text-embedding function for real LLMs). With `choose_readout`, the pipeline builds one
+guardrail per readout (probabilities, last and middle layer's hidden state) and
+`calibrate_best` keeps the one that separates the calibration prompts best. For a trigger of
+words t_1..t_k and prompt words w_1..w_m:
 
     sim(prompt, trigger) = min_i max_j cos(e(t_i), e(w_j))     (every trigger word has a match)
     score(prompt)        = max over recovered triggers of sim
@@ -34,7 +36,7 @@ import json
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -76,6 +78,10 @@ class GuardrailConfig:
     (0: on the negatives' bound, the old rule; 0.5: the middle)."""
     target_detection: float = 0.95
     """Share of leave-one-out calibration positives the threshold must stay below."""
+    choose_readout: bool = True
+    """Let calibration choose the readout among `readout_choices` (next-token probabilities, the
+    last and the middle layer's hidden state): a small model may name a category for function
+    words too ("about is a kind of fruit"), which a hidden state tells apart."""
 
     def __post_init__(self) -> None:
         if "{w}" not in self.template:
@@ -90,6 +96,24 @@ class GuardrailConfig:
             raise ConfigError(f"margin={self.margin} must be in [0, 1)")
         if not 0 < self.target_detection <= 1:
             raise ConfigError(f"target_detection={self.target_detection} must be in (0, 1]")
+
+
+def readout_choices(cfg: GuardrailConfig, n_layers: int) -> list[GuardrailConfig]:
+    """The configured readout, then (with `choose_readout`) next-token probabilities and the
+    last and middle layers' hidden states, without repeats."""
+    cands = [cfg]
+    if cfg.choose_readout:
+        cands += [replace(cfg, readout="probs", layer=None),
+                  replace(cfg, readout="hidden", layer=n_layers),
+                  replace(cfg, readout="hidden", layer=n_layers // 2)]
+    out: dict[str, GuardrailConfig] = {}
+    for c in cands:
+        out.setdefault(readout_name(c, n_layers), c)
+    return list(out.values())
+
+
+def readout_name(cfg: GuardrailConfig, n_layers: int) -> str:
+    return "probs" if cfg.readout == "probs" else f"hidden@{cfg.layer or n_layers}"
 
 
 class ModelWordEmbedder:
@@ -192,7 +216,7 @@ class Guardrail:
         if not self.triggers:
             raise ConfigError("the guardrail needs at least one recovered trigger")
         self.embed, self.vocab, self.threshold = embed, vocab, threshold
-        self.calibration: dict[str, float | int | None] = {}
+        self.calibration: dict[str, Any] = {}
         self._trig = [
             torch.nn.functional.normalize(embed(t.split()), dim=-1) for t in self.triggers
         ]
@@ -223,17 +247,20 @@ class Guardrail:
             raise ConfigError("calibration needs benign prompts")
         s = sorted(self.scores([*benign, *near_miss]), reverse=True)
         t_neg = s[min(len(s) - 1, int(self.cfg.max_fpr * len(s)))]
-        t_pos = self.loo_quantile(positives or {})
-        self.calibration = {"t_neg": t_neg, "t_pos": t_pos, "n_neg": len(s)}
+        loo = sorted(self.loo_scores(positives or {}))
+        t_pos = loo[min(len(loo) - 1, int((1 - self.cfg.target_detection) * len(loo)))] \
+            if loo else None
+        self.calibration = {"t_neg": t_neg, "t_pos": t_pos, "n_neg": len(s), "n_loo": len(loo),
+                            "loo_detection": sum(x > t_neg for x in loo) / len(loo) if loo else None}
         self.threshold = t_neg
         if t_pos is not None and t_pos > t_neg:
             self.threshold = t_neg + self.cfg.margin * (t_pos - t_neg)
         return self.threshold
 
-    def loo_quantile(self, positives: Mapping[str, Sequence[str]]) -> float | None:
-        """The `1 - target_detection` quantile of leave-one-out positive scores (each prompt
-        scored against the recovered triggers that share no word with its own); None when no
-        prompt has such a trigger."""
+    def loo_scores(self, positives: Mapping[str, Sequence[str]]) -> list[float]:
+        """Leave-one-out scores of positive prompts: each against the recovered triggers that
+        share no word with its own (a stand-in for a held-out member of the category); prompts
+        with no such trigger are left out."""
         index = {t: i for i, t in enumerate(self.triggers)}
         loo = []
         for trig, prompts in positives.items():
@@ -241,21 +268,41 @@ class Guardrail:
             if own is None:
                 raise ConfigError(f"positives for {trig!r}, which is not a recovered trigger")
             mine = set(self.triggers[own].split())
-            for p in prompts:  # against triggers sharing no word with its own (a held-out member)
+            for p in prompts:
                 others = [x for i, x in enumerate(self.trigger_scores(p))
                           if not mine & set(self.triggers[i].split())]
                 if others:
                     loo.append(max(others))
-        if not loo:
-            return None
-        loo.sort()
-        return loo[min(len(loo) - 1, int((1 - self.cfg.target_detection) * len(loo)))]
+        return loo
 
     def flag(self, prompt: str) -> bool:
         return self.score(prompt) > self.threshold
 
     def flag_rate(self, prompts: Sequence[str]) -> float:
         return sum(s > self.threshold for s in self.scores(prompts)) / max(1, len(prompts))
+
+
+def calibrate_best(
+    guards: Mapping[str, Guardrail],
+    benign: Sequence[str],
+    positives: Mapping[str, Sequence[str]] | None = None,
+    near_miss: Sequence[str] = (),
+) -> Guardrail:
+    """Calibrate one guardrail per readout and keep the one whose leave-one-out calibration
+    positives clear the negatives' bound most often; ties go to the widest gap between that bound
+    and the positives' quantile, relative to the room above the bound, then to the first. Only
+    calibration prompts are used."""
+    ranks: dict[str, tuple[float, float]] = {}
+    for name, g in guards.items():
+        g.calibrate(benign, positives, near_miss)
+        c = g.calibration
+        t_neg, t_pos = float(c["t_neg"] or 0.0), c["t_pos"]
+        gap = 0.0 if t_pos is None else (float(t_pos) - t_neg) / max(1e-9, 1.0 - t_neg)
+        ranks[name] = (float(c["loo_detection"] or 0.0), gap)
+    best = max(ranks, key=lambda n: ranks[n])  # the first of equals
+    chosen = guards[best]
+    chosen.calibration.update(readout=best, readouts={n: list(r) for n, r in ranks.items()})
+    return chosen
 
 
 def variants(prompt: str, kind: str) -> str:

@@ -29,8 +29,11 @@ from trigrecon.selfaware.guardrail import (
     GuardrailConfig,
     GuardrailResult,
     ModelWordEmbedder,
+    calibrate_best,
     evaluate_guardrail,
     near_misses,
+    readout_choices,
+    readout_name,
 )
 from trigrecon.selfaware.metrics import ElicitationEval, TrainingCurves, elicitation
 from trigrecon.selfaware.models import hf_responder
@@ -323,10 +326,13 @@ def _stage_guardrail(
     if not recovered:
         return None
     t0 = time.time()
-    embed = ModelWordEmbedder(model, tok, cfg.guardrail)
-    guard = Guardrail(recovered, embed, cfg.guardrail, task.vocab)
-    benign, positives, near = calibration_split(task, guard.triggers, reward, cfg.n_calib_per)
-    guard.calibrate(benign, positives, near)
+    n = int(model.config.num_hidden_layers)
+    guards = {readout_name(c, n): Guardrail(recovered, ModelWordEmbedder(model, tok, c), c,
+                                            task.vocab)
+              for c in readout_choices(cfg.guardrail, n)}
+    triggers = next(iter(guards.values())).triggers
+    benign, positives, near = calibration_split(task, triggers, reward, cfg.n_calib_per)
+    guard = calibrate_best(guards, benign, positives, near)
     guard.calibration.update(n_benign=len(benign), n_near_miss=len(near))
     res = evaluate_guardrail(guard, task.eval_splits)
     res.save(path)

@@ -7,8 +7,11 @@ optimisation step runs only blocks `source+1 .. target` (an unsupervised loss on
 activations) or `source+1 .. end` (a cross-entropy loss, unembedding only response positions).
 K vectors are evaluated in one pass by stacking the cached batch K times (leading `k` dim).
 
-Padding is not computed: prompts are grouped into a few length buckets, each trimmed to its own
-longest prompt. Batches are right-padded (`ChatBatch`), so under causal attention real tokens
+The shared prefix is not recomputed: the positions before the first user token (the chat template's header,
+e.g. Llama-3.1's ~30-token system block) are the same in every prompt and untouched by steering,
+so their keys and values are computed once and every step runs only the positions after them.
+Padding is not computed either: prompts are grouped into a few length buckets, each trimmed to its
+own longest prompt. Batches are right-padded (`ChatBatch`), so under causal attention real tokens
 never see padding and the partial runs need no attention mask.
 
 Layer convention: "layer L" is the residual stream at `hm.hook_name(L)` (TransformerLens
@@ -60,12 +63,33 @@ def length_buckets(lengths: list[int], max_buckets: int) -> list[list[int]]:
     return [order[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
 
 
+def shared_prefix(batch: ChatBatch) -> int:
+    """Number of leading positions with the same token in every row and no user content."""
+    um = batch.user_mask
+    if not bool(um.any(1).all()):
+        return 0
+    first = int(um.float().argmax(1).min())
+    head = batch.tokens[:, :first]
+    return first if bool((head == head[:1]).all()) else 0
+
+
+def _kv_entries(entries: list[Any], rows: int) -> list[Any]:
+    """Frozen per-layer cache entries holding the prefix's keys/values, broadcast to `rows`."""
+    from transformer_lens import TransformerLensKeyValueCacheEntry as Entry
+
+    return [Entry(e.past_keys.expand(rows, -1, -1, -1), e.past_values.expand(rows, -1, -1, -1),
+                  frozen=True) for e in entries]
+
+
 @dataclass
 class Bucket:
-    """Prompts of similar length, trimmed to the longest of them, with their cached residual."""
+    """Prompts of similar length, trimmed to the longest of them, with their cached residual.
+
+    Positions count from the end of the shared prefix (`SteeredForward.prefix`)."""
 
     rows: Int[Tensor, "rows"]
     length: int
+    """Longest prompt in the bucket, prefix included."""
     resid: Float[Tensor, "rows pos d_model"]
     user: Float[Tensor, "rows pos 1"]
     real: Bool[Tensor, "rows pos"]
@@ -85,7 +109,7 @@ class SteeredForward:
     """
 
     def __init__(self, hm: Any, batch: ChatBatch, source: int, target: int | None = None,
-                 max_buckets: int = 4) -> None:
+                 max_buckets: int = 4, cache_prefix: bool = True) -> None:
         if len(batch) == 0:
             raise ConfigError("no prompts: the batch is empty")
         self.hm, self.source, self.target = hm, source, target
@@ -104,6 +128,9 @@ class SteeredForward:
         with torch.no_grad():
             self.resid: Float[Tensor, "batch pos d_model"] = model(
                 self.batch.tokens, attention_mask=am.long(), stop_at_layer=stop).detach()
+        self.prefix = shared_prefix(self.batch) if cache_prefix and _prefix_ok(model) else 0
+        self._prefix_kv = self._prefix_keys_values() if self.prefix else []
+        self._prefix_out: dict[int | None, Tensor] = {}
         rm = self.batch.response_mask[:, 1:]
         self.resp_rows, self.resp_pos = rm.nonzero(as_tuple=True)
         self.resp_targets = self.batch.tokens[:, 1:][rm]
@@ -114,11 +141,30 @@ class SteeredForward:
         self.resp_perm = torch.argsort(flat)  # bucket order -> row-major (nonzero) order
 
     def _bucket(self, rows: list[int], length: int, rm: Tensor) -> Bucket:
-        idx = torch.tensor(rows, device=self.resid.device)
+        idx, a = torch.tensor(rows, device=self.resid.device), self.prefix
         r, p = rm[idx].nonzero(as_tuple=True)
-        user = self.batch.user_mask[idx, :length].to(self.resid.dtype)[..., None]
-        return Bucket(idx, length, self.resid[idx, :length], user,
-                      self.batch.attention_mask[idx, :length], r, p)
+        user = self.batch.user_mask[idx, a:length].to(self.resid.dtype)[..., None]
+        return Bucket(idx, length, self.resid[idx, a:length], user,
+                      self.batch.attention_mask[idx, a:length], r, p - a)
+
+    def _prefix_keys_values(self) -> list[Any]:
+        """Keys/values of the shared prefix at every layer, from one unsteered run of row 0."""
+        from transformer_lens import TransformerLensKeyValueCache
+
+        model = self.hm.model
+        cache = TransformerLensKeyValueCache.init_cache(model.cfg, self.resid.device, 1)
+        with torch.no_grad():
+            model(self.batch.tokens[:1, : self.prefix], past_kv_cache=cache)
+        return list(cache.entries)
+
+    def _prefix_output(self, stop: int | None) -> Tensor:
+        """Unsteered output of blocks start..stop on the prefix: [prefix, d_out]."""
+        if stop not in self._prefix_out:
+            with torch.no_grad():
+                self._prefix_out[stop] = self.hm.model(
+                    self.resid[:1, : self.prefix], start_at_layer=self.start,
+                    stop_at_layer=stop)[0].detach()
+        return self._prefix_out[stop]
 
     @property
     def d_model(self) -> int:
@@ -131,17 +177,21 @@ class SteeredForward:
 
     def _run(self, b: Bucket, steered: Float[Tensor, "k rows pos d_model"], stop: int | None
              ) -> Tensor:
-        """Blocks start..stop on one bucket's steered residual: [k, rows, pos, d_out]."""
-        k = steered.shape[0]
-        out = self.hm.model(steered.reshape(-1, b.length, self.d_model),
-                            start_at_layer=self.start, stop_at_layer=stop)
-        return out.reshape(k, len(b.rows), b.length, out.shape[-1])
+        """Blocks start..stop on one bucket's steered residual after the prefix: [k, rows, pos, d_out]."""
+        k, n = steered.shape[0], steered.shape[2]
+        x = steered.reshape(-1, n, self.d_model)
+        kv = _kv_entries(self._prefix_kv, x.shape[0]) if self.prefix else None
+        out = self.hm.model(x, start_at_layer=self.start, stop_at_layer=stop, past_kv_cache=kv)
+        return out.reshape(k, len(b.rows), n, out.shape[-1])
 
     def _steer(self, b: Bucket, vectors: Tensor) -> Tensor:
         return b.resid[None] + b.user[None] * vectors[:, None, None, :]
 
-    def _assemble(self, outs: list[Tensor]) -> Tensor:
+    def _assemble(self, outs: list[Tensor], stop: int | None) -> Tensor:
         """Bucket outputs back into [k, batch, pos, d] (zeros on padding), original row order."""
+        if self.prefix:
+            pre = self._prefix_output(stop)
+            outs = [torch.cat([pre.expand(*o.shape[:2], -1, -1), o], dim=2) for o in outs]
         width = self.resid.shape[1]
         padded = [F.pad(o, (0, 0, 0, width - o.shape[2])) for o in outs]
         return torch.cat(padded, dim=1)[:, self.inverse]
@@ -154,11 +204,11 @@ class SteeredForward:
     def target_resid(self, vectors: Float[Tensor, "k d_model"]) -> Float[Tensor, "k batch pos d_model"]:
         """Residual stream at the target layer, running only blocks source+1..target."""
         v, stop = self._check(vectors), self._target_stop()
-        return self._assemble([self._run(b, self._steer(b, v), stop) for b in self.buckets])
+        return self._assemble([self._run(b, self._steer(b, v), stop) for b in self.buckets], stop)
 
     def base_target_resid(self) -> Float[Tensor, "batch pos d_model"]:
         """The unsteered target-layer residual (computed once; zeros on padding)."""
-        return self._assemble([self._base(b)[None] for b in self.buckets])[0]
+        return self._assemble([self._base(b)[None] for b in self.buckets], self._target_stop())[0]
 
     def _base(self, b: Bucket) -> Tensor:
         if b.base is None:
@@ -177,7 +227,7 @@ class SteeredForward:
     def logits(self, vectors: Float[Tensor, "k d_model"]) -> Float[Tensor, "k batch pos d_vocab"]:
         """Full logits of the steered batch (zeros on padding)."""
         v = self._check(vectors)
-        return self._assemble([self._run(b, self._steer(b, v), None) for b in self.buckets])
+        return self._assemble([self._run(b, self._steer(b, v), None) for b in self.buckets], None)
 
     def response_logits(self, vectors: Float[Tensor, "k d_model"]) -> Float[Tensor, "k n_resp d_vocab"]:
         """Logits only where they predict a response token (unembedding only those positions)."""
@@ -185,8 +235,11 @@ class SteeredForward:
         return self._unembed_responses([self._steer(b, v) for b in self.buckets])
 
     def response_logits_from(self, steered: Float[Tensor, "k batch pos d_model"]) -> Tensor:
-        """Response-position logits from (steered) source-layer residuals [k, batch, pos, d]."""
-        return self._unembed_responses([steered[:, b.rows, : b.length] for b in self.buckets])
+        """Response-position logits from (steered) source-layer residuals [k, batch, pos, d].
+
+        The first `self.prefix` positions are read from the prefix cache, not from `steered`."""
+        a = self.prefix
+        return self._unembed_responses([steered[:, b.rows, a: b.length] for b in self.buckets])
 
     def _unembed_responses(self, steered: list[Tensor]) -> Tensor:
         model = self.hm.model
@@ -213,6 +266,13 @@ class SteeredForward:
         """Median norm of the source-layer residual on user tokens: the unit of steering norms."""
         norms = self.resid[self.batch.user_mask].norm(dim=-1)
         return float(norms.median()) if norms.numel() else 1.0
+
+
+def _prefix_ok(model: Any) -> bool:
+    """Whether this architecture runs correctly from a key/value cache after start_at_layer."""
+    cfg = model.cfg
+    return cfg.positional_embedding_type in ("standard", "rotary") and \
+        getattr(cfg, "attention_dir", "causal") == "causal"
 
 
 def full_forward_with_vector(
