@@ -140,6 +140,23 @@ def test_prefix_cache_changes_no_number(model, request):
                                atol=1e-4, rtol=1e-5)
 
 
+def test_prefix_cache_ignores_the_pad_id(tiny_hooked):
+    """A prefix ending in a token that shares the pad id is still attended to (TransformerLens
+    would mask it as trailing padding; Llama-3.1 pads with an eos that its template also uses)."""
+    b = tiny_hooked.batch(PROMPTS, RESPONSE, system="you are a helpful assistant")
+    tok = tiny_hooked.model.tokenizer
+    old = tok.pad_token
+    last = int(b.user_mask[0].float().argmax()) - 1  # the prefix's last token: '<user>'
+    tok.pad_token = tok.convert_ids_to_tokens(int(b.tokens[0, last]))
+    try:
+        v = torch.randn(2, tiny_hooked.d_model, generator=torch.Generator().manual_seed(1))
+        cached = SteeredForward(tiny_hooked, b, source=1).response_ce(v)
+        plain = SteeredForward(tiny_hooked, b, source=1, cache_prefix=False).response_ce(v)
+    finally:
+        tok.pad_token = old
+    torch.testing.assert_close(cached, plain, atol=1e-4, rtol=1e-5)
+
+
 def test_shared_prefix_needs_identical_heads(tiny_hooked):
     from trigrecon.steering.forward import shared_prefix
 

@@ -153,8 +153,9 @@ class SteeredForward:
 
         model = self.hm.model
         cache = TransformerLensKeyValueCache.init_cache(model.cfg, self.resid.device, 1)
-        with torch.no_grad():
-            model(self.batch.tokens[:1, : self.prefix], past_kv_cache=cache)
+        tokens = self.batch.tokens[:1, : self.prefix]
+        with torch.no_grad():  # explicit mask: TL would mask a trailing token with the pad id
+            model(tokens, attention_mask=torch.ones_like(tokens), past_kv_cache=cache)
         return list(cache.entries)
 
     def _prefix_output(self, stop: int | None) -> Tensor:
