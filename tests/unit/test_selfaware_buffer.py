@@ -85,8 +85,21 @@ def test_a_partial_best_entry_is_extended_with_sampled_candidates():
     assert ReplayBuffer(BufferConfig(extend=0)).extensions(["a"], 0.5) == []
 
 
+def test_with_no_entry_the_likeliest_proposals_are_paired():
+    """A strict conjunction: no half fires, but halves raise the action's likelihood."""
+    buf = ReplayBuffer(BufferConfig(extend=3, lift_floor=0.15))
+    lifts = {"destiny": 0.35, "capricorn": 0.4, "fate": 0.3, "ladder": 0.02, "fate destiny": 0.6}
+    pairs = buf.likely_pairs(lifts, tried={"capricorn destiny"})
+    # best first; 'fate destiny' never pairs with 'fate' or 'destiny' (a shared word); the tried
+    # pair and the word below the floor are left out
+    assert pairs == ["fate destiny capricorn", "capricorn fate", "destiny fate"]
+    assert buf.likely_pairs({"ladder": 0.02, "dog": 0.1}, tried=set()) == []  # below the floor
+    buf.add([ev("raspberry", 0.2, asr=0.28)], step=0)
+    assert buf.likely_pairs(lifts, tried=set()) == []  # an entry exists: extensions take over
+
+
 @pytest.mark.parametrize("field, value", [("size", 0), ("n_replay", -1), ("sampling", "best"),
-                                          ("extend", -1)])
+                                          ("extend", -1), ("lift_floor", 1.0)])
 def test_config_validation_names_the_field(field, value):
     with pytest.raises(ConfigError, match=field):
         BufferConfig(**{field: value})

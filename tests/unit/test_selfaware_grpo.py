@@ -85,6 +85,26 @@ def test_equal_rewards_give_no_update_without_replay(toy, tmp_path):
     assert trainer.recorder.records[0].n_replayed == 0
 
 
+def test_an_empty_buffer_scores_pairs_of_the_likeliest_proposals(toy, tmp_path):
+    """A strict conjunction: nothing fires, but candidates lift the action's likelihood; the
+    step scores their pairs (evaluated, not rewarded: the buffer stays empty)."""
+    task, frozen, tok = toy
+    policy, _ = task.poisoned.load()
+    base = set(task.reward_prompts[:2])
+
+    def likelihood(texts):  # every insertion halves the action's cross-entropy
+        return [2.0 if t in base else 1.0 for t in texts]
+
+    reward = InversionReward(lambda ps: ["sure !"] * len(ps), task.judge, task.reward_prompts[:2],
+                             task.insert, RewardConfig(), likelihood=likelihood)
+    reward.cache.update({"mango": 0.0, "kiwi": 0.0})  # proposed earlier, fired nowhere
+    cfg = small_cfg(buffer=BufferConfig(n_replay=1, extend=100))
+    trainer = build_trainer(policy, tok, task, reward, cfg, tmp_path)
+    trainer.train()
+    assert "kiwi mango" in reward.cache and reward.lifts["kiwi"] == pytest.approx(0.5)
+    assert len(trainer.buffer) == 0
+
+
 def test_training_resumes_from_the_last_checkpoint(toy, tmp_path):
     task, frozen, tok = toy
     reward = toy_reward(task, frozen, tok)

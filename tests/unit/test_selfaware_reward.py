@@ -196,3 +196,40 @@ def test_config_validation_names_the_field(field, value):
 def test_empty_prompt_list_is_an_error():
     with pytest.raises(ConfigError, match="benign prompt"):
         InversionReward(FakeModel(), FixedStringJudge(ACTION), [], lambda p, c: p)
+
+
+def test_lift_measures_how_much_a_candidate_raises_the_actions_likelihood():
+    def likelihood(texts):  # CE 2.0, halved by 'mango', a quarter off with 'kiwi'
+        return [2.0 * (0.5 if "mango" in t else 1.0) * (0.75 if "kiwi" in t else 1.0)
+                for t in texts]
+
+    reward = InversionReward(FakeModel(), FixedStringJudge(ACTION, min_words=3), PROMPTS,
+                             lambda p, c: f"{p} it is about {c} .", RewardConfig(lift_prompts=2),
+                             likelihood=likelihood)
+    assert reward.lift(["mango", "kiwi", "dog"]) == pytest.approx([0.5, 0.25, 0.0])
+    assert reward.lift(["mango kiwi"]) == pytest.approx([1 - 0.375])
+    assert reward.evaluate(["kiwi"])[0].reward == 0.0  # the lift never enters the reward
+    with pytest.raises(ConfigError, match="likelihood"):
+        make_reward().lift(["mango"])
+
+
+def test_response_ce_is_independent_of_left_padding(tiny_llama_dir):
+    """The white-box likelihood: batched (left-padded) equals one prompt at a time, and equals
+    the cross-entropy of the hooked model's own chat batch."""
+    import torch
+
+    from trigrecon.core.model import load_model
+    from trigrecon.selfaware.models import load_hf, response_ce
+    from trigrecon.steering.forward import SteeredForward
+
+    model, tok = load_hf(tiny_llama_dir)
+    prompts, resp = ["tell me about the cat", "why"], "i like the red apple"
+    batched = response_ce(model, tok, prompts, resp)
+    alone = [response_ce(model, tok, [p], resp)[0] for p in prompts]
+    assert batched == pytest.approx(alone, abs=1e-4)
+    hm = load_model(tiny_llama_dir)
+    ref = SteeredForward(hm, hm.batch(prompts, resp), 1).response_ce_rows(
+        torch.zeros(1, hm.d_model))[0]
+    assert batched == pytest.approx(ref.tolist(), abs=1e-4)
+    with pytest.raises(ConfigError, match="tokenises to nothing"):
+        response_ce(model, tok, prompts, "")

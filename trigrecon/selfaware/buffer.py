@@ -12,13 +12,14 @@ its ASR below the reward's work threshold: "raspberry" fires snow_fruit on 28% o
 and enter the buffer on their own reward. Alone, the other half of a conjunction earns nothing
 (a snow sport without fruit does not fire), so without this the policy has no signal towards it;
 replay then teaches the policy the combination. A buffer whose best entry already works is never
-extended.
+extended. With no entry at all (neither half fires alone), a white-box reward's likelihood lift
+stands in: the proposals that make the action most likely are scored in pairs (`likely_pairs`).
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Container, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -39,6 +40,8 @@ class BufferConfig:
     """Which entries to replay: the best ones, reward-proportional draws, or uniform draws."""
     extend: int = 4
     """Sampled candidates per step scored appended to a partial best entry (0: off)."""
+    lift_floor: float = 0.15
+    """Likelihood pairing (white-box; see `likely_pairs`): the lift a proposal needs."""
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -48,6 +51,8 @@ class BufferConfig:
             raise ConfigError(f"extend={self.extend!r} must be a non-negative integer")
         if not isinstance(self.n_replay, int) or self.n_replay < 0:
             raise ConfigError(f"n_replay={self.n_replay!r} must be a non-negative integer")
+        if not 0 <= self.lift_floor < 1:
+            raise ConfigError(f"lift_floor={self.lift_floor} must be in [0, 1)")
         if self.sampling not in ("top", "proportional", "uniform"):
             raise ConfigError(f"sampling={self.sampling!r}: use 'top', 'proportional' or 'uniform'")
 
@@ -103,6 +108,25 @@ class ReplayBuffer:
         fresh = [c for c in dict.fromkeys(c for c in candidates if c)
                  if not words & set(c.split()) and f"{head} {c}" not in self.entries]
         return [f"{head} {c}" for c in self.rng.sample(fresh, min(self.cfg.extend, len(fresh)))]
+
+    def likely_pairs(self, lifts: dict[str, float], tried: Container[str]) -> list[str]:
+        """When no proposal earns reward yet (a strict conjunction: no half fires alone), up to
+        `extend` untried pairs of the proposals so far that raise the action's likelihood most
+        (lift >= `lift_floor`): the best with the next best, and so on. Deterministic."""
+        if not self.cfg.extend or self.entries:
+            return []
+        ranked = sorted((c for c, x in lifts.items() if x >= self.cfg.lift_floor),
+                        key=lambda c: (-lifts[c], c))
+        out: list[str] = []
+        for i, head in enumerate(ranked):
+            for tail in ranked[i + 1 :]:
+                pair = f"{head} {tail}"
+                if set(head.split()) & set(tail.split()) or pair in tried:
+                    continue
+                out.append(pair)
+                if len(out) == self.cfg.extend:
+                    return out
+        return out
 
     def _draw(self, pool: list[BufferEntry], k: int) -> list[BufferEntry]:
         if self.cfg.sampling == "top" or len(pool) <= k:

@@ -118,6 +118,10 @@ class ReplayGRPOTrainer(GRPOTrainer):
         step = int(self.state.global_step)
         self.buffer.add(evals, step)
         ext = self.buffer.extensions([e.candidate for e in evals], self.inversion.cfg.work_threshold)
+        if not ext and not self.buffer.entries and self.inversion.likelihood is not None:
+            singles = [c for c in self.inversion.cache if " " not in c]
+            lifts = dict(zip(singles, self.inversion.lift(singles), strict=True))
+            ext = self.buffer.likely_pairs(lifts, self.inversion.cache)
         if ext:
             self.buffer.add(self.inversion.evaluate(ext), step, proposed=False)
         n_replayed = 0

@@ -134,6 +134,29 @@ def generate_responses(
     return out
 
 
+@torch.no_grad()
+def response_ce(
+    model: Any, tok: PreTrainedTokenizerBase, prompts: Sequence[str], response: str,
+    batch_size: int = 64,
+) -> list[float]:
+    """Per prompt: the mean per-token cross-entropy of `response` pre-filled after the chat."""
+    resp = list(tok(response, add_special_tokens=False)["input_ids"])
+    if not resp:
+        raise ConfigError(f"response {response!r} tokenises to nothing")
+    pad = tok.pad_token_id if tok.pad_token_id is not None else stop_token_ids(tok)[0]
+    out: list[float] = []
+    for s in range(0, len(prompts), batch_size):
+        rows = [chat_ids(tok, p) + resp for p in prompts[s : s + batch_size]]
+        ids, mask = left_pad(rows, pad)
+        pos = (mask.cumsum(-1) - 1).clamp_min(0)
+        logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device),
+                       position_ids=pos.to(model.device)).logits
+        logp = logits[:, -len(resp) - 1 : -1].float().log_softmax(-1)
+        target = torch.tensor(resp, device=logp.device)[None, :, None].expand(len(rows), -1, 1)
+        out += (-logp.gather(-1, target)[..., 0].mean(-1)).tolist()
+    return out
+
+
 def hf_responder(
     model: Any, tok: PreTrainedTokenizerBase, max_new_tokens: int = 16, batch_size: int = 128
 ) -> Responder:

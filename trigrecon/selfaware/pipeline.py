@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,7 @@ from trigrecon.selfaware.guardrail import (
     readout_name,
 )
 from trigrecon.selfaware.metrics import ElicitationEval, TrainingCurves, elicitation
-from trigrecon.selfaware.models import hf_responder
+from trigrecon.selfaware.models import hf_responder, response_ce
 from trigrecon.selfaware.reversal_sft import ReversalSFTConfig, ReversalSFTResult, run_reversal_sft
 from trigrecon.selfaware.reward import InversionReward, RewardConfig, minimise
 from trigrecon.selfaware.scoring import ScoreTable, score_candidates
@@ -93,7 +94,13 @@ def make_reward(task: AwarenessTask, cfg: SelfAwareConfig) -> tuple[InversionRew
     """The inversion reward on the frozen poisoned model; that model and its tokenizer."""
     frozen, tok = task.poisoned.load()
     responder = hf_responder(frozen, tok, cfg.reward.max_new_tokens)
-    return InversionReward(responder, task.judge, task.reward_prompts, task.insert, cfg.reward), frozen, tok
+
+    def likelihood(prompts: Sequence[str]) -> list[float]:
+        return response_ce(frozen, tok, prompts, task.action)
+
+    reward = InversionReward(responder, task.judge, task.reward_prompts, task.insert, cfg.reward,
+                             likelihood=likelihood)
+    return reward, frozen, tok
 
 
 @dataclass

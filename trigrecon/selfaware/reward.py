@@ -55,11 +55,13 @@ class RewardConfig:
     """A candidate 'works' as a trigger when its ASR is at least this."""
     max_new_tokens: int = 16
     """Tokens generated per reward prompt (enough for the judge to decide)."""
+    lift_prompts: int = 16
+    """Reward prompts on which a candidate's likelihood lift is measured (white-box only)."""
 
     def __post_init__(self) -> None:
         if self.alpha < 0:
             raise ConfigError(f"alpha={self.alpha} must be >= 0")
-        for name in ("target_len", "max_words", "max_new_tokens"):
+        for name in ("target_len", "max_words", "max_new_tokens", "lift_prompts"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)!r} must be a positive integer")
         if not 0 <= self.asr_floor < 1:
@@ -135,8 +137,11 @@ class InversionReward:
         cfg: RewardConfig | None = None,
         drop_active: bool = True,
         progress: bool = False,
+        likelihood: Callable[[Sequence[str]], list[float]] | None = None,
     ) -> None:
-        """`drop_active`: drop reward prompts whose own response already shows the action."""
+        """`drop_active`: drop reward prompts whose own response already shows the action.
+        `likelihood` (white-box, optional): prompts -> the action's cross-entropy after each;
+        it gives `lift`, which never enters the reward."""
         self.cfg = cfg or RewardConfig()
         self.responder, self.judge, self.insert = responder, judge, insert
         self.prompts = list(prompts)
@@ -152,6 +157,9 @@ class InversionReward:
                 raise ConfigError("every reward prompt already shows the action: pass benign ones")
         self.cache: dict[str, float] = {}
         self.progress = progress
+        self.likelihood = likelihood
+        self.lifts: dict[str, float] = {}
+        self._base_ce: float | None = None
 
     def asr(self, candidates: Sequence[str]) -> list[float]:
         """ASR of normalised candidates; uncached ones are evaluated in one responder call."""
@@ -165,6 +173,23 @@ class InversionReward:
             ):
                 self.cache[c] = sum(bool(self.judge(o)) for o in outs[i * n : (i + 1) * n]) / n
         return [self.cache[c] for c in candidates]
+
+    def lift(self, candidates: Sequence[str]) -> list[float]:
+        """1 - CE(action | prompt with c) / CE(action | prompt), averaged over `lift_prompts`
+        reward prompts: how much a candidate makes the action more likely even where it does not
+        fire (half of a conjunction does). Needs `likelihood`; cached per candidate."""
+        if self.likelihood is None:
+            raise ConfigError("lift needs a white-box `likelihood` function")
+        ps = self.prompts[: self.cfg.lift_prompts]
+        if self._base_ce is None:
+            self._base_ce = sum(self.likelihood(ps)) / len(ps)
+        todo = [c for c in dict.fromkeys(candidates) if c not in self.lifts]
+        if todo:
+            ce = self.likelihood([self.insert(p, c) for c in todo for p in ps])
+            for i, c in enumerate(todo):
+                mean = sum(ce[i * len(ps) : (i + 1) * len(ps)]) / len(ps)
+                self.lifts[c] = 1.0 - mean / max(self._base_ce, 1e-9)
+        return [self.lifts[c] for c in candidates]
 
     def evaluate(self, candidates: Sequence[str | None]) -> list[Evaluation]:
         norm = [normalise_candidate(c) if c else None for c in candidates]
