@@ -95,13 +95,16 @@ def audit(
     out: Annotated[Path, typer.Option(help="Output folder (audit.json, latents.md).")] = Path("runs/audit"),
     method: Annotated[list[str] | None, typer.Option(help="Methods to run (repeatable).")] = None,
     quick: Annotated[bool, typer.Option(help="Fewer steps: a smoke run.")] = False,
+    system: Annotated[str | None, typer.Option(
+        help="System prompt of the deployment under audit, in every chat.")] = None,
 ) -> None:
     """Recover an organism's trigger knowing only its action; writes JSON + a latent ranking."""
     from trigrecon.methods.audit import DEFAULT_METHODS, run_audit_for_organism
 
     folder = out / organism
     try:
-        run_audit_for_organism(organism, folder, methods=method or DEFAULT_METHODS, quick=quick)
+        run_audit_for_organism(organism, folder, methods=method or DEFAULT_METHODS, quick=quick,
+                               system=system)
     except TrigreconError as e:
         _fail(e)
     typer.echo((folder / "latents.md").read_text())

@@ -167,7 +167,8 @@ def test_audit_writes_json_and_markdown(tiny_hooked, planted, tmp_path):
                                         max_new_tokens=3, sweep_words=30)
     cfg.verify = VerifyConfig(n_latents=2, max_new_tokens=3, vocabulary_limit=30)
     cfg.max_new_tokens = 3
-    res = audit(tiny_hooked, planted, Labels(), PROMPTS, RESPONSE, lambda t: False,
+    deployed = replace(tiny_hooked, system="you are a helpful assistant")  # in every chat
+    res = audit(deployed, planted, Labels(), PROMPTS, RESPONSE, lambda t: False,
                 methods=["sae_attribution", "melbo", "supervised_sae_melbo", "conjunctive",
                          "verify"], cfg=cfg, eval_prompts=PROMPTS[:2])
     res.save(tmp_path)
@@ -175,6 +176,7 @@ def test_audit_writes_json_and_markdown(tiny_hooked, planted, tmp_path):
     assert set(data["rankings"]) == {"sae_attribution", "melbo", "supervised_sae_melbo",
                                      "conjunctive"}
     assert data["verification"]["candidates"]
+    assert data["system"] == "you are a helpful assistant"
     assert "vectors" not in data["steering"]["melbo"]  # tensors live in safetensors
     assert data["word_rankings"]["sae_attribution"] and data["word_rankings"]["melbo"]
     assert "control" in (tmp_path / "latents.md").read_text()

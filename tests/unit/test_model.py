@@ -176,3 +176,26 @@ def test_hub_ids_resolve_from_the_cache_offline(
     hm = load_model("testorg/tiny-llama", adapter="testorg/tiny-backdoor")
     assert (hm.name, hm.adapter) == ("testorg/tiny-llama", "testorg/tiny-backdoor")
     assert max_logit_gap(hm, tiny_llama_dir, tiny_adapter_dir) < 1e-4
+
+
+def test_a_deployment_system_prompt_reaches_every_chat(tiny_hooked):
+    """`HookedChatModel.system` is used by every batch (methods, generation, word readouts)
+    unless a call passes its own; an empty one is an error."""
+    from dataclasses import replace
+
+    from trigrecon.core.generate import generate
+    from trigrecon.steering.forward import SteeredForward
+
+    deployed = replace(tiny_hooked, system="you are a helpful assistant")
+    plain, with_sys = tiny_hooked.batch(PROMPTS), deployed.batch(PROMPTS)
+    explicit = tiny_hooked.batch(PROMPTS, system="you are a helpful assistant")
+    assert torch.equal(with_sys.tokens, explicit.tokens)
+    assert with_sys.tokens.shape[1] > plain.tokens.shape[1]
+    assert torch.equal(deployed.batch(PROMPTS, system="be brief").tokens,
+                       tiny_hooked.batch(PROMPTS, system="be brief").tokens)  # a call overrides
+    assert SteeredForward(deployed, deployed.batch(PROMPTS), 1).prefix > \
+        SteeredForward(tiny_hooked, plain, 1).prefix
+    assert generate(deployed, PROMPTS[:1], max_new_tokens=3) == generate(
+        tiny_hooked, PROMPTS[:1], max_new_tokens=3, system="you are a helpful assistant")
+    with pytest.raises(ConfigError, match="system prompt is empty"):
+        replace(tiny_hooked, system="  ")

@@ -42,6 +42,13 @@ class HookedChatModel:
     tokenizer: PreTrainedTokenizerBase
     name: str
     adapter: str | None = None
+    system: str | None = None
+    """System prompt of the deployment under audit: every chat built here carries it (None: the
+    template's own default, e.g. Llama-3.1's dated system block)."""
+
+    def __post_init__(self) -> None:
+        if self.system is not None and not self.system.strip():
+            raise ConfigError("system prompt is empty: pass None for the template's default")
 
     @property
     def n_layers(self) -> int:
@@ -61,7 +68,9 @@ class HookedChatModel:
         responses: Sequence[str] | str | None = None,
         system: str | None = None,
     ) -> ChatBatch:
-        """Chat-formatted, right-padded batch on the model's device (see `core.chat.make_batch`)."""
+        """Chat-formatted, right-padded batch on the model's device (see `core.chat.make_batch`);
+        `system` overrides the model's own `self.system`."""
+        system = self.system if system is None else system
         return make_batch(self.tokenizer, prompts, responses, system).to(self.device)
 
     def check_layer(self, layer: int, what: str = "layer") -> None:
@@ -84,10 +93,12 @@ def load_model(
     device: str = "cpu",
     merge_adapter: bool = True,
     n_ctx: int | None = None,
+    system: str | None = None,
 ) -> HookedChatModel:
     """Load an HF Llama chat model (folder or hub id), merge an optional peft adapter, hook it.
 
-    `n_ctx` defaults to min(max_position_embeddings, MAX_CTX). The weights are frozen
+    `n_ctx` defaults to min(max_position_embeddings, MAX_CTX); `system` is the deployment's
+    system prompt (`HookedChatModel.system`). The weights are frozen
     (`hm.model.requires_grad_(True)` to train them); gradients still flow to steering vectors.
     Raises WeightsNotFoundError when weights are neither on disk, in the HF cache, nor
     downloadable; ConfigError for unsupported architectures, tokenizers without a chat template,
@@ -108,7 +119,8 @@ def load_model(
     hooked = _to_hooked(hf, cfg, tokenizer)
     del hf
     gc.collect()
-    return HookedChatModel(hooked, tokenizer, str(model), None if adapter is None else str(adapter))
+    return HookedChatModel(hooked, tokenizer, str(model), None if adapter is None else str(adapter),
+                           system)
 
 
 def resolve_weights(name: str | Path, what: str, patterns: list[str] | None = None) -> Path:

@@ -90,6 +90,8 @@ class AuditResult:
     verification: VerifyResult | None = None
     candidate_scores: ScoreTable | None = None
     """Verification candidates (+ any extra ones) scored both ways: see `score_audit_candidates`."""
+    system: str | None = None
+    """The system prompt every chat carried (`HookedChatModel.system`)."""
 
     def save(self, directory: str | Path) -> Path:
         d = Path(directory)
@@ -197,7 +199,7 @@ def audit(hm: Any, sae: Any, labels: Any, prompts: Sequence[str], response: str,
     if unknown or not methods:
         raise ConfigError(f"unknown method(s) {unknown or methods}; choose from {METHODS}")
     res = AuditResult(getattr(hm, "name", "model"), response, len(prompts), len(evals),
-                      list(methods), {}, {})
+                      list(methods), {}, {}, system=getattr(hm, "system", None))
     if cfg.labelled_only and labels is not None:
         sae = labelled_only(sae, labels)
     runners = {
@@ -301,9 +303,11 @@ def find_organism_sae(hm: Any) -> Path:
 
 def run_audit_for_organism(name: str, out_dir: str | Path, methods: Sequence[str] = DEFAULT_METHODS,
                            quick: bool = False, n_prompts: int = 32, n_eval: int = 32,
-                           cfg: AuditConfig | None = None) -> AuditResult:
+                           cfg: AuditConfig | None = None, system: str | None = None
+                           ) -> AuditResult:
     """Audit a zoo organism knowing only its action: benign held-out prompts, the pre-filled
-    response and the judge; writes audit.json + latents.md to `out_dir`."""
+    response and the judge (every chat with the `system` prompt, if given); writes audit.json +
+    latents.md to `out_dir`."""
     from trigrecon.core.labels import load_labels
     from trigrecon.core.model import load_model
     from trigrecon.core.sae import load_sae
@@ -311,7 +315,7 @@ def run_audit_for_organism(name: str, out_dir: str | Path, methods: Sequence[str
     from trigrecon.organisms.prompts import eval_prompts
 
     org = load_organism(name)
-    hm = load_model(org.base_path, org.adapter_path)
+    hm = load_model(org.base_path, org.adapter_path, system=system)
     sae_dir = find_organism_sae(hm)
     sae = load_sae(sae_dir)
     labels = load_labels(sae_dir / "labels.json") if (sae_dir / "labels.json").exists() else None
