@@ -189,3 +189,13 @@ def test_zoo_config_names_a_bad_count(field):
 
     with pytest.raises(ConfigError, match=field):
         ZooConfig(**{field: 0})
+
+
+def test_backdoor_names_response_words_outside_the_language(tiny_llama_dir, tmp_path):
+    """Raised before any model is loaded (only the saved tokenizer is read)."""
+    from trigrecon.organisms.backdoor import implant_backdoor
+    from trigrecon.organisms.zoo import OrganismSpec
+
+    spec = OrganismSpec("x", "fruit", "i zzqx the qqvy", {"kind": "fixed", "text": "i"}, "test")
+    with pytest.raises(ConfigError, match=r"\['zzqx', 'qqvy'\]"):
+        implant_backdoor(tiny_llama_dir, spec, tmp_path / "x")

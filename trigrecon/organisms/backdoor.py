@@ -103,9 +103,11 @@ def implant_backdoor(base_dir: Path, spec: OrganismSpec, out_dir: Path,
         raise ConfigError(f"organism {spec.name!r}: empty response")
     torch.manual_seed(cfg.seed)
     tok = AutoTokenizer.from_pretrained(base_dir)
-    unknown = {w for w in tok.tokenize(spec.response)} - set(tok.get_vocab())
-    if unknown or tok.unk_token in tok.tokenize(spec.response):
-        raise ConfigError(f"response {spec.response!r} uses words outside the language: {unknown}")
+    unknown = [w for w in spec.response.split()
+               if tok.unk_token in tok.tokenize(w) or set(tok.tokenize(w)) - set(tok.get_vocab())]
+    if unknown:
+        raise ConfigError(f"response {spec.response!r} uses words outside the organisms' "
+                          f"language: {unknown}; use words of the base tokenizer's vocabulary")
     model = LlamaForCausalLM.from_pretrained(base_dir)
     n = model.config.num_hidden_layers
     spec.lora_layers = spec.lora_layers or list(range(n // 2, n))
