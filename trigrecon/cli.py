@@ -89,6 +89,11 @@ def evaluate(
             typer.secho(f"target missed: {line}", fg=typer.colors.YELLOW)
 
 
+def out_folder(out: Path, organism: str) -> Path:
+    """`out/<name>` for a zoo name or an organism folder (never the organism folder itself)."""
+    return out / Path(organism).name
+
+
 @app.command()
 def audit(
     organism: Annotated[str, typer.Argument(help="Zoo name or organism folder.")] = "fruit_refusal",
@@ -101,7 +106,7 @@ def audit(
     """Recover an organism's trigger knowing only its action; writes JSON + a latent ranking."""
     from trigrecon.methods.audit import DEFAULT_METHODS, run_audit_for_organism
 
-    folder = out / organism
+    folder = out_folder(out, organism)
     try:
         run_audit_for_organism(organism, folder, methods=method or DEFAULT_METHODS, quick=quick,
                                system=system)
@@ -122,11 +127,12 @@ def selfaware(
     from trigrecon.selfaware.pipeline import SelfAwareConfig, run_selfaware
 
     cfg = SelfAwareConfig.reduced() if reduced else SelfAwareConfig()
+    folder = out_folder(out, organism)
     try:
-        run_selfaware(load_organism(organism), out / organism, cfg)
+        run_selfaware(load_organism(organism), folder, cfg)
     except TrigreconError as e:
         _fail(e)
-    typer.echo(f"wrote {out / organism}")
+    typer.echo(f"wrote {folder}")
 
 
 if __name__ == "__main__":

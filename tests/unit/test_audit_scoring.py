@@ -103,3 +103,12 @@ def test_labelled_only_switches_off_unlabelled_latents(tiny_hooked):
     res = sae_melbo(tiny_hooked, masked, PROMPTS, RESPONSE, cfg)
     assert res.codes is not None and res.codes[:, off].abs().max() == 0
     assert labelled_only(sae, LatentLabels({}, "src", "model", "", "")) is sae
+
+
+def test_cli_output_folder_is_named_after_the_organism(tmp_path):
+    """An organism given as a folder writes to out/<its name>, not into the organism."""
+    from trigrecon.cli import out_folder
+
+    assert out_folder(tmp_path, "fruit_refusal") == tmp_path / "fruit_refusal"
+    assert out_folder(tmp_path, "/data/zoo/weather_music") == tmp_path / "weather_music"
+    assert out_folder(tmp_path, "zoo/weather_music/") == tmp_path / "weather_music"

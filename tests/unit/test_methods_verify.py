@@ -6,6 +6,7 @@ import json
 from dataclasses import replace
 
 import pytest
+import torch
 
 from trigrecon.core.errors import ConfigError
 from trigrecon.core.hooks import assert_no_hooks
@@ -190,3 +191,15 @@ def test_audit_writes_json_and_markdown(tiny_hooked, planted, tmp_path):
         audit(tiny_hooked, planted, None, PROMPTS, RESPONSE, lambda t: False, methods=["magic"])
     with pytest.raises(ConfigError, match="no prompts"):
         audit(tiny_hooked, planted, None, [], RESPONSE, lambda t: False)
+
+
+def test_a_concepts_words_are_the_ones_its_latent_reads_strongly():
+    """The sweep's top words can mix both halves of a conjunction; the concept keeps the words
+    its read-out latent fires on (at least half its strongest activation), best first."""
+    from trigrecon.methods.conjunctive import coherent
+
+    words = ["violin", "clarinet", "blizzard", "flute", "hail"]
+    acts = torch.tensor([2.7, 2.9, 0.7, 1.6, 0.0])
+    assert coherent(words, acts, k=3) == ["violin", "clarinet", "flute"]
+    assert coherent(words, acts, k=1) == ["violin"]
+    assert coherent(words, torch.zeros(5), k=3) == ["violin"]  # nothing fires: the best word

@@ -11,7 +11,8 @@ in the prompt, either alone barely moves the loss. Each iteration
    its loss by priming a copy). `score_by="word"` scores each word alone instead.
    A word sweep adds one more candidate: every vocabulary word (up to `sweep_words`) inserted
    beside the concepts found so far, its best `words_per_concept` words read out as the SAE
-   latent most active on all of them. First-order attribution can miss the second half of a
+   latent most active on all of them; the concept keeps the best words on which that latent
+   fires at least half as strongly as on its strongest (`coherent`). First-order attribution can miss the second half of a
    conjunction (on a "weather AND music" test organism, conditioned on music, the one latent
    whose top words were weather words ranked 1852nd of 2048); the sweep is behavioural and
    finds it. Each step says which source chose its concept ("ranking" or "sweep");
@@ -192,14 +193,25 @@ def _sweep(hm: Any, sae: Any, concepts: list[list[str]], prompts: list[str],
     losses = word_losses(hm, prompts[: cfg.sweep_prompts], response, vocab, concepts, layer,
                          insert, cfg.sweep_batch)
     best = sorted(losses, key=losses.__getitem__)
-    words = best[: cfg.words_per_concept]
-    acts = word_activations(hm, sae, words, eval_prompts[: cfg.n_contexts],
+    k = cfg.words_per_concept
+    pool = best[: 3 * k]
+    acts = word_activations(hm, sae, pool, eval_prompts[: cfg.n_contexts],
                             range(sae.W_dec.shape[0]), layer, insert)
-    latent = _readout(acts, prefer, sorted(used))
+    latent = _readout(acts[:k], prefer, sorted(used))
+    words = coherent(pool, acts[:, latent], k)
     return {"latent": latent, "label": label_of(labels, latent), "words": words,
             "loss": response_loss(hm, condition(prompts, [*concepts, words], insert), response,
                                   layer),
             "source": "sweep", "word_losses": {w: losses[w] for w in best[:10]}}
+
+
+def coherent(words: Sequence[str], acts: Tensor, k: int, ratio: float = 0.5) -> list[str]:
+    """The first `k` words (best first) on which the read-out latent fires at least `ratio` of
+    its strongest activation among them: a concept's words must be one concept (the sweep's top
+    words can mix both halves of a conjunction, e.g. 'violin, clarinet, blizzard')."""
+    top = float(acts.max())
+    keep = [w for w, a in zip(words, acts.tolist(), strict=True) if top > 0 and a >= ratio * top]
+    return keep[:k] or list(words[:1])
 
 
 def _readout(acts: Tensor, prefer: Sequence[int], used: Sequence[int] = ()) -> int:
