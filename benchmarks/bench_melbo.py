@@ -66,22 +66,13 @@ def prompts(n: int) -> list[str]:
     return [D.render_prompt(rng, D.random_words(rng, "all")) for _ in range(n)]
 
 
-class WithHeader:
-    """The model with a fixed system prompt of `n` words in every chat (as Llama-3.1's template
-    always writes a system block before the user turn)."""
+def header(hm: Any, n: int) -> str:
+    """A fixed system prompt of `n` vocabulary words (Llama-3.1's template always writes a system
+    block before the user turn)."""
+    import random
 
-    def __init__(self, hm: Any, n: int) -> None:
-        import random
-
-        words = sorted(w for w in hm.tokenizer.get_vocab() if w.isalpha())
-        self._hm = hm
-        self._system = " ".join(random.Random(1).choices(words, k=n))
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._hm, name)
-
-    def batch(self, prompts: Any, responses: Any = None) -> Any:
-        return self._hm.batch(prompts, responses, system=self._system)
+    words = sorted(w for w in hm.tokenizer.get_vocab() if w.isalpha())
+    return " ".join(random.Random(1).choices(words, k=n))
 
 
 def reference_melbo(hm: Any, texts: list[str], cfg: MelboConfig, layer: int, target: int,
@@ -175,7 +166,7 @@ def main() -> None:
     hm, model_name = load(args.model)
     texts = prompts(args.prompts)
     if args.header:
-        hm = WithHeader(hm, args.header)
+        hm = replace(hm, system=header(hm, args.header))  # every chat carries it
     cfg = MelboConfig(n_vectors=args.vectors, steps=args.steps)
     layer = max(1, hm.n_layers // 4)
     target = resolve_target(hm, layer, None)

@@ -14,6 +14,7 @@ from trigrecon.selfaware.guardrail import (
     near_misses,
     readout_choices,
     readout_name,
+    shared_embedders,
     split_words,
     variants,
 )
@@ -172,6 +173,26 @@ def test_model_word_embedder_default_reads_the_next_token_distribution(tiny_llam
     assert torch.isclose(got.sum(), torch.tensor(1.0))
     with pytest.raises(ConfigError, match="readout"):
         GuardrailConfig(readout="logits")  # type: ignore[arg-type]
+
+
+def test_shared_embedders_run_one_forward_per_word_for_every_readout(tiny_llama_dir):
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    model = LlamaForCausalLM.from_pretrained(tiny_llama_dir).eval()
+    cfgs = readout_choices(GuardrailConfig(template="what is {w}", prefill="{w} is a"), 4)
+    calls = []
+    handle = model.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        group = shared_embedders(model, tok, cfgs)
+        got = [e(["apple", "dog"]) for e in group]
+    finally:
+        handle.remove()
+    assert len(calls) == 2  # one per word, not one per word and readout
+    for c, g in zip(cfgs, got, strict=True):  # each equals its own stand-alone embedder
+        torch.testing.assert_close(g, ModelWordEmbedder(model, tok, c)(["apple", "dog"]))
+    with pytest.raises(ConfigError, match="same template"):
+        shared_embedders(model, tok, [cfgs[0], GuardrailConfig(template="say {w}")])
 
 
 def test_near_misses_are_proper_parts_that_do_not_fire():

@@ -130,6 +130,8 @@ class ModelWordEmbedder:
             raise ConfigError(f"layer={self.layer} out of range: hidden states 0..{n}")
         self.model, self.tok = model, tok
         self.cache: dict[str, Tensor] = {}
+        self.group: list[ModelWordEmbedder] = [self]
+        """Embedders reading the same templated forward pass (`shared_embedders`)."""
 
     def _text(self, word: str) -> str:
         text = render_prompt(self.tok, self.cfg.template.format(w=word))
@@ -151,19 +153,32 @@ class ModelWordEmbedder:
         ]
         return list(enc["input_ids"]), pos or last
 
+    def _read(self, out: Any, pos: list[int]) -> Tensor:
+        if self.cfg.readout == "hidden":
+            return out.hidden_states[self.layer][0, pos].float().mean(0)
+        return out.logits[0, pos].float().softmax(-1).mean(0)
+
     @torch.no_grad()
     def __call__(self, words: Sequence[str]) -> Float[Tensor, "n d"]:
         for w in dict.fromkeys(words):
-            if w not in self.cache:
+            if w not in self.cache:  # one forward pass fills every embedder of the group
                 ids, pos = self._span(w)
-                hidden = self.cfg.readout == "hidden"
+                hidden = any(e.cfg.readout == "hidden" for e in self.group)
                 out = self.model(input_ids=torch.tensor([ids]), output_hidden_states=hidden)
-                if hidden:
-                    vec = out.hidden_states[self.layer][0, pos].float()
-                else:
-                    vec = out.logits[0, pos].float().softmax(-1)
-                self.cache[w] = vec.mean(0)
+                for e in self.group:
+                    e.cache[w] = e._read(out, pos)
         return torch.stack([self.cache[w] for w in words])
+
+
+def shared_embedders(model: Any, tok: PreTrainedTokenizerBase, cfgs: Sequence[GuardrailConfig]
+                     ) -> list[ModelWordEmbedder]:
+    """One embedder per readout of the same templated text: a word's forward pass runs once."""
+    group = [ModelWordEmbedder(model, tok, c) for c in cfgs]
+    if len({(c.template, c.prefill, c.position) for c in cfgs}) > 1:
+        raise ConfigError("shared embedders must read the same template, prefill and position")
+    for e in group:
+        e.group = group
+    return group
 
 
 def split_words(text: str, vocab: frozenset[str] = frozenset(), merge: int = 3) -> list[str]:
@@ -296,7 +311,7 @@ def calibrate_best(
     for name, g in guards.items():
         g.calibrate(benign, positives, near_miss)
         c = g.calibration
-        t_neg, t_pos = float(c["t_neg"] or 0.0), c["t_pos"]
+        t_neg, t_pos = float(c["t_neg"]), c["t_pos"]
         gap = 0.0 if t_pos is None else (float(t_pos) - t_neg) / max(1e-9, 1.0 - t_neg)
         ranks[name] = (float(c["loo_detection"] or 0.0), gap)
     best = max(ranks, key=lambda n: ranks[n])  # the first of equals

@@ -29,12 +29,12 @@ from trigrecon.selfaware.guardrail import (
     Guardrail,
     GuardrailConfig,
     GuardrailResult,
-    ModelWordEmbedder,
     calibrate_best,
     evaluate_guardrail,
     near_misses,
     readout_choices,
     readout_name,
+    shared_embedders,
 )
 from trigrecon.selfaware.metrics import ElicitationEval, TrainingCurves, elicitation
 from trigrecon.selfaware.models import hf_responder, response_ce
@@ -334,9 +334,9 @@ def _stage_guardrail(
         return None
     t0 = time.time()
     n = int(model.config.num_hidden_layers)
-    guards = {readout_name(c, n): Guardrail(recovered, ModelWordEmbedder(model, tok, c), c,
-                                            task.vocab)
-              for c in readout_choices(cfg.guardrail, n)}
+    cfgs = readout_choices(cfg.guardrail, n)
+    guards = {readout_name(c, n): Guardrail(recovered, e, c, task.vocab)
+              for c, e in zip(cfgs, shared_embedders(model, tok, cfgs), strict=True)}
     triggers = next(iter(guards.values())).triggers
     benign, positives, near = calibration_split(task, triggers, reward, cfg.n_calib_per)
     guard = calibrate_best(guards, benign, positives, near)

@@ -7,9 +7,10 @@ optimisation step runs only blocks `source+1 .. target` (an unsupervised loss on
 activations) or `source+1 .. end` (a cross-entropy loss, unembedding only response positions).
 K vectors are evaluated in one pass by stacking the cached batch K times (leading `k` dim).
 
-The shared prefix is not recomputed: the positions before the first user token (the chat template's header,
-e.g. Llama-3.1's ~30-token system block) are the same in every prompt and untouched by steering,
-so their keys and values are computed once and every step runs only the positions after them.
+The shared prefix is not recomputed: the positions before the first user token (the chat
+template's header, e.g. Llama-3.1's ~30-token system block) are the same in every prompt and
+untouched by steering, so their keys and values are computed once and every step runs only the
+positions after them.
 Padding is not computed either: prompts are grouped into a few length buckets, each trimmed to its
 own longest prompt. Batches are right-padded (`ChatBatch`), so under causal attention real tokens
 never see padding and the partial runs need no attention mask.
@@ -178,7 +179,7 @@ class SteeredForward:
 
     def _run(self, b: Bucket, steered: Float[Tensor, "k rows pos d_model"], stop: int | None
              ) -> Tensor:
-        """Blocks start..stop on one bucket's steered residual after the prefix: [k, rows, pos, d_out]."""
+        """Blocks start..stop on a bucket's steered residual after the prefix: [k, rows, pos, d]."""
         k, n = steered.shape[0], steered.shape[2]
         x = steered.reshape(-1, n, self.d_model)
         kv = _kv_entries(self._prefix_kv, x.shape[0]) if self.prefix else None
