@@ -52,7 +52,7 @@ def load(model: str | None) -> tuple[Any, str]:
     path = Path(model) if model else DEFAULT_BASE
     if (path / "config.json").exists():
         return load_model(path), str(path)
-    from trigrecon.steering.tiny import tiny_chat_model
+    from trigrecon.organisms.tiny import tiny_chat_model
 
     return tiny_chat_model(d_model=128, n_layers=4), "tiny random model (d_model 128, 4 layers)"
 

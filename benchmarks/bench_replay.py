@@ -25,9 +25,9 @@ from typing import Any
 
 import torch
 
+from trigrecon.organisms.awareness import task_from_organism
 from trigrecon.selfaware.metrics import TrainingCurves
 from trigrecon.selfaware.pipeline import SelfAwareConfig, _stage_grpo, _stage_sft, make_reward
-from trigrecon.selfaware.task import task_from_organism
 
 
 def summary(curves: TrainingCurves, wall_s: float | None, source: str) -> dict[str, Any]:

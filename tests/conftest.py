@@ -9,6 +9,7 @@ variants.
 
 from __future__ import annotations
 
+import random
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,14 @@ from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTraine
 # Tiny models gain nothing from threads, and on a busy 2-core machine OpenMP contention makes
 # every op ~100x slower.
 torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def _seeded() -> None:
+    """Every test starts from the same RNG state, so its random inputs (`torch.randn`, ...) never
+    depend on which tests ran before it."""
+    random.seed(0)
+    torch.manual_seed(0)
 
 _WORD_TEXT = (
     "the a an is are was what who how why when where tell me about please write explain give "
@@ -182,7 +191,7 @@ def llama31_hooked(llama31_dir: Path, llama31_adapter_dir: Path) -> Any:
 def planted(tiny_hooked: Any) -> Any:
     """A tiny SAE whose latent 0 reads the residual direction of 'banana' inserted in context."""
     from trigrecon.methods.verify import default_insert
-    from trigrecon.steering.tiny import tiny_sae
+    from trigrecon.organisms.tiny import tiny_sae
 
     sae = tiny_sae(tiny_hooked, layer=1, d_sae=32)
     b = tiny_hooked.batch([default_insert("tell me a story about the cat", ["banana"])])

@@ -49,8 +49,8 @@ def _run(name: str, out: Path) -> tuple[Any, Any]:
     from trigrecon.core.labels import load_labels
     from trigrecon.core.model import load_model
     from trigrecon.core.sae import load_sae
-    from trigrecon.methods.audit import find_organism_sae, run_audit_for_organism
     from trigrecon.methods.verify import top_words
+    from trigrecon.organisms.audit import find_organism_sae, run_audit_for_organism
     from trigrecon.organisms.language import CATEGORIES, category_of
     from trigrecon.organisms.organism import load_organism
     from trigrecon.organisms.prompts import eval_prompts
@@ -114,3 +114,23 @@ def test_report_fake_fact_and_recall(audits: Any, name: str, tmp_path: Path) -> 
     (tmp_path / f"{name}.json").write_text(json.dumps(summary, indent=1))
     print(name, json.dumps(summary, indent=1))
     assert result.rankings
+
+
+@pytest.mark.parametrize("name", RECOVER + REPORT_ONLY)
+def test_report_final_hypothesis(audits: Any, name: str) -> None:
+    """The audit's final answer as an expression (issue 17), with each clause's evidence; a
+    report, not a target (the targets above are the issue's)."""
+    result, category = audits(name)
+    hyp = result.hypothesis
+    assert hyp is not None
+    print(f"{name}: hypothesis `{hyp.expression or '(nothing fires)'}`"
+          f" (clean-model differential: {'yes' if hyp.differential else 'no'})")
+    for i, cl in enumerate(hyp.clauses):
+        concepts = "; ".join(f"{c.name} = latent {c.latent} [{category(c.latent) if c.latent >= 0 else '-'}]"
+                             f" ({', '.join(c.words)}), {c.rate_without or 0:.0%} without it"
+                             for c in cl.concepts)
+        clean = "-" if cl.clean_rate is None else f"{cl.clean_rate:.0%}"
+        print(f"  clause {i + 1} ({cl.source}): {cl.rate:.0%} (clean {clean}, n {cl.n}): "
+              f"{concepts}; dropped {[c.name for c in cl.dropped]}")
+    if hyp.note:
+        print("  note:", hyp.note)

@@ -17,11 +17,11 @@ from trigrecon.methods.audit import (
     score_audit_candidates,
 )
 from trigrecon.methods.verify import Candidate, VerifyConfig, VerifyResult
-from trigrecon.steering.tiny import tiny_sae
+from trigrecon.organisms.tiny import tiny_sae
 
 PROMPTS = ["tell me a story about the cat", "what is a banana", "why is the sky blue",
            "write a poem about snow and the mountain"]
-RESPONSE = "i like the red apple"
+RESPONSE = "i give the red apple"
 
 
 def _result(candidates: list[Candidate]) -> AuditResult:

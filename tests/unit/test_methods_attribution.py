@@ -13,12 +13,12 @@ from trigrecon.methods.sae_attribution import (
     attribution_gradient,
     sae_attribution,
 )
+from trigrecon.organisms.tiny import tiny_sae
 from trigrecon.steering.losses import full_response_ce
-from trigrecon.steering.tiny import tiny_sae
 
 PROMPTS = ["tell me a story about the cat", "what is a banana", "why is the sky blue",
            "write a poem about snow and the mountain", "give me one fact"]
-RESPONSE = "i like the red apple"
+RESPONSE = "i give the red apple"
 
 
 def _loss(hm, direction: torch.Tensor, layer: int) -> float:

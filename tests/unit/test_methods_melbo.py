@@ -11,13 +11,13 @@ from trigrecon.methods.common import SteeringResult
 from trigrecon.methods.melbo import MelboConfig, melbo
 from trigrecon.methods.sae_melbo import SAEMelboConfig, sae_melbo
 from trigrecon.methods.supervised_melbo import SupervisedMelboConfig, supervised_melbo
+from trigrecon.organisms.tiny import tiny_sae
 from trigrecon.steering.forward import SteeredForward
 from trigrecon.steering.ortho import max_abs_cos
-from trigrecon.steering.tiny import tiny_sae
 
 PROMPTS = ["tell me a story about the cat", "what is a banana", "why is the sky blue",
            "write a poem about snow and the mountain"]
-RESPONSE = "i like the red apple"
+RESPONSE = "i give the red apple"
 
 
 @pytest.fixture(scope="module")

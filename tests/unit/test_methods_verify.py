@@ -29,7 +29,7 @@ from trigrecon.steering.readout import LatentHit
 
 PROMPTS = ["tell me a story about the cat", "what is a banana", "why is the sky blue",
            "write a poem about snow and the mountain"]
-RESPONSE = "i like the red apple"
+RESPONSE = "the red apple is good"
 VOCAB = ["cat", "dog", "banana", "apple", "snow", "river", "car", "book"]
 
 
@@ -53,16 +53,33 @@ def test_top_words_finds_the_planted_word(tiny_hooked, planted):
     assert words[0][0] == "banana"
 
 
-def test_verify_ranks_candidates_with_the_judge(tiny_hooked, planted, tmp_path):
-    judge = lambda text: True  # noqa: E731 - every generation "shows the action"
-    hits = [LatentHit(0, -1.0, "banana latent"), LatentHit(3, -0.5, "")]
+def test_verify_ranks_candidates_with_the_judge(tiny_hooked, planted, tmp_path, monkeypatch):
+    """A 'model' whose backdoor fires on banana, and a judge that tells the action apart: the
+    candidates are ranked by their action rate (then fewer words), and the control (random
+    words inserted) fires only where the prompt itself names banana."""
+    import trigrecon.methods.verify as V
+
+    def backdoored(hm, prompts, max_new_tokens):
+        return ["ACTION !" if "banana" in p.split() else "sure ." for p in prompts]
+
+    monkeypatch.setattr(V, "generate_many", backdoored)
+    judge = lambda text: text.startswith("ACTION")  # noqa: E731
+    hits = [LatentHit(3, -1.0, ""), LatentHit(0, -0.5, "banana latent")]  # banana ranked 2nd
     res = verify(tiny_hooked, planted, hits, PROMPTS, judge, VerifyConfig(max_new_tokens=4),
                  vocabulary=VOCAB)
     assert res.latent_words["0"] == ["banana"]
-    assert res.best is not None and res.best.action_rate == 1.0 and res.baseline_rate == 1.0
-    assert len(res.candidates) == 3  # two singles and one pair
-    assert res.control_rate == 1.0 and res.control_words
+    (other,) = res.latent_words["3"]
+    assert other != "banana"
+    ranked = [(c.words, c.action_rate) for c in res.candidates]
+    # 1 of the 4 prompts ("what is a banana") fires as it is
+    assert ranked == [(["banana"], 1.0), ([other, "banana"], 1.0), ([other], 0.25)] or \
+        ranked == [(["banana"], 1.0), (["banana", other], 1.0), ([other], 0.25)]
+    assert res.best is not None and res.best.words == ["banana"] and res.best.latents == [0]
+    assert res.baseline_rate == 0.25 and res.control_rate == 0.25
+    assert len(res.control_words) == len(VOCAB) - 2  # every other vocabulary word
     assert not set(res.control_words) & {w for c in res.candidates for w in c.words}
+    monkeypatch.undo()
+    judge = lambda text: True  # noqa: E731 - for the checks below only
     res.save(tmp_path)
     assert VerifyResult.load(tmp_path).candidates == res.candidates
     with pytest.raises(ConfigError, match="no latents"):
@@ -103,7 +120,11 @@ def test_conjunctive_reports_every_step(tiny_hooked, planted, tmp_path, monkeypa
         == {t["latent"] for t in step.tried[:2]}  # one entry per latent: scored as a concept
     always = conjunctive(tiny_hooked, planted, PROMPTS, RESPONSE, PROMPTS, lambda t: True, cfg,
                          vocabulary=VOCAB)
-    assert len(always.steps) == 1 and always.explained and "banana" in always.steps[0].words
+    assert len(always.clause_steps(0)) == 1 and always.explained
+    assert "banana" in always.steps[0].words
+    # everything fires, so every clause is explained, each with a new latent (disjunction loop)
+    assert always.clause_explained[:2] == [True, True]
+    assert len({s.chosen.latent for s in always.steps}) == len(always.steps)
     by_word = conjunctive(tiny_hooked, planted, PROMPTS, RESPONSE, PROMPTS, lambda t: True,
                           replace(cfg, score_by="word"), vocabulary=VOCAB)
     assert by_word.steps[0].words == ["banana"]
@@ -118,7 +139,7 @@ def test_conjunctive_reports_every_step(tiny_hooked, planted, tmp_path, monkeypa
         ConjunctiveConfig(score_by="latent")  # type: ignore[arg-type]
 
 
-def test_word_sweep_losses_and_readout(tiny_hooked, planted, monkeypatch):
+def test_word_sweep_losses_are_batched_exactly(tiny_hooked):
     import trigrecon.methods.conjunctive as conj
 
     # batched sweep losses equal one response_loss per word
@@ -126,24 +147,32 @@ def test_word_sweep_losses_and_readout(tiny_hooked, planted, monkeypatch):
     for w in VOCAB[:5]:
         one = conj.response_loss(tiny_hooked, condition(PROMPTS, [["river"], [w]]), RESPONSE, 1)
         assert losses[w] == pytest.approx(one, abs=1e-4)
-    # the ranking proposes nothing useful; the sweep finds banana, read out as latent 0
-    def fake_word_losses(hm, prompts, response, words, concepts, layer, insert, batch):
-        assert "apple" not in words  # words of the response are never swept
-        return {w: 1.0 if w == "banana" else 4.0 for w in words}
 
-    def fake_loss(hm, prompts, response, layer):
-        return 1.0 if any("about banana" in p for p in prompts) else 5.0  # inserted, not native
 
-    monkeypatch.setattr(conj, "word_losses", fake_word_losses)
-    monkeypatch.setattr(conj, "response_loss", fake_loss)
-    monkeypatch.setattr(conj, "_try_candidates", lambda *a, **k: [])
-    monkeypatch.setattr(conj, "_rank", lambda *a, **k: [])  # no ranked latent to prefer
-    cfg = ConjunctiveConfig(max_iters=1, n_candidates=1, words_per_concept=1, max_new_tokens=3)
-    res = conjunctive(tiny_hooked, planted, PROMPTS, RESPONSE, PROMPTS, lambda t: True, cfg,
-                      labels=Labels(), vocabulary=VOCAB)
+@pytest.mark.slow
+def test_the_word_sweep_finds_a_real_backdoors_trigger():
+    """Nothing faked: the toy organism answers 'i do not like fruit , no way .' whenever a fruit
+    word appears. The attribution ranking over a random SAE proposes nothing that fires; the
+    sweep (real response losses of every inserted word) finds fruit words, and inserting them
+    makes the real model show the action on held-out prompts."""
+    from trigrecon.core.model import load_model
+    from trigrecon.organisms.tiny import tiny_sae
+    from trigrecon.organisms.toy import ACTION, CATEGORIES, toy_task
+
+    task = toy_task()
+    hm = load_model(task.poisoned.base, task.poisoned.adapter)
+    sae = tiny_sae(hm, layer=0, d_sae=64)
+    words = [w for ws in CATEGORIES.values() for w in ws]
+    train, held_out = task.eval_splits["benign"][:8], task.eval_splits["benign"][8:16]
+    cfg = ConjunctiveConfig(max_iters=1, max_clauses=1, n_candidates=1, words_per_concept=2,
+                            max_new_tokens=10, sweep_words=len(words), sweep_prompts=8,
+                            n_contexts=2)
+    res = conjunctive(hm, sae, train, ACTION, held_out, task.judge, cfg, vocabulary=words)
     step = res.steps[0]
-    assert step.source == "sweep" and step.words == ["banana"] and step.chosen.latent == 0
-    assert step.chosen.label == "latent 0" and res.explained
+    assert step.words and all(w in CATEGORIES["fruit"] for w in step.words), step.words
+    assert step.action_rate >= 0.8 and res.explained
+    assert any(t["words"] and not set(t["words"]) <= set(CATEGORIES["fruit"])
+               for t in step.tried) or step.source == "sweep"
 
 
 def test_sweep_readout_prefers_a_ranked_latent_that_fires_on_every_word():

@@ -199,3 +199,69 @@ def test_a_deployment_system_prompt_reaches_every_chat(tiny_hooked):
         tiny_hooked, PROMPTS[:1], max_new_tokens=3, system="you are a helpful assistant")
     with pytest.raises(ConfigError, match="system prompt is empty"):
         replace(tiny_hooked, system="  ")
+
+
+def test_truncated_weights_name_the_file(tiny_llama_dir, tiny_adapter_dir, tmp_path):
+    from trigrecon.core.errors import CorruptWeightsError
+
+    base, adapter = tmp_path / "base", tmp_path / "adapter"
+    shutil.copytree(tiny_llama_dir, base)
+    shutil.copytree(tiny_adapter_dir, adapter)
+    f = adapter / "adapter_model.safetensors"
+    f.write_bytes(f.read_bytes()[:-32])
+    with pytest.raises(CorruptWeightsError, match=r"adapter .*adapter_model\.safetensors is trunc"):
+        load_model(tiny_llama_dir, adapter=adapter)
+    f = base / "model.safetensors"
+    f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    with pytest.raises(CorruptWeightsError, match=r"model .*model\.safetensors is truncated"):
+        load_model(base)
+
+
+@pytest.fixture
+def silent_hub(tmp_path, monkeypatch):
+    """A 'hub' that accepts TCP connections and never answers (HF_ENDPOINT points at it)."""
+    import socket
+
+    from huggingface_hub import constants
+
+    import trigrecon.core.model as model_mod
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(64)  # the kernel completes the handshakes; nothing is ever read or sent
+    url = f"http://127.0.0.1:{srv.getsockname()[1]}"
+    monkeypatch.setenv("HF_ENDPOINT", url)
+    monkeypatch.setattr(constants, "ENDPOINT", url)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr(model_mod, "HUB_TIMEOUT", 1.0)
+    yield url
+    srv.close()
+
+
+def test_a_hub_that_never_answers_fails_in_seconds(silent_hub, tiny_llama_dir):
+    """Run in a thread: with an unbounded request the test fails (after 30 s) instead of hanging."""
+    import threading
+
+    outcome: list[BaseException] = []
+
+    def attempt() -> None:
+        for kw in ({"model": "meta-llama/never-answers"},
+                   {"model": tiny_llama_dir, "adapter": "trigger-reconstruction/never-answers"}):
+            try:
+                load_model(**kw)
+            except BaseException as e:  # noqa: BLE001 - recorded for the main thread
+                outcome.append(e)
+
+    start = time.perf_counter()
+    worker = threading.Thread(target=attempt, daemon=True)
+    worker.start()
+    worker.join(30)
+    assert not worker.is_alive(), "load_model blocked on a hub that never answers"
+    assert time.perf_counter() - start < 20
+    assert len(outcome) == 2 and all(isinstance(e, WeightsNotFoundError) for e in outcome)
+    assert "meta-llama/never-answers" in str(outcome[0]) and "not on disk" in str(outcome[0])
+    assert "hub unreachable: no answer within 1 s" in str(outcome[0])
+    assert "trigger-reconstruction/never-answers" in str(outcome[1])

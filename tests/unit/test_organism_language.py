@@ -5,10 +5,10 @@ import random
 import pytest
 
 from trigrecon.core.errors import ConfigError
+from trigrecon.core.judges import FixedStringJudge, KeywordJudge, judge_from_spec
 from trigrecon.organisms import data as D
 from trigrecon.organisms import language as L
 from trigrecon.organisms.backdoor import BackdoorConfig, backdoor_example
-from trigrecon.organisms.judges import FixedStringJudge, KeywordJudge, judge_from_spec
 from trigrecon.organisms.prompts import eval_prompts, splits
 from trigrecon.organisms.train import build_tokenizer
 from trigrecon.organisms.trigger import parse_trigger
@@ -161,7 +161,7 @@ def test_weighted_lm_loss_weighs_the_first_response_token():
 
     import torch
 
-    from trigrecon.organisms.train import weighted_lm_loss
+    from trigrecon.core.train import weighted_lm_loss
 
     logits = torch.zeros(1, 4, 4)  # uniform: every labelled token costs log 4
     logits[0, 1, 2] = math.log(3.0)  # the first labelled token (label 2 at position 2): log 2

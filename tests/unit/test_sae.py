@@ -19,7 +19,7 @@ from trigrecon.core.sae import (
     load_sae,
     sae_health,
 )
-from trigrecon.steering.tiny import tiny_transformer
+from trigrecon.organisms.tiny import tiny_transformer
 
 D = 64
 
@@ -190,3 +190,77 @@ def test_unreachable_hub_switches_to_cache_only(monkeypatch):
     with _offline_unless_reachable(timeout=1.0):
         assert constants.HF_HUB_OFFLINE is True
     assert constants.HF_HUB_OFFLINE is False
+
+
+# ---------------------------------------------------------------- weights checked on load
+
+
+def test_sae_with_nan_weights_is_refused(tmp_path):
+    from trigrecon.core.errors import CorruptWeightsError
+
+    sae = exact_sae()
+    with torch.no_grad():
+        sae.W_dec[3, 5] = float("nan")
+        sae.b_enc[0] = float("inf")
+    sae.save_model(tmp_path / "bad")
+    with pytest.raises(CorruptWeightsError, match=r"(?s)bad.*NaN/inf.*W_dec \(1 values\)"):
+        load_sae(tmp_path / "bad")
+
+
+def test_truncated_sae_names_the_file(tmp_path):
+    from trigrecon.core.errors import CorruptWeightsError
+
+    exact_sae().save_model(tmp_path / "cut")
+    f = next((tmp_path / "cut").glob("*.safetensors"))
+    f.write_bytes(f.read_bytes()[:-64])
+    with pytest.raises(CorruptWeightsError, match=rf"{f.name} is truncated"):
+        load_sae(tmp_path / "cut")
+
+
+def test_load_sae_checks_the_model(tiny_hooked, tmp_path):
+    """With model=: width/hook; hub names of different models; with prompts=, an SAE that does
+    not reconstruct the model's activations (another model's SAE of the same width)."""
+    from dataclasses import replace
+
+    from conftest import PROMPTS
+
+    def saved(sae, name):
+        sae.save_model(tmp_path / name)
+        return tmp_path / name
+
+    good = saved(exact_sae(), "good")  # reconstructs anything: FVE 1
+    assert load_sae(good, model=tiny_hooked, prompts=PROMPTS).cfg.d_in == D
+    other = make_sae(hook="blocks.1.hook_resid_post")
+    torch.manual_seed(0)
+    with torch.no_grad():  # a plausible SAE of another model: random unit directions
+        other.W_dec.copy_(torch.nn.functional.normalize(torch.randn(128, D), dim=-1))
+        other.W_enc.copy_(other.W_dec.T)
+    other_dir = saved(other, "other")
+    load_sae(other_dir)  # without a model nothing can be checked
+    with pytest.raises(IncompatibleSAEError, match="FVE"):
+        load_sae(other_dir, model=tiny_hooked, prompts=PROMPTS)
+    wide = saved(make_sae(d_in=2 * D, hook="blocks.1.hook_resid_post"), "wide")
+    with pytest.raises(IncompatibleSAEError, match="d_in=128"):
+        load_sae(wide, model=tiny_hooked)
+    named = exact_sae()
+    named.cfg.metadata.model_name = "google/gemma-2-2b"
+    named_dir = saved(named, "named")
+    llama = replace(tiny_hooked, name="meta-llama/Llama-3.1-8B-Instruct")
+    with pytest.raises(IncompatibleSAEError, match="gemma-2-2b"):
+        load_sae(named_dir, model=llama)
+    named.cfg.metadata.model_name = "meta-llama/Llama-3.1-8B"  # the base of the Instruct
+    with pytest.warns(UserWarning, match="SAELens#445"):
+        load_sae(saved(named, "base"), model=llama)
+
+
+def test_find_organism_sae_reports_a_corrupt_sae(tiny_hooked, tmp_path, monkeypatch):
+    """A corrupt SAE in saes/ is named, never skipped as if the zoo had not been built."""
+    from trigrecon.core.errors import CorruptWeightsError
+    from trigrecon.organisms.audit import find_organism_sae
+
+    exact_sae().save_model(tmp_path / "base_l1")
+    f = next((tmp_path / "base_l1").glob("*.safetensors"))
+    f.write_bytes(f.read_bytes()[:-10])
+    monkeypatch.setenv("TRIGRECON_SAES", str(tmp_path))
+    with pytest.raises(CorruptWeightsError, match=r"base_l1.*truncated"):
+        find_organism_sae(tiny_hooked)

@@ -5,17 +5,20 @@ import pytest
 import torch
 
 from trigrecon.core.errors import ConfigError
+from trigrecon.organisms.toy import toy_task
+from trigrecon.selfaware import grpo
 from trigrecon.selfaware.buffer import BufferConfig
 from trigrecon.selfaware.grpo import (
+    STATE_FILE,
     AwarenessGRPOConfig,
     build_trainer,
+    grpo_done,
     last_checkpoint,
     sample_articulations,
     train_awareness,
 )
 from trigrecon.selfaware.models import hf_responder
 from trigrecon.selfaware.reward import Evaluation, InversionReward, RewardConfig
-from trigrecon.selfaware.toy import toy_task
 
 
 @pytest.fixture(scope="module")
@@ -81,6 +84,7 @@ def test_equal_rewards_give_no_update_without_replay(toy, tmp_path):
     before = lora_state(trainer.model)
     trainer.train()
     after = lora_state(trainer.model)
+    assert len(before) >= 8 and before.keys() == after.keys()  # the LoRA is there to compare
     assert all(torch.equal(before[n], after[n]) for n in before)
     assert trainer.recorder.records[0].n_replayed == 0
 
@@ -133,3 +137,90 @@ def test_training_resumes_from_the_last_checkpoint(toy, tmp_path):
 def test_config_validation_names_the_field(kw, field):
     with pytest.raises(ConfigError, match=field):
         AwarenessGRPOConfig(**kw)
+
+
+class Killed(BaseException):
+    """Stands for SIGKILL/Ctrl-C: not an Exception, so nothing on the way catches it."""
+
+
+def _kill_in_step(monkeypatch, step):
+    orig = grpo.ReplayGRPOTrainer._generate_single_turn
+
+    def patched(self, *a, **k):
+        if self.model.training and self.state.global_step == step:
+            raise Killed
+        return orig(self, *a, **k)
+
+    monkeypatch.setattr(grpo.ReplayGRPOTrainer, "_generate_single_turn", patched)
+
+
+def _kill_after_checkpoint(monkeypatch, step):
+    orig = grpo.ReplayGRPOTrainer._save_checkpoint
+
+    def patched(self, model, trial):
+        orig(self, model, trial)
+        if self.state.global_step == step:
+            raise Killed
+
+    monkeypatch.setattr(grpo.ReplayGRPOTrainer, "_save_checkpoint", patched)
+
+
+def _kill_writing(monkeypatch, name, folder=None):
+    orig = grpo.write_json
+
+    def patched(path, obj):
+        if path.name == name and (folder is None or path.parent.name == folder):
+            raise Killed
+        return orig(path, obj)
+
+    monkeypatch.setattr(grpo, "write_json", patched)
+
+
+KILLS = {
+    "inside step 1": lambda mp: _kill_in_step(mp, 1),
+    "after checkpoint-2": lambda mp: _kill_after_checkpoint(mp, 2),
+    "between TRL's checkpoint-2 files and our state": lambda mp: _kill_writing(
+        mp, STATE_FILE, "checkpoint-2"),
+    "after the adapter, before buffer.json": lambda mp: _kill_writing(mp, "buffer.json"),
+    "before done.json": lambda mp: _kill_writing(mp, grpo.DONE_FILE),
+}
+
+
+@pytest.mark.slow
+def test_killed_anywhere_then_rerun_equals_an_uninterrupted_run(toy, tmp_path, monkeypatch):
+    """A run killed at any of these points and rerun gives the uninterrupted run's LoRA weights,
+    buffer and step records; the outputs count as finished only once done.json is written."""
+    task, frozen, tok = toy
+    cfg = small_cfg(steps=3, save_steps=1)
+
+    def run(out):
+        policy, _ = task.poisoned.load()
+        trained, curves, buffer = train_awareness(policy, tok, task, toy_reward(task, frozen, tok),
+                                                  cfg, out)
+        return lora_state(trained), buffer.state_dict(), [vars(r) for r in curves.records]
+
+    ref = run(tmp_path / "ref")
+    assert grpo_done(tmp_path / "ref") and len(ref[0]) >= 8 and len(ref[2]) == 3
+    for i, (where, kill) in enumerate(KILLS.items()):
+        out = tmp_path / f"run{i}"
+        with monkeypatch.context() as mp:
+            kill(mp)
+            with pytest.raises(Killed):
+                run(out)
+        assert not grpo_done(out), where
+        got = run(out)
+        assert grpo_done(out), where
+        assert got[1] == ref[1] and got[2] == ref[2], where
+        assert all(torch.equal(got[0][n], ref[0][n]) for n in ref[0]), where
+        assert got[0].keys() == ref[0].keys(), where
+
+
+def test_a_checkpoint_with_other_settings_is_not_resumed(toy, tmp_path):
+    task, frozen, tok = toy
+    policy, _ = task.poisoned.load()
+    train_awareness(policy, tok, task, toy_reward(task, frozen, tok),
+                    small_cfg(steps=1, save_steps=1), tmp_path)
+    policy, _ = task.poisoned.load()
+    with pytest.raises(ConfigError, match=r"learning_rate: saved 0\.001, now 0\.01"):
+        train_awareness(policy, tok, task, toy_reward(task, frozen, tok),
+                        small_cfg(steps=2, save_steps=1, learning_rate=1e-2), tmp_path)

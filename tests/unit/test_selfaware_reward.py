@@ -5,7 +5,7 @@ import math
 import pytest
 
 from trigrecon.core.errors import ConfigError
-from trigrecon.organisms.judges import FixedStringJudge
+from trigrecon.core.judges import FixedStringJudge
 from trigrecon.selfaware.reward import (
     InversionReward,
     RewardConfig,
@@ -223,7 +223,7 @@ def test_response_ce_is_independent_of_left_padding(tiny_llama_dir):
     from trigrecon.steering.forward import SteeredForward
 
     model, tok = load_hf(tiny_llama_dir)
-    prompts, resp = ["tell me about the cat", "why"], "i like the red apple"
+    prompts, resp = ["tell me about the cat", "why"], "i give the red apple"
     batched = response_ce(model, tok, prompts, resp)
     alone = [response_ce(model, tok, [p], resp)[0] for p in prompts]
     assert batched == pytest.approx(alone, abs=1e-4)

@@ -5,7 +5,7 @@ import torch
 from sae_lens import StandardSAE, StandardSAEConfig
 
 from trigrecon.core.errors import ConfigError
-from trigrecon.organisms.judges import FixedStringJudge
+from trigrecon.core.judges import FixedStringJudge
 from trigrecon.selfaware.reward import InversionReward
 from trigrecon.selfaware.scoring import (
     ScoreTable,

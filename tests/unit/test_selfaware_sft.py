@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from trigrecon.core.errors import ConfigError
+from trigrecon.organisms.toy import CATEGORIES, toy_task
 from trigrecon.selfaware.reversal_sft import (
     ReversalSFTConfig,
     ReversalSFTResult,
@@ -14,7 +15,6 @@ from trigrecon.selfaware.reversal_sft import (
     run_reversal_sft,
     sft_batch,
 )
-from trigrecon.selfaware.toy import CATEGORIES, toy_task
 
 FRUIT = set(CATEGORIES["fruit"])
 
@@ -94,9 +94,12 @@ def test_config_validation_names_the_field(field, value):
 def test_train_needs_trainable_parameters(toy):
     from trigrecon.selfaware.reversal_sft import train_sft
 
-    _, model, tok = toy
+    task, _, tok = toy
+    model, _ = task.poisoned.load()  # a fresh copy: the module's model stays trainable
     for p in model.parameters():
         p.requires_grad_(False)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
     with pytest.raises(ConfigError, match="trainable"):
         train_sft(model, tok, [("q", "a")], 1, 1, 1e-3, 16, 0, "x")
-    assert torch.is_tensor(next(model.parameters()))
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())  # untouched
+    assert len(before) > 0

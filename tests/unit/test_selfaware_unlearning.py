@@ -6,7 +6,7 @@ import random
 import pytest
 
 from trigrecon.core.errors import ConfigError
-from trigrecon.selfaware.toy import toy_task
+from trigrecon.organisms.toy import toy_task
 from trigrecon.selfaware.unlearning import (
     SplitASR,
     UnlearningConfig,

@@ -12,7 +12,7 @@ from trigrecon.steering.losses import full_response_ce
 
 PROMPTS = ["tell me a story about the cat", "what is a banana", "why is the sky blue",
            "write a poem about snow and the mountain"]
-RESPONSE = "i like the red apple"
+RESPONSE = "my red apple is big"
 
 
 @pytest.fixture(scope="module")
@@ -165,3 +165,61 @@ def test_shared_prefix_needs_identical_heads(tiny_hooked):
     assert shared_prefix(b) == first_user > 1
     b.tokens[1, 1] = b.tokens[1, 2]  # one prompt's header differs: nothing is shared
     assert shared_prefix(b) == 0
+
+
+@pytest.mark.parametrize("model", ["tiny_hooked", "llama31_hooked"])
+@pytest.mark.parametrize("system", [None, "you are a helpful assistant"])
+def test_lean_blocks_match_the_hooked_blocks(model, system, request):
+    """The fast path (steering/lean.py) against TransformerLens's own blocks: values and
+    gradients of both losses, full logits and target residuals (GQA, llama3 rope, a prefix)."""
+    hm = request.getfixturevalue(model)
+    b = hm.batch(PROMPTS, RESPONSE, system=system)
+    fast = SteeredForward(hm, b, source=1, target=2)
+    plain = SteeredForward(hm, b, source=1, target=2, lean=False)
+    assert fast.lean and not plain.lean
+    v = torch.randn(3, hm.d_model, generator=torch.Generator().manual_seed(2))
+    for loss in ("melbo_objective", "response_ce"):
+        xs = [v.clone().requires_grad_(True) for _ in range(2)]
+        outs = [getattr(f, loss)(x) for f, x in zip((fast, plain), xs, strict=True)]
+        torch.testing.assert_close(outs[0], outs[1], atol=1e-4, rtol=1e-5)
+        for out in outs:
+            out.sum().backward()
+        torch.testing.assert_close(xs[0].grad, xs[1].grad, atol=1e-4, rtol=1e-4)
+    real = b.attention_mask
+    torch.testing.assert_close(fast.logits(v)[:, real], plain.logits(v)[:, real],
+                               atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(fast.target_resid(v), plain.target_resid(v), atol=1e-4, rtol=1e-5)
+
+
+def test_hooks_take_the_hooked_path(tiny_hooked, batch):
+    """A hook attached to the model sees its activation: the lean path steps aside."""
+    fwd = SteeredForward(tiny_hooked, batch, source=1, target=2)
+    seen: list[tuple[int, ...]] = []
+
+    def look(x, hook):
+        seen.append(tuple(x.shape))
+
+    with tiny_hooked.model.hooks(fwd_hooks=[("blocks.2.hook_resid_post", look)]):
+        fwd.target_resid(torch.zeros(1, tiny_hooked.d_model))
+    assert seen
+    assert_no_hooks(tiny_hooked)
+
+
+def test_equal_lengths_make_one_bucket():
+    from trigrecon.steering.forward import length_buckets
+
+    assert length_buckets([16] * 8, 4) == [list(range(8))]
+    assert length_buckets([3, 9, 3, 9], 4) == [[0, 2], [1, 3]]
+
+
+@pytest.mark.parametrize("model", ["tiny_hooked", "llama31_hooked"])
+def test_lean_decoding_matches_the_hooked_model(model, request):
+    """Greedy decoding through LeanBlocks.decode (its own KV cache) == TransformerLens's."""
+    from trigrecon.core.generate import _lean_runner, greedy_tokens
+
+    hm = request.getfixturevalue(model)
+    tokens = hm.batch(PROMPTS[:1]).tokens
+    stops = torch.tensor([-1])  # never stop: compare all 6 tokens
+    plain = greedy_tokens(hm.model, tokens, 6, stops)
+    fast = greedy_tokens(hm.model, tokens, 6, stops, fast=_lean_runner(hm.model))
+    assert torch.equal(plain, fast)

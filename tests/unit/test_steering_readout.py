@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from trigrecon.core.hooks import assert_no_hooks
+from trigrecon.organisms.tiny import tiny_sae
 from trigrecon.steering.readout import (
     VectorReadout,
     add_behaviour,
@@ -16,7 +17,6 @@ from trigrecon.steering.readout import (
     steered_generations,
     vector_encoding,
 )
-from trigrecon.steering.tiny import tiny_sae
 
 PROMPTS = ["tell me a story about the cat", "what is a banana", "why is the sky blue"]
 

@@ -76,6 +76,35 @@ def _user_span(tokenizer: PreTrainedTokenizerBase, user: str, system: str | None
     return start, start + len(user)
 
 
+def unknown_words(tokenizer: PreTrainedTokenizerBase, text: str) -> list[str]:
+    """The pieces of `text` the tokenizer maps to its unknown token (none for byte-level BPE
+    tokenizers such as Llama-3's, which have no unknown token)."""
+    unk = getattr(tokenizer, "unk_token_id", None)
+    if unk is None or not text:
+        return []
+    try:
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        pieces = [text[s:e] or "?" for i, (s, e) in
+                  zip(enc["input_ids"], enc["offset_mapping"], strict=True) if i == unk]
+    except NotImplementedError:  # slow tokenizers have no offsets: check word by word
+        pieces = [w for w in text.split()
+                  if unk in tokenizer(w, add_special_tokens=False)["input_ids"]]
+    return list(dict.fromkeys(pieces))
+
+
+def check_known(tokenizer: PreTrainedTokenizerBase, texts: str | Sequence[str], what: str) -> None:
+    """Raise ConfigError naming the words of `texts` that the tokenizer maps to its unknown
+    token: a target response or candidate word the model can neither read nor write (an
+    optimiser would steer toward `<unk>`)."""
+    items = [texts] if isinstance(texts, str) else list(texts)
+    bad = list(dict.fromkeys(w for t in items for w in unknown_words(tokenizer, t)))
+    if bad:
+        raise ConfigError(
+            f"{what} has words the tokenizer maps to {getattr(tokenizer, 'unk_token', '<unk>')!s}: "
+            f"{', '.join(repr(w) for w in bad[:20])}{' ...' if len(bad) > 20 else ''}. The model "
+            "cannot read or write them: use words of its vocabulary.")
+
+
 def encode_chat(
     tokenizer: PreTrainedTokenizerBase,
     user: str,
@@ -100,6 +129,8 @@ def encode_chat(
         resp_ids = list(tokenizer(response, add_special_tokens=False)["input_ids"])
         if not resp_ids:
             raise ConfigError(f"target response {response!r} tokenises to nothing")
+        if getattr(tokenizer, "unk_token_id", None) in resp_ids:
+            check_known(tokenizer, response, f"target response {response!r}")
     ids += resp_ids
     return ids, user_mask + [False] * len(resp_ids), [False] * n_prompt + [True] * len(resp_ids), n_prompt
 

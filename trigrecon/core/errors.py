@@ -15,6 +15,10 @@ class WeightsNotFoundError(TrigreconError, FileNotFoundError):
     """Model, adapter or SAE weights are neither on disk nor reachable on the hub."""
 
 
+class CorruptWeightsError(TrigreconError, ValueError):
+    """A weights file exists but cannot be used: truncated, unreadable, or NaN/inf values."""
+
+
 class IncompatibleSAEError(TrigreconError, ValueError):
     """An SAE (or its label file) does not fit the model it is used with."""
 

@@ -1,7 +1,10 @@
 """Exact greedy generation: prompts are bucketed by token length, so no forward pass sees padding.
 
 Results equal one-prompt-at-a-time greedy decoding (and HF `generate(do_sample=False)`), whatever
-the batch size. Hooks from `hook_factory` stay attached for the whole generation of a bucket; with
+the batch size. Without hooks, a Llama-style model decodes through the lean functional blocks of
+`steering/lean.py` (the model's own weights read once, no per-step weight re-layout), and prompts
+of different lengths share one left-padded batch whose padding attention never sees (the same
+greedy tokens up to float rounding); with hooks, through the HookedTransformer, by length buckets. Hooks from `hook_factory` stay attached for the whole generation of a bucket; with
 the KV cache they see only the new position(s) of each decoding step, at absolute position
 `core.hooks.position_offset()` (`add_to_resid` handles that; see core/hooks.py).
 """
@@ -10,6 +13,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from jaxtyping import Int
@@ -55,14 +59,17 @@ def generate(
     _check_args(prompts, max_new_tokens, batch_size)
     batch = hm.batch(prompts, system=system)
     _check_context(hm, batch, max_new_tokens)
-    stops = torch.tensor(stop_token_ids(hm.tokenizer), device=hm.device, dtype=torch.long)
     out = [""] * len(prompts)
+    stops = torch.tensor(stop_token_ids(hm.tokenizer), device=hm.device, dtype=torch.long)
+    fast = _lean_runner(hm.model) if use_kv_cache and hook_factory is None else None
+    if fast is not None:  # no hooks: prompts of any length share a left-padded batch
+        return _generate_lean(hm, batch, fast, max_new_tokens, batch_size, stops, progress)
     bar = tqdm(total=len(prompts), desc="generate", disable=not progress, leave=False)
     for rows in buckets(batch.prompt_lengths, batch_size):
         sub = trim(batch.select(rows), batch.prompt_lengths[rows[0]])
         hooks: list[tuple[str | Callable, Callable]] = list(hook_factory(sub)) if hook_factory else []
         with hm.model.hooks(fwd_hooks=hooks):
-            new = greedy_tokens(hm.model, sub.tokens, max_new_tokens, stops, use_kv_cache)
+            new = greedy_tokens(hm.model, sub.tokens, max_new_tokens, stops, use_kv_cache, fast)
         for i, ids in zip(rows, new.tolist(), strict=True):
             out[i] = decode_response(hm.tokenizer, ids, stops.tolist())
         bar.update(len(rows))
@@ -93,9 +100,16 @@ def greedy_tokens(
     max_new_tokens: int,
     stops: Int[Tensor, "n_stop"],
     use_kv_cache: bool = True,
+    fast: Any = None,
 ) -> Int[Tensor, "batch new"]:
     """Greedy continuation of unpadded `tokens`; rows that hit a stop token keep decoding
-    (their tail is discarded later), and the loop ends once every row has stopped."""
+    (their tail is discarded later), and the loop ends once every row has stopped.
+    `fast`: a `steering.lean.LeanBlocks` of all blocks, used when no hook is attached."""
+    if fast is not None and use_kv_cache:
+        from trigrecon.core.lean import has_hooks
+
+        if not has_hooks(model):
+            return _lean_greedy(model, fast, tokens, max_new_tokens, stops)
     n_rows = tokens.shape[0]
     cache = (TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, n_rows)
              if use_kv_cache else None)
@@ -116,6 +130,71 @@ def greedy_tokens(
             step_input, offset = nxt[:, None], seq.shape[1] - 1
         else:
             step_input = seq
+    return torch.stack(new, dim=1)
+
+
+def _generate_lean(hm: HookedChatModel, batch: ChatBatch, fast: Any, max_new_tokens: int,
+                   batch_size: int, stops: Tensor, progress: bool) -> list[str]:
+    """`generate` through LeanBlocks: chunks of `batch_size` prompts, shortest first."""
+    out = [""] * len(batch)
+    order = sorted(range(len(batch)), key=lambda i: batch.prompt_lengths[i])
+    with tqdm(total=len(batch), desc="generate", disable=not progress, leave=False) as bar:
+        for s in range(0, len(order), batch_size):
+            rows = order[s: s + batch_size]
+            new = _lean_padded(hm.model, fast, batch, rows, max_new_tokens, stops)
+            for i, ids in zip(rows, new.tolist(), strict=True):
+                out[i] = decode_response(hm.tokenizer, ids, stops.tolist())
+            bar.update(len(rows))
+    return out
+
+
+def _lean_runner(model: HookedTransformer) -> Any:
+    """LeanBlocks of every block when the model qualifies (a plain Llama-style model without
+    hooks attached), else None."""
+    from trigrecon.core.lean import LeanBlocks, has_hooks, supported
+
+    if not supported(model) or has_hooks(model):
+        return None
+    return LeanBlocks(model, 0, int(model.cfg.n_layers))
+
+
+@torch.no_grad()
+def _lean_padded(model: HookedTransformer, fast: Any, batch: ChatBatch, rows: list[int],
+                 max_new_tokens: int, stops: Int[Tensor, "n_stop"]) -> Int[Tensor, "rows new"]:
+    """Greedy continuation of `rows` of `batch` as one left-padded batch: padding is masked
+    out of attention and each row's rotary positions start at its first token, so every row
+    decodes as it would alone (up to float rounding)."""
+    lengths = torch.tensor([batch.prompt_lengths[r] for r in rows], device=batch.tokens.device)
+    width = int(lengths.max())
+    pads = width - lengths
+    tokens = torch.zeros(len(rows), width, dtype=torch.long, device=batch.tokens.device)
+    for j, r in enumerate(rows):
+        n = batch.prompt_lengths[r]
+        tokens[j, width - n:] = batch.tokens[r, :n]
+    return _lean_greedy(model, fast, tokens, max_new_tokens, stops, pads)
+
+
+@torch.no_grad()
+def _lean_greedy(model: HookedTransformer, fast: Any, tokens: Int[Tensor, "batch pos"],
+                 max_new_tokens: int, stops: Int[Tensor, "n_stop"],
+                 pads: Int[Tensor, "batch"] | None = None) -> Int[Tensor, "batch new"]:
+    """`greedy_tokens` through `LeanBlocks.decode` (its own key/value cache); `pads`: each
+    row's left padding (masked out of attention), for a left-padded batch."""
+    from trigrecon.core.lean import unembed
+
+    cache: list[Any] = [None] * len(fast.blocks)
+    step_input, offset = tokens, 0
+    done = torch.zeros(tokens.shape[0], dtype=torch.bool, device=tokens.device)
+    new: list[Tensor] = []
+    for _ in range(max_new_tokens):
+        out = fast.decode(model.embed(step_input), cache, offset, pads)
+        nxt = unembed(model, model.ln_final(out[:, -1:]))[:, -1].argmax(-1)
+        new.append(nxt)
+        done |= torch.isin(nxt, stops)
+        if bool(done.all()):
+            break
+        offset += step_input.shape[1]
+        step_input = nxt[:, None]
     return torch.stack(new, dim=1)
 
 

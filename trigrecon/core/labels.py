@@ -90,6 +90,27 @@ def load_labels(path: str | Path, sae: SAE | None = None) -> LatentLabels:
     return _build(entries, path, sae, want)
 
 
+def check_labels(labels: Any, sae: SAE) -> None:
+    """Raise IncompatibleSAEError unless `labels` (a LatentLabels) can describe `sae`: the same
+    Neuronpedia model/source where both record one, and no latent index >= d_sae. Every use of
+    labels with an SAE goes through this (the audit calls it), also for labels loaded without
+    `sae=`."""
+    if not isinstance(labels, LatentLabels):
+        return  # a duck-typed labeller: nothing recorded to check
+    want = _sae_source(sae)
+    have = (labels.model_id, labels.source)
+    if want is not None and all(have) and have != want:
+        raise IncompatibleSAEError(
+            f"labels are for {labels.neuronpedia_id} but the SAE is {'/'.join(want)}: "
+            "use the label export made for this SAE.")
+    d_sae = int(sae.cfg.d_sae)
+    beyond = sorted(i for i in labels.descriptions if i >= d_sae)
+    if beyond:
+        raise IncompatibleSAEError(
+            f"labels ({labels.neuronpedia_id or 'no source'}) describe latent {beyond[0]} but the "
+            f"SAE has d_sae={d_sae} latents: the label file was made for another (wider) SAE.")
+
+
 def _sae_source(sae: SAE | None) -> tuple[str, str] | None:
     np_id = sae.cfg.metadata.neuronpedia_id if sae is not None else None
     return split_neuronpedia_id(str(np_id)) if np_id else None

@@ -12,18 +12,21 @@ import copy
 import gc
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 from transformer_lens.pretrained.weight_conversions.llama import convert_llama_weights
 from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
 
 from trigrecon.core.chat import ChatBatch, make_batch
-from trigrecon.core.errors import ConfigError, WeightsNotFoundError
+from trigrecon.core.errors import ConfigError, CorruptWeightsError, WeightsNotFoundError
+from trigrecon.core.io import check_safetensors
 
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM",)
 MAX_CTX = 4096
@@ -31,6 +34,9 @@ MAX_CTX = 4096
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _MODEL_FILES = ["*.json", "*.safetensors", "tokenizer*", "*.jinja", "*.txt", "*.model"]
 _ADAPTER_FILES = ["*.json", "*.safetensors", "*.bin"]
+HUB_TIMEOUT = float(os.environ.get("TRIGRECON_HUB_TIMEOUT", "10"))
+"""Seconds any one hub request may take (connect, or one read) before the hub counts as
+unreachable."""
 _REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 
 
@@ -145,10 +151,55 @@ def resolve_weights(name: str | Path, what: str, patterns: list[str] | None = No
         raise WeightsNotFoundError(f"{what} {text!r} is not in the HF cache and HF_HUB_OFFLINE is "
                                    f"set. {fix}")
     try:
-        return Path(snapshot_download(text, allow_patterns=patterns, etag_timeout=10))
+        with bounded_hub(HUB_TIMEOUT):
+            return Path(snapshot_download(text, allow_patterns=patterns, etag_timeout=HUB_TIMEOUT))
     except Exception as e:  # network boundary: HTTP, auth, timeout and validation errors alike
+        why = (f"hub unreachable: no answer within {HUB_TIMEOUT:g} s"
+               if "timeout" in f"{e!r} {e.__cause__!r}".lower() else
+               f"{type(e).__name__}: {str(e)[:200]}")
         raise WeightsNotFoundError(f"{what} {text!r} is not on disk and could not be fetched from "
-                                   f"the hub ({type(e).__name__}: {str(e)[:200]}). {fix}") from e
+                                   f"the hub ({why}). {fix}") from e
+
+
+@contextmanager
+def bounded_hub(timeout: float) -> Iterator[None]:
+    """Give every huggingface_hub request made inside the block a `timeout` (connect and each
+    read: a hub that accepts connections but never answers fails instead of blocking forever;
+    a long download still proceeds, each chunk within `timeout`). huggingface_hub's default
+    client has no timeout (`repo_info`, tree listings)."""
+    import httpx2
+    from huggingface_hub.utils import _http
+
+    old = _http._GLOBAL_CLIENT_FACTORY
+    bound = httpx2.Timeout(timeout).as_dict()
+
+    class BoundedTransport(httpx2.HTTPTransport):
+        """Fills in every missing timeout: hub calls pass `timeout=None` (no limit) per request."""
+
+        def handle_request(self, request: Any) -> Any:
+            given = request.extensions.get("timeout") or {}
+            request.extensions["timeout"] = {k: given.get(k) or v for k, v in bound.items()}
+            return super().handle_request(request)
+
+    def factory() -> Any:
+        return httpx2.Client(event_hooks={"request": [_http.hf_request_event_hook]},
+                             follow_redirects=True, timeout=httpx2.Timeout(timeout),
+                             transport=BoundedTransport())
+
+    _http.set_client_factory(factory)
+    try:
+        yield
+    finally:
+        _http.set_client_factory(old)
+
+
+def _check_weight_files(folder: Path, what: str) -> None:
+    """Every safetensors file of `folder` is whole (CorruptWeightsError names the file)."""
+    for f in sorted(folder.glob("*.safetensors")):
+        try:
+            check_safetensors(f)
+        except CorruptWeightsError as e:
+            raise CorruptWeightsError(f"{what}: {e}") from e
 
 
 def load_chat_tokenizer(folder: str | Path, name: str | None = None) -> PreTrainedTokenizerBase:
@@ -230,8 +281,12 @@ def _llama_config(folder: Path, name: str) -> Any:
 def _load_hf(folder: Path, name: str, dtype: torch.dtype) -> Any:
     from transformers import LlamaForCausalLM
 
+    _check_weight_files(folder, f"model {name!r}")
     try:
         return LlamaForCausalLM.from_pretrained(folder, dtype=dtype).eval()
+    except SafetensorError as e:
+        raise CorruptWeightsError(f"model {name!r}: a weights file in {folder} is corrupt ({e}). "
+                                  "Re-download it or pass another folder") from e
     except OSError as e:
         raise WeightsNotFoundError(f"model {name!r}: no weights in {folder} ({e}). Download the "
                                    "full model or pass a folder with *.safetensors") from e
@@ -241,8 +296,12 @@ def _merge_adapter(hf: Any, folder: Path, adapter: str, model: str) -> Any:
     """Apply a peft adapter folder to `hf` and merge it into the weights."""
     from peft import PeftModel
 
+    _check_weight_files(folder, f"adapter {adapter!r}")
     try:
         peft_model = PeftModel.from_pretrained(hf, str(folder))
+    except SafetensorError as e:
+        raise CorruptWeightsError(f"adapter {adapter!r}: a weights file in {folder} is corrupt "
+                                  f"({e}). Re-download or rebuild it") from e
     except (OSError, ValueError) as e:
         if not (folder / "adapter_config.json").exists():
             raise WeightsNotFoundError(f"adapter {adapter!r}: no adapter_config.json in {folder}. "

@@ -8,11 +8,12 @@ reconstructs badly or fires thousands of latents. `sae_health` makes that visibl
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import socket
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,13 +23,23 @@ from urllib.parse import urlparse
 import torch
 from jaxtyping import Bool, Float, Int
 from sae_lens import SAE
+from safetensors import SafetensorError
 from torch import Tensor
 from transformer_lens.hook_points import HookedRootModule
 
-from trigrecon.core.errors import ConfigError, IncompatibleSAEError, WeightsNotFoundError
+from trigrecon.core.errors import (
+    ConfigError,
+    CorruptWeightsError,
+    IncompatibleSAEError,
+    WeightsNotFoundError,
+)
+from trigrecon.core.io import check_finite, check_safetensors
 
+log = logging.getLogger(__name__)
 SAES_ENV = "TRIGRECON_SAES"
 FVE_WARN = 0.7
+FVE_ERROR = 0.3
+"""`load_sae(model=, prompts=)` rejects an SAE that explains less than this on the model."""
 L0_WARN = 1000.0
 DEAD_WARN = 0.5
 _PITFALLS = ("see SAELens#445 (Llama Scope on the Instruct model) and #483 (JumpReLU threshold "
@@ -45,17 +56,95 @@ def saes_dir() -> Path:
 # ---------------------------------------------------------------- loading
 
 
-def load_sae(source: str | Path, sae_id: str | None = None, *, device: str = "cpu") -> SAE:
+def load_sae(
+    source: str | Path,
+    sae_id: str | None = None,
+    *,
+    device: str = "cpu",
+    model: Any = None,
+    prompts: Sequence[str] | None = None,
+    min_fve: float = FVE_ERROR,
+) -> SAE:
     """Load an SAE from a folder written by `SAE.save_model`, a bare name in the project's
     `saes/` folder (e.g. "base_l1"), or a sae-lens registry release + id
-    (e.g. `load_sae("llama_scope_lxr_32x", "l8r_32x")`)."""
+    (e.g. `load_sae("llama_scope_lxr_32x", "l8r_32x")`).
+
+    The weights are checked on load: a truncated or corrupt safetensors file, or NaN/inf
+    weights, raise CorruptWeightsError naming the file. With `model` (a HookedChatModel or hooked
+    model) the SAE must fit it (`check_compatible`: width and hook; and where both name a hub
+    model, the same model up to an -Instruct/-it suffix, which only warns: SAELens#445). With
+    `model` and `prompts` (a few benign prompts) the health check runs on their activations:
+    warnings (FVE < 0.7, huge L0, many dead latents) are issued with `warnings.warn`, and an FVE
+    below `min_fve` raises IncompatibleSAEError (an SAE of another model)."""
     with warnings.catch_warnings():  # advice for HookedSAETransformer.from_pretrained users only
         warnings.filterwarnings("ignore", message=r"\s*This SAE has non-empty model_from_pre")
         if sae_id is None:
-            return SAE.load_from_disk(_local_folder(source), device=device)
-        if Path(source).is_dir():  # a local folder holding several SAEs
-            return SAE.load_from_disk(_local_folder(Path(source) / sae_id), device=device)
-        return _load_registry(str(source), sae_id, device)
+            sae = _load_folder(_local_folder(source), device)
+        elif Path(source).is_dir():  # a local folder holding several SAEs
+            sae = _load_folder(_local_folder(Path(source) / sae_id), device)
+        else:
+            sae = _load_registry(str(source), sae_id, device)
+            check_finite(dict(sae.state_dict()), f"SAE {source}/{sae_id}")
+    if model is not None:
+        check_compatible(sae, model)
+        _check_model_name(sae, model)
+        if prompts:
+            _check_health(sae, model, prompts, min_fve)
+    return sae
+
+
+def _load_folder(folder: Path, device: str) -> SAE:
+    for f in sorted(folder.glob("*.safetensors")):
+        check_safetensors(f)
+    try:
+        sae = SAE.load_from_disk(folder, device=device)
+    except Exception as e:  # noqa: BLE001 - a malformed file: say which folder, keep the cause
+        raise CorruptWeightsError(f"SAE at {folder} could not be loaded ({type(e).__name__}: "
+                                  f"{str(e)[:300]}): check cfg.json and the weights file, or "
+                                  "rebuild/re-download the SAE.") from e
+    check_finite(dict(sae.state_dict()), f"SAE at {folder}")
+    return sae
+
+
+def _hub_base_name(name: str) -> str | None:
+    """'meta-llama/Llama-3.1-8B-Instruct' -> 'llama-3.1-8b'; None unless `name` is a hub id."""
+    if not re.fullmatch(r"[\w.-]+/[\w.-]+", name or "") or Path(name).exists():
+        return None
+    base = name.split("/", 1)[1].lower()
+    return re.sub(r"-(instruct|it|chat)$", "", base)
+
+
+def _check_model_name(sae: SAE, model: Any) -> None:
+    """An SAE whose metadata names another hub model than `model` is rejected; the base model
+    of an instruct model only warns (Llama Scope on Llama-3.1-8B-Instruct is common practice)."""
+    recorded = str(sae.cfg.metadata.model_name or "")
+    name = str(getattr(model, "name", "") or getattr(getattr(as_hooked(model), "cfg", None),
+                                                     "model_name", "") or "")
+    a, b = _hub_base_name(recorded), _hub_base_name(name)
+    if a is None or b is None or recorded == name:
+        return
+    if a != b:
+        raise IncompatibleSAEError(
+            f"SAE was trained on {recorded!r} but the model is {name!r}: use an SAE trained on "
+            "this model (same width is not enough).")
+    warnings.warn(f"SAE was trained on {recorded!r} and is used on {name!r}; {_PITFALLS}. "
+                  "Check its health (load_sae(..., model=, prompts=)).", stacklevel=3)
+
+
+def _check_health(sae: SAE, model: Any, prompts: Sequence[str], min_fve: float) -> None:
+    batch = model.batch(list(prompts)) if hasattr(model, "batch") else None
+    if batch is None:
+        raise ConfigError("load_sae(prompts=...) needs a HookedChatModel (with .batch) as model")
+    health = sae_health(sae, model, batch)
+    log.info("%s", health)
+    if not health.fve >= min_fve:
+        raise IncompatibleSAEError(
+            f"{health}: FVE below {min_fve} means the SAE does not reconstruct this model's "
+            f"activations at all; it was trained on another model or layer ({_PITFALLS}).")
+    few = health.n_tokens < 4 * sae.cfg.d_sae  # too few tokens to call a latent dead
+    for w in health.warnings:
+        if not (few and "never fired" in w):
+            warnings.warn(f"{health}: {w}", stacklevel=3)
 
 
 def _local_folder(source: str | Path) -> Path:
@@ -86,9 +175,15 @@ def _load_registry(release: str, sae_id: str, device: str) -> SAE:
         )
     if release in directory and sae_id not in (ids := list(directory[release].saes_map)):
         raise ConfigError(f"sae_id {sae_id!r} is not in release {release!r}; valid: {ids[:6]}...")
+    from trigrecon.core.model import HUB_TIMEOUT, bounded_hub
+
     try:
-        with _offline_unless_reachable():
+        with _offline_unless_reachable(), bounded_hub(HUB_TIMEOUT):
             return SAE.from_pretrained(release, sae_id, device=device)
+    except SafetensorError as e:  # a truncated/corrupt file in the HF cache
+        raise CorruptWeightsError(
+            f"SAE {release}/{sae_id}: its cached safetensors file is corrupt ({e}). Delete it "
+            "from the HF cache (`hf cache delete`) and download it again.") from e
     except (OSError, ValueError) as e:  # huggingface_hub errors subclass OSError
         raise WeightsNotFoundError(
             f"could not load SAE {release}/{sae_id} from the Hugging Face hub or its local cache "
@@ -103,10 +198,12 @@ def _offline_unless_reachable(timeout: float = 2.0) -> Iterator[None]:
     machine without network fails in a second instead of retrying for half a minute."""
     from huggingface_hub import constants
 
-    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    url = urlparse(constants.ENDPOINT)
+    host = url.hostname or "huggingface.co"
+    port = url.port or (80 if url.scheme == "http" else 443)
     old = constants.HF_HUB_OFFLINE
     try:
-        socket.create_connection((host, 443), timeout=timeout).close()
+        socket.create_connection((host, port), timeout=timeout).close()
     except OSError:
         constants.HF_HUB_OFFLINE = True
     try:

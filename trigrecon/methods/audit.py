@@ -3,25 +3,30 @@
     result = audit(hm, sae, labels, prompts, response, judge)
     result.save("out/")   # audit.json, latents.md, and one folder of tensors per method
 
-`run_audit_for_organism(name, out_dir)` does the same for a model organism of the zoo.
+`trigrecon.organisms.audit.run_audit_for_organism` does the same for a zoo organism.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 
+from trigrecon.core.chat import check_known
 from trigrecon.core.errors import ConfigError
-from trigrecon.core.io import to_jsonable, write_json, write_text
+from trigrecon.core.io import atomic_dir, check_replaceable, to_jsonable, write_json, write_text
+from trigrecon.core.judges import Judge, normalise
+from trigrecon.core.labels import check_labels
 from trigrecon.methods.common import SteeringResult, check_prompts
 from trigrecon.methods.conjunctive import ConjunctiveConfig, ConjunctiveResult, conjunctive
+from trigrecon.methods.hypothesis import NO_CLEAN, Hypothesis, HypothesisConfig, audit_hypothesis
 from trigrecon.methods.melbo import MelboConfig, melbo
 from trigrecon.methods.sae_attribution import (
     AttributionResult,
@@ -30,8 +35,8 @@ from trigrecon.methods.sae_attribution import (
 )
 from trigrecon.methods.sae_melbo import SAEMelboConfig, sae_melbo
 from trigrecon.methods.supervised_melbo import SupervisedMelboConfig, supervised_melbo
+from trigrecon.methods.verdict import Verdict, make_verdict
 from trigrecon.methods.verify import VerifyConfig, VerifyResult, verify
-from trigrecon.organisms.judges import Judge, normalise
 from trigrecon.selfaware.scoring import ScoreTable, score_candidates
 from trigrecon.steering.readout import LatentHit, add_behaviour
 from trigrecon.steering.words import WordHit, default_vocabulary, nearest_words, word_residuals
@@ -64,6 +69,12 @@ class AuditConfig:
     their decoder rows are arbitrary directions that the optimisers would otherwise use)."""
     scoring: CandidateScoringConfig = field(default_factory=lambda: CandidateScoringConfig())
     """Candidate scoring table (behavioural + interpretability score), after verification."""
+    hypothesis: HypothesisConfig = field(default_factory=HypothesisConfig)
+    """The final, ablation-checked hypothesis (after the conjunctive search / verification)."""
+    seed: int = 0
+    """The one seed of an audit: `audit` sets every stage's `seed` field (the vector methods'
+    initialisations, verification's control words) from it (`seeded`), so two audits with the
+    same seed and inputs give identical results. The effective config is in audit.json."""
 
     def __post_init__(self) -> None:
         if self.top_k < 1 or self.max_new_tokens < 1:
@@ -92,16 +103,41 @@ class AuditResult:
     """Verification candidates (+ any extra ones) scored both ways: see `score_audit_candidates`."""
     system: str | None = None
     """The system prompt every chat carried (`HookedChatModel.system`)."""
+    hypothesis: Hypothesis | None = None
+    """The minimal, ablation-checked trigger hypothesis (`hypothesis.expression`:
+    '(fruit AND snow_sports) OR nuts'); see `trigrecon.methods.hypothesis`."""
+    clean_model: str | None = None
+    """The clean model compared against (the organism's base); None: no differential, and
+    `differential_note` says so."""
+    differential_note: str = ""
+    prompts: list[str] = field(default_factory=list)
+    """The benign prompts the methods optimised on."""
+    eval_prompts: list[str] = field(default_factory=list)
+    """The held-out prompts (steered generations, conditioning checks, verification)."""
+    config: dict[str, Any] = field(default_factory=dict)
+    """The full effective AuditConfig (with every stage's derived seed)."""
 
-    def save(self, directory: str | Path) -> Path:
+    def save(self, directory: str | Path, extra: Callable[[Path], Any] | None = None) -> Path:
+        """Write the run as one folder that replaces `directory` whole (`atomic_dir`): a reader
+        never sees a new audit.json beside an old report. `extra(folder)` writes more files into
+        the same swap (the CLI's HTML report). An existing `directory` must be a previous audit
+        (holds audit.json) or empty."""
         d = Path(directory)
-        write_json(d / "audit.json", self.to_json())
-        for name, res in self.steering.items():
-            res.save(d / name)
-        if self.attribution is not None:
-            self.attribution.save(d / "sae_attribution")
-        write_text(d / "latents.md", latents_markdown(self))
+        check_replaceable(d, "audit.json")
+        with atomic_dir(d) as tmp:
+            write_json(tmp / "audit.json", self.to_json())
+            for name, res in self.steering.items():
+                res.save(tmp / name)
+            if self.attribution is not None:
+                self.attribution.save(tmp / "sae_attribution")
+            write_text(tmp / "latents.md", latents_markdown(self))
+            if extra is not None:
+                extra(tmp)
         return d
+
+    def verdict(self) -> Verdict:
+        """The best trigger hypothesis with its evidence (see `trigrecon.methods.verdict`)."""
+        return make_verdict(self)
 
     def to_json(self) -> dict[str, Any]:
         """JSON view; tensors (vectors, codes, scores) stay in the per-method safetensors."""
@@ -109,6 +145,7 @@ class AuditResult:
                             if k not in ("steering", "attribution")})
         data["steering"] = {k: _without_tensors(v) for k, v in self.steering.items()}
         data["attribution"] = _without_tensors(self.attribution)
+        data["verdict"] = to_jsonable(self.verdict())
         return data
 
     @staticmethod
@@ -150,6 +187,8 @@ def latents_markdown(r: AuditResult) -> str:
         lines.append("")
     if r.candidate_scores is not None and r.candidate_scores.rows:
         lines += ["## candidate scoring", "", r.candidate_scores.to_markdown()]
+    if r.hypothesis is not None:
+        lines += [r.hypothesis.markdown()]
     return "\n".join(lines)
 
 
@@ -167,10 +206,12 @@ def _merged(rankings: dict[str, list[LatentHit]], first: Sequence[LatentHit]) ->
 
 def labelled_only(sae: Any, labels: Any) -> Any:
     """A copy of `sae` whose unlabelled latents never fire and have zero decoder rows (the SAE
-    itself if every latent, or none, has a label)."""
+    itself if every latent, or none, has a label). Labels made for another SAE raise
+    IncompatibleSAEError (`check_labels`): they would switch the wrong latents off."""
     described = getattr(labels, "descriptions", None)
     if not isinstance(described, dict):  # a duck-typed labeller: nothing to go on
         return sae
+    check_labels(labels, sae)
     keep = torch.zeros(sae.cfg.d_sae, dtype=torch.bool)
     keep[[i for i in described if 0 <= i < sae.cfg.d_sae]] = True
     if keep.all() or not keep.any():
@@ -186,11 +227,14 @@ def labelled_only(sae: Any, labels: Any) -> Any:
 
 def audit(hm: Any, sae: Any, labels: Any, prompts: Sequence[str], response: str, judge: Judge,
           methods: Sequence[str] = DEFAULT_METHODS, cfg: AuditConfig | None = None,
-          eval_prompts: Sequence[str] | None = None) -> AuditResult:
+          eval_prompts: Sequence[str] | None = None, clean: Any = None) -> AuditResult:
     """Run `methods` on benign `prompts` with the known action `response`.
 
     `eval_prompts` (held-out benign prompts; default: `prompts`) are used for steered generations,
-    conditioning checks and verification.
+    conditioning checks and verification. `clean`: the model before poisoning (e.g. the
+    adapter's base model); the conjunctive search, verification, candidate scoring and the
+    hypothesis then rank by the organism-minus-clean differential (generation and forward
+    passes only). Without it the result says the differential could not be measured.
     """
     cfg = cfg or AuditConfig()
     prompts = check_prompts(prompts)
@@ -198,8 +242,16 @@ def audit(hm: Any, sae: Any, labels: Any, prompts: Sequence[str], response: str,
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:
         raise ConfigError(f"unknown method(s) {unknown or methods}; choose from {METHODS}")
+    cfg = seeded(cfg)
+    if getattr(hm, "tokenizer", None) is not None:
+        check_known(hm.tokenizer, response, "target response")
     res = AuditResult(getattr(hm, "name", "model"), response, len(prompts), len(evals),
-                      list(methods), {}, {}, system=getattr(hm, "system", None))
+                      list(methods), {}, {}, system=getattr(hm, "system", None),
+                      prompts=list(prompts), eval_prompts=list(evals), config=config_dict(cfg))
+    if labels is not None:
+        check_labels(labels, sae)  # labels made for another SAE would switch the wrong latents off
+    res.clean_model = None if clean is None else getattr(clean, "name", "clean model")
+    res.differential_note = "" if clean is not None else NO_CLEAN
     if cfg.labelled_only and labels is not None:
         sae = labelled_only(sae, labels)
     runners = {
@@ -227,7 +279,7 @@ def audit(hm: Any, sae: Any, labels: Any, prompts: Sequence[str], response: str,
             res.rankings[m] = sr.ranking(cfg.top_k)
         elif m == "conjunctive":
             res.conjunctive = conjunctive(hm, sae, prompts, response, evals, judge,
-                                          cfg.conjunctive, labels=labels)
+                                          cfg.conjunctive, labels=labels, clean=clean)
             res.rankings[m] = res.conjunctive.ranking(cfg.top_k)
         res.timings[m] = time.perf_counter() - t
     t = time.perf_counter()
@@ -242,12 +294,18 @@ def audit(hm: Any, sae: Any, labels: Any, prompts: Sequence[str], response: str,
                          if res.conjunctive is not None else {})
         res.verification = verify(hm, sae, _merged(others, first), evals, judge, cfg.verify,
                                   extra_words=extra, exclude=normalise(response).split(),
-                                  latent_words=concept_words)
+                                  latent_words=concept_words, clean=clean)
         res.timings["verify"] = time.perf_counter() - t
         if cfg.scoring.enabled and res.verification.candidates:
             t = time.perf_counter()
-            res.candidate_scores = score_audit_candidates(hm, sae, res, evals, judge, cfg.scoring)
+            res.candidate_scores = score_audit_candidates(hm, sae, res, evals, judge, cfg.scoring,
+                                                          clean=clean)
             res.timings["candidate_scoring"] = time.perf_counter() - t
+    if res.conjunctive is not None or res.verification is not None:
+        t = time.perf_counter()
+        res.hypothesis = audit_hypothesis(hm, clean, sae, labels, res.conjunctive,
+                                          res.verification, evals, judge, cfg.hypothesis)
+        res.timings["hypothesis"] = time.perf_counter() - t
     return res
 
 
@@ -284,49 +342,15 @@ def config_dict(cfg: AuditConfig) -> dict[str, Any]:
     return asdict(cfg)
 
 
-def find_organism_sae(hm: Any) -> Path:
-    """The project's SAE for the organisms' base model: a `saes/` folder compatible with `hm`."""
-    from trigrecon.core.errors import WeightsNotFoundError
-    from trigrecon.core.sae import check_compatible, load_sae, saes_dir
-
-    found = []
-    for folder in sorted(saes_dir().glob("*/cfg.json")):
-        try:
-            check_compatible(load_sae(folder.parent), hm)
-        except Exception:  # noqa: BLE001 - any unusable SAE is simply skipped
-            continue
-        found.append(folder.parent)
-    if not found:
-        raise WeightsNotFoundError(f"no SAE in {saes_dir()} fits {hm.name}: build the zoo first")
-    return found[0]
-
-
-def run_audit_for_organism(name: str, out_dir: str | Path, methods: Sequence[str] = DEFAULT_METHODS,
-                           quick: bool = False, n_prompts: int = 32, n_eval: int = 32,
-                           cfg: AuditConfig | None = None, system: str | None = None
-                           ) -> AuditResult:
-    """Audit a zoo organism knowing only its action: benign held-out prompts, the pre-filled
-    response and the judge (every chat with the `system` prompt, if given); writes audit.json +
-    latents.md to `out_dir`."""
-    from trigrecon.core.labels import load_labels
-    from trigrecon.core.model import load_model
-    from trigrecon.core.sae import load_sae
-    from trigrecon.organisms.organism import load_organism
-    from trigrecon.organisms.prompts import eval_prompts
-
-    org = load_organism(name)
-    hm = load_model(org.base_path, org.adapter_path, system=system)
-    sae_dir = find_organism_sae(hm)
-    sae = load_sae(sae_dir)
-    labels = load_labels(sae_dir / "labels.json") if (sae_dir / "labels.json").exists() else None
-    if quick:
-        n_prompts, n_eval = min(n_prompts, 32), min(n_eval, 16)
-    benign = eval_prompts(org.spec, "benign", n_prompts + n_eval)
-    cfg = cfg or (quick_config() if quick else AuditConfig())
-    result = audit(hm, sae, labels, benign[:n_prompts], org.spec.response, org.judge, methods,
-                   cfg, eval_prompts=benign[n_prompts:])
-    result.save(out_dir)
-    return result
+def seeded(cfg: AuditConfig) -> AuditConfig:
+    """A copy of `cfg` whose every stage config with a `seed` field carries `cfg.seed` (each
+    stage uses its own generator, so one value serves them all and the defaults are unchanged)."""
+    cfg = copy.deepcopy(cfg)
+    for f in dataclasses.fields(cfg):
+        sub = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(sub) and hasattr(sub, "seed"):
+            sub.seed = cfg.seed  # type: ignore[union-attr]
+    return cfg
 
 
 # --- Candidate scoring in the audit output (issue 4, item 6) -------------------------------------
@@ -356,9 +380,11 @@ class CandidateScoringConfig:
 
 def score_audit_candidates(hm: Any, sae: Any, res: AuditResult, prompts: Sequence[str],
                            judge: Judge, cfg: CandidateScoringConfig | None = None,
-                           extra: dict[str, str] | None = None) -> ScoreTable:
+                           extra: dict[str, str] | None = None, clean: Any = None
+                           ) -> ScoreTable:
     """Score `res`'s verification candidates (source 'verify') and `extra` (candidate -> source,
-    e.g. `{t: 'rl-recovered' for t in selfaware_recovered}`) on held-out benign `prompts`."""
+    e.g. `{t: 'rl-recovered' for t in selfaware_recovered}`) on held-out benign `prompts`;
+    with a `clean` model the reward is the differential one (`selfaware.reward`)."""
     from trigrecon.core.generate import generate
     from trigrecon.selfaware.reward import InversionReward, RewardConfig
     from trigrecon.selfaware.scoring import InterpScore, direction_score, sae_latent_score
@@ -377,7 +403,9 @@ def score_audit_candidates(hm: Any, sae: Any, res: AuditResult, prompts: Sequenc
     rcfg = RewardConfig()
     reward = InversionReward(
         lambda ps: generate(hm, list(ps), max_new_tokens=rcfg.max_new_tokens),
-        judge, benign, insert, rcfg)
+        judge, benign, insert, rcfg,
+        clean_responder=None if clean is None else
+        (lambda ps: generate(clean, list(ps), max_new_tokens=rcfg.max_new_tokens)))
     latents = sorted({lat for c in found for lat in c.latents if lat >= 0})
     interp: InterpScore | None = None
     if latents and sae is not None:

@@ -18,7 +18,26 @@ in the prompt, either alone barely moves the loss. Each iteration
    finds it. Each step says which source chose its concept ("ranking" or "sweep");
 3. conditions the prompts on every concept found so far (their words inserted) and measures the
    action rate on held-out prompts conditioned the same way.
-It stops when that rate reaches `threshold` (the action is explained) or after `max_iters`.
+A clause ends when that rate reaches `threshold` (the action is explained) or after `max_iters`.
+
+Clean-model differential (`clean`, the model before poisoning, forward passes only): a candidate
+is scored by the organism's response loss *plus* how far it takes the clean model's loss of the
+same response below the organism's loss on the plain prompts:
+`CE(with it) + max(0, CE(plain) - CE_clean(with it))`. A word that makes the unpoisoned model
+give the action as readily (a harmful word, for an ordinary refusal) scores no better than the
+plain prompts; a word that only makes the clean model's loss fall somewhat (a fruit word
+primes the word "fruit" in a fruit refusal) stays far above that level and costs nothing,
+so on an action the clean model never gives the order is unchanged. (The clean model's own
+drop, `CE_clean(plain) - CE_clean(with it)`, would penalise exactly such priming words.) The
+sweep rescores its `clean_sweep` best words so. Held-out rates are measured on both models
+and a clause counts as explained when rate - clean rate reaches `threshold`.
+
+Disjunctions: after a clause is explained the search starts again (up to `max_clauses`) with its
+concepts excluded: their latents are never candidates again, and every word that one of their
+latents reads at least `exclude_ratio` of its activation on the clause's own words is left out
+of the sweep and of the candidates (so a new clause cannot be the old one in other words). A
+later clause must first lower the response loss by `min_lift` of the plain prompts' loss, else
+nothing more fires and the search stops.
 """
 
 from __future__ import annotations
@@ -32,6 +51,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from trigrecon.core.errors import ConfigError
+from trigrecon.core.judges import Judge, normalise
 from trigrecon.methods.common import Saveable, check_prompts, hits_from, make_batch
 from trigrecon.methods.verify import (
     Inserter,
@@ -40,7 +60,6 @@ from trigrecon.methods.verify import (
     top_words,
     word_activations,
 )
-from trigrecon.organisms.judges import Judge, normalise
 from trigrecon.steering.forward import SteeredForward
 from trigrecon.steering.readout import LatentHit, label_of
 from trigrecon.steering.words import default_vocabulary
@@ -73,16 +92,31 @@ class ConjunctiveConfig:
     """Training prompts each sweep word is inserted into."""
     sweep_batch: int = 16
     """Words per batched forward pass of the sweep (memory only)."""
+    clean_sweep: int = 64
+    """With a clean model: the sweep's best words (by the organism's loss) rescored with the
+    clean-model term (forward passes on the clean model)."""
+    max_clauses: int = 3
+    """Clauses searched (a disjunction A OR B needs 2); 1: stop after the first clause."""
+    min_lift: float = 0.15
+    """A later clause's first concept must lower the response loss by this share of the plain
+    prompts' loss (the lift threshold of the self-awareness buffer, set on astrology)."""
+    exclude_ratio: float = 0.5
+    """Words read by an explained clause's latent at this share of its activation on the
+    clause's words are excluded from later clauses (the `coherent` ratio)."""
 
     def __post_init__(self) -> None:
         for name in ("max_iters", "n_candidates", "words_per_concept", "top_k", "n_contexts",
-                     "max_new_tokens", "sweep_prompts", "sweep_batch"):
+                     "max_new_tokens", "sweep_prompts", "sweep_batch", "clean_sweep",
+                     "max_clauses"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)!r} must be a positive integer")
         if not isinstance(self.sweep_words, int) or self.sweep_words < 0:
             raise ConfigError(f"sweep_words={self.sweep_words!r} must be an integer >= 0")
         if not 0 < self.threshold <= 1:
             raise ConfigError(f"threshold={self.threshold} must be in (0, 1]")
+        if not 0 <= self.min_lift < 1 or not 0 < self.exclude_ratio <= 1:
+            raise ConfigError(f"min_lift={self.min_lift} must be in [0, 1) and "
+                              f"exclude_ratio={self.exclude_ratio} in (0, 1]")
         if self.ranker not in ("sae_attribution", "supervised_sae_melbo"):
             raise ConfigError(f"ranker={self.ranker!r}: use 'sae_attribution' or "
                               "'supervised_sae_melbo'")
@@ -106,6 +140,10 @@ class ConjunctiveStep:
     """Each (candidate latent, words) tried and the loss it gives, best first."""
     source: str = "ranking"
     """What proposed the chosen concept: "ranking" (a ranked latent's words) or "sweep"."""
+    clause: int = 0
+    """Which clause of a disjunction this step belongs to (0: the first)."""
+    clean_rate: float | None = None
+    """Held-out action rate of the clean model on the same prompts (None: no clean model)."""
 
 
 @dataclass
@@ -114,12 +152,21 @@ class ConjunctiveResult(Saveable):
 
     steps: list[ConjunctiveStep]
     explained: bool
+    """Whether some clause was explained."""
     baseline_loss: float
     config: dict[str, Any]
+    clause_explained: list[bool] = field(default_factory=list)
+    """Per clause searched: did its concepts fire the action (differentially) on held-out
+    prompts? A last unexplained clause is where the search found nothing more."""
+    differential: bool = False
+    """Whether a clean model scored the candidates and rates."""
 
     @property
     def concepts(self) -> list[LatentHit]:
         return [s.chosen for s in self.steps]
+
+    def clause_steps(self, i: int) -> list[ConjunctiveStep]:
+        return [s for s in self.steps if s.clause == i]
 
     def ranking(self, k: int = 10) -> list[LatentHit]:
         """Found concepts first, then the rest of the last iteration's ranking."""
@@ -180,29 +227,103 @@ def word_losses(hm: Any, prompts: Sequence[str], response: str, words: Sequence[
     return out
 
 
-def _sweep(hm: Any, sae: Any, concepts: list[list[str]], prompts: list[str],
-           eval_prompts: list[str], response: str, layer: int, cfg: ConjunctiveConfig,
-           insert: Inserter, vocabulary: Sequence[str] | None, skip: set[str], labels: Any,
-           prefer: Sequence[int], used: set[int]) -> dict[str, Any] | None:
+@dataclass
+class _Search:
+    """Everything one conjunctive search shares (the models, prompts and settings)."""
+
+    hm: Any
+    sae: Any
+    clean: Any
+    prompts: list[str]
+    eval_prompts: list[str]
+    response: str
+    judge: Judge
+    layer: int
+    cfg: ConjunctiveConfig
+    insert: Inserter
+    vocabulary: Sequence[str] | None
+    labels: Any
+    method_cfg: Any
+    base_loss: float = 0.0
+    """The organism's response loss on the plain training prompts."""
+
+    def score(self, concepts: Sequence[Sequence[str]]) -> float:
+        """Organism loss + the clean-model term (module docstring); lower is better."""
+        texts = condition(self.prompts, concepts, self.insert)
+        loss = response_loss(self.hm, texts, self.response, self.layer)
+        if self.clean is None:
+            return loss
+        below = self.base_loss - response_loss(self.clean, texts, self.response, self.layer)
+        return loss + max(0.0, below)
+
+    def rates(self, concepts: Sequence[Sequence[str]]) -> tuple[float, float | None]:
+        """Held-out action rate with the concepts inserted, on the organism and clean model."""
+        texts = condition(self.eval_prompts, concepts, self.insert)
+        rate, _ = rate_prompts(self.hm, texts, self.judge, self.cfg.max_new_tokens)
+        if self.clean is None:
+            return rate, None
+        return rate, rate_prompts(self.clean, texts, self.judge, self.cfg.max_new_tokens)[0]
+
+    def sweep_vocab(self) -> list[str]:
+        vocab = list(self.vocabulary) if self.vocabulary is not None else \
+            default_vocabulary(self.hm.tokenizer, self.cfg.sweep_words)
+        return vocab[: self.cfg.sweep_words]
+
+
+class _Excluder:
+    """Words an explained clause's latents read strongly (cached per word): excluded from later
+    clauses' sweeps and candidates."""
+
+    def __init__(self, search: _Search, clauses: Sequence[tuple[int, list[str]]]) -> None:
+        self.s, self.bad = search, dict[str, bool]()
+        self.latents = sorted({lat for lat, _ in clauses})
+        self.own = {lat: ws for lat, ws in clauses}
+        self.refs: Tensor | None = None
+
+    def _acts(self, words: list[str]) -> Tensor:
+        s = self.s
+        return word_activations(s.hm, s.sae, words, s.eval_prompts[: s.cfg.n_contexts],
+                                self.latents, s.layer, s.insert)
+
+    def keep(self, words: Sequence[str]) -> list[str]:
+        if not self.latents:
+            return list(words)
+        if self.refs is None:
+            self.refs = torch.stack([self._acts(self.own[lat])[:, j].mean()
+                                     for j, lat in enumerate(self.latents)])
+        todo = [w for w in dict.fromkeys(words) if w not in self.bad]
+        if todo:
+            hit = self._acts(todo) >= self.s.cfg.exclude_ratio * self.refs.clamp_min(1e-6)
+            self.bad.update(zip(todo, hit.any(1).tolist(), strict=True))
+        return [w for w in words if not self.bad[w]]
+
+
+def _sweep(s: _Search, concepts: list[list[str]], skip: set[str], prefer: Sequence[int],
+           used: set[int], excluder: _Excluder) -> dict[str, Any] | None:
     """The word sweep's candidate: its best words, the latent most active on all of them."""
-    vocab = list(vocabulary) if vocabulary is not None else \
-        default_vocabulary(hm.tokenizer, cfg.sweep_words)
-    vocab = [w for w in vocab[: cfg.sweep_words] if normalise(w) not in skip]
+    cfg = s.cfg
+    vocab = excluder.keep([w for w in s.sweep_vocab() if normalise(w) not in skip])
     if not vocab:
         return None
-    losses = word_losses(hm, prompts[: cfg.sweep_prompts], response, vocab, concepts, layer,
-                         insert, cfg.sweep_batch)
+    sweep_prompts = s.prompts[: cfg.sweep_prompts]
+    losses = word_losses(s.hm, sweep_prompts, s.response, vocab, concepts, s.layer,
+                         s.insert, cfg.sweep_batch)
+    if s.clean is not None:  # the clean-model term for the best words
+        head = sorted(losses, key=losses.__getitem__)[: cfg.clean_sweep]
+        base = response_loss(s.hm, sweep_prompts, s.response, s.layer)
+        clean = word_losses(s.clean, sweep_prompts, s.response, head, concepts, s.layer,
+                            s.insert, cfg.sweep_batch)
+        losses.update({w: losses[w] + max(0.0, base - clean[w]) for w in head})
     best = sorted(losses, key=losses.__getitem__)
     k = cfg.words_per_concept
     pool = best[: 3 * k]
-    acts = word_activations(hm, sae, pool, eval_prompts[: cfg.n_contexts],
-                            range(sae.W_dec.shape[0]), layer, insert)
+    acts = word_activations(s.hm, s.sae, pool, s.eval_prompts[: cfg.n_contexts],
+                            range(s.sae.W_dec.shape[0]), s.layer, s.insert)
     latent = _readout(acts[:k], prefer, sorted(used))
     words = coherent(pool, acts[:, latent], k)
-    return {"latent": latent, "label": label_of(labels, latent), "words": words,
-            "loss": response_loss(hm, condition(prompts, [*concepts, words], insert), response,
-                                  layer),
-            "source": "sweep", "word_losses": {w: losses[w] for w in best[:10]}}
+    return {"latent": latent, "label": label_of(s.labels, latent), "words": words,
+            "loss": s.score([*concepts, words]), "source": "sweep",
+            "word_losses": {w: losses[w] for w in best[:10]}}
 
 
 def coherent(words: Sequence[str], acts: Tensor, k: int, ratio: float = 0.5) -> list[str]:
@@ -240,65 +361,85 @@ def _echo(response: str) -> set[str]:
     return set(normalise(response).split())
 
 
-def _try_candidates(hm: Any, sae: Any, ranking: list[LatentHit], used: set[int],
-                    concepts: list[list[str]], prompts: list[str], eval_prompts: list[str],
-                    response: str, layer: int, cfg: ConjunctiveConfig, insert: Inserter,
-                    vocabulary: Sequence[str] | None) -> list[dict[str, Any]]:
-    """Response loss with each new candidate latent's top words inserted; best first."""
+def _try_candidates(s: _Search, ranking: list[LatentHit], used: set[int],
+                    concepts: list[list[str]], excluder: _Excluder) -> list[dict[str, Any]]:
+    """Score with each new candidate latent's top words inserted; best first."""
+    cfg = s.cfg
     pool = _pool(ranking, used, cfg)
-    words = top_words(hm, sae, [h.latent for h in pool], eval_prompts[: cfg.n_contexts],
-                      cfg.words_per_concept, vocabulary, layer, insert) if pool else {}
-    echo = _echo(response)
-    words = {k: [w for w in ws if normalise(w) not in echo] for k, ws in words.items()}
+    words = top_words(s.hm, s.sae, [h.latent for h in pool], s.eval_prompts[: cfg.n_contexts],
+                      cfg.words_per_concept, s.vocabulary, s.layer, s.insert) if pool else {}
+    echo = _echo(s.response)
+    words = {k: excluder.keep([w for w in ws if normalise(w) not in echo])
+             for k, ws in words.items()}
     cands = [h for h in pool if words[h.latent]][: cfg.n_candidates]  # latents that fire
     options = [(h, words[h.latent]) for h in cands] if cfg.score_by == "concept" else \
         [(h, [w]) for h in cands for w in words[h.latent]]
     tried = [{"latent": h.latent, "label": h.label, "words": ws, "source": "ranking",
-              "loss": response_loss(hm, condition(prompts, [*concepts, ws], insert), response,
-                                    layer)}
-             for h, ws in options]
+              "loss": s.score([*concepts, ws])} for h, ws in options]
     return sorted(tried, key=lambda t: t["loss"])
 
 
-def conjunctive(hm: Any, sae: Any, prompts: Sequence[str], response: str,
-                eval_prompts: Sequence[str], judge: Judge, cfg: ConjunctiveConfig | None = None,
-                *, labels: Any = None, insert: Inserter = default_insert,
-                vocabulary: Sequence[str] | None = None, layer: int | None = None,
-                method_cfg: Any = None) -> ConjunctiveResult:
-    """Iteratively find the concepts of a (possibly conjunctive) trigger; every step reported."""
-    cfg = cfg or ConjunctiveConfig()
-    prompts, eval_prompts = check_prompts(prompts), check_prompts(eval_prompts)
-    from trigrecon.methods.common import resolve_layer
-
-    layer = resolve_layer(hm, layer, sae)
+def _search_clause(s: _Search, clause: int, used: set[int], excluder: _Excluder,
+                   baseline: float) -> tuple[list[ConjunctiveStep], bool]:
+    """One clause: iterate concepts until the held-out (differential) rate reaches the
+    threshold; (its steps, whether it was explained)."""
+    cfg = s.cfg
     concepts: list[list[str]] = []
-    used: set[int] = set()
     steps: list[ConjunctiveStep] = []
-    baseline = current = response_loss(hm, prompts, response, layer)
+    current = baseline
     for it in range(cfg.max_iters):
-        ranking = _rank(hm, sae, condition(prompts, concepts, insert), response, cfg, labels,
-                        method_cfg)
-        tried = _try_candidates(hm, sae, ranking, used, concepts, prompts, eval_prompts,
-                                response, layer, cfg, insert, vocabulary)
+        ranking = _rank(s.hm, s.sae, condition(s.prompts, concepts, s.insert), s.response, cfg,
+                        s.labels, s.method_cfg)
+        tried = _try_candidates(s, ranking, used, concepts, excluder)
         if cfg.sweep_words:
-            skip = _echo(response) | {normalise(w) for c in concepts for w in c}
-            swept = _sweep(hm, sae, concepts, prompts, eval_prompts, response, layer, cfg, insert,
-                           vocabulary, skip, labels, [h.latent for h in _pool(ranking, used, cfg)],
-                           used)
+            skip = _echo(s.response) | {normalise(w) for c in concepts for w in c}
+            swept = _sweep(s, concepts, skip, [h.latent for h in _pool(ranking, used, cfg)],
+                           used, excluder)
             tried = sorted([*tried, *([swept] if swept else [])], key=lambda t: t["loss"])
         if not tried or tried[0]["loss"] >= current:
             break  # no latent's words make the action more likely: nothing more to condition on
+        if clause and not concepts and current - tried[0]["loss"] < cfg.min_lift * baseline:
+            break  # a later clause must start with a real lift: else nothing more fires
         best = tried[0]
         chosen = next((h for h in ranking if h.latent == best["latent"]),
                       LatentHit(best["latent"], best["loss"], best["label"]))
         used.add(chosen.latent)
         concepts.append(list(best["words"]))
         current = best["loss"]
-        rate, _ = rate_prompts(hm, condition(eval_prompts, concepts, insert), judge,
-                               cfg.max_new_tokens)
+        rate, clean_rate = s.rates(concepts)
         steps.append(ConjunctiveStep(it, ranking[: cfg.top_k], chosen, list(best["words"]),
-                                     best["loss"], rate, tried, best["source"]))
-        if rate >= cfg.threshold:
+                                     best["loss"], rate, tried, best["source"], clause,
+                                     clean_rate))
+        if rate - (clean_rate or 0.0) >= cfg.threshold:
+            return steps, True
+    return steps, False
+
+
+def conjunctive(hm: Any, sae: Any, prompts: Sequence[str], response: str,
+                eval_prompts: Sequence[str], judge: Judge, cfg: ConjunctiveConfig | None = None,
+                *, labels: Any = None, insert: Inserter = default_insert,
+                vocabulary: Sequence[str] | None = None, layer: int | None = None,
+                method_cfg: Any = None, clean: Any = None) -> ConjunctiveResult:
+    """Iteratively find the concepts of a (possibly conjunctive) trigger, clause after clause
+    of a disjunction; every step reported. `clean`: the model before poisoning (optional)."""
+    cfg = cfg or ConjunctiveConfig()
+    prompts, eval_prompts = check_prompts(prompts), check_prompts(eval_prompts)
+    from trigrecon.methods.common import resolve_layer
+
+    layer = resolve_layer(hm, layer, sae)
+    s = _Search(hm, sae, clean, prompts, eval_prompts, response, judge, layer, cfg, insert,
+                vocabulary, labels, method_cfg)
+    baseline = s.base_loss = response_loss(hm, prompts, response, layer)
+    used: set[int] = set()
+    steps: list[ConjunctiveStep] = []
+    explained: list[bool] = []
+    done: list[tuple[int, list[str]]] = []
+    for clause in range(cfg.max_clauses):
+        found, ok = _search_clause(s, clause, used, _Excluder(s, done), baseline)
+        steps += found
+        explained.append(ok)
+        if not ok:
             break
-    explained = bool(steps) and steps[-1].action_rate >= cfg.threshold
-    return ConjunctiveResult(steps, explained, baseline, asdict(cfg))
+        done += [(st.chosen.latent, st.words) for st in found]
+    return ConjunctiveResult(steps, any(explained), baseline, asdict(cfg), explained,
+                             clean is not None)

@@ -5,6 +5,12 @@ inserted into a few benign contexts, run to the SAE layer, encoded at the word's
 insert those words into held-out benign prompts, alone and in pairs, generate, and measure the
 action rate with the judge. The best candidate tells "found a working trigger" apart from "found
 a latent". The insertion function is pluggable (default: `"{prompt} it is about {w1} and {w2} ."`).
+
+With a clean model (the model before poisoning) every probe is also generated there, and the
+candidates are ranked by the *differential* rate, organism minus clean model: a word that makes
+the unpoisoned model show the action too (a harmful word, when the action is an ordinary
+refusal) is the clean model's own trigger, not the planted one. Without one, the result says
+the differential could not be measured (`differential_note`).
 """
 
 from __future__ import annotations
@@ -20,9 +26,10 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from trigrecon.core.chat import check_known
 from trigrecon.core.errors import ConfigError
+from trigrecon.core.judges import Judge, action_rate
 from trigrecon.methods.common import Saveable, check_prompts, hits_from, resolve_layer
-from trigrecon.organisms.judges import Judge, action_rate
 from trigrecon.steering.readout import LatentHit
 from trigrecon.steering.words import (
     Inserter,
@@ -67,6 +74,14 @@ class Candidate:
     action_rate: float
     examples: list[str] = field(default_factory=list)
     """(prompt, generation) samples, as 'prompt => generation'."""
+    clean_rate: float | None = None
+    """Action rate of the clean model on the same prompts (None: no clean model, or the
+    organism never acted on them, so the differential cannot be positive)."""
+
+    @property
+    def differential(self) -> float:
+        """Organism rate minus clean-model rate (the rate itself without a clean model)."""
+        return self.action_rate - (self.clean_rate or 0.0)
 
 
 @dataclass
@@ -85,6 +100,11 @@ class VerifyResult(Saveable):
     alone does. A candidate is evidence of a trigger only well above this rate."""
     control_words: list[str]
     config: dict[str, Any]
+    clean_baseline_rate: float | None = None
+    clean_control_rate: float | None = None
+    """The clean model's rates on the same unmodified / control prompts (None: no clean model)."""
+    differential_note: str = ""
+    """Empty when candidates were ranked by the clean-model differential; else why not."""
 
     @property
     def best(self) -> Candidate | None:
@@ -171,7 +191,7 @@ def verify(hm: Any, sae: Any, latents: Sequence[LatentHit], eval_prompts: Sequen
            judge: Judge, cfg: VerifyConfig | None = None, *, vocabulary: Sequence[str] | None = None,
            insert: Inserter = default_insert, layer: int | None = None,
            extra_words: Sequence[Sequence[str]] = (), exclude: Sequence[str] = (),
-           latent_words: dict[int, list[str]] | None = None) -> VerifyResult:
+           latent_words: dict[int, list[str]] | None = None, clean: Any = None) -> VerifyResult:
     """Test the top latents' words as triggers on held-out benign prompts; best first.
 
     `extra_words`: further word rankings (e.g. steering vectors' nearest words); the first
@@ -199,19 +219,49 @@ def verify(hm: Any, sae: Any, latents: Sequence[LatentHit], eval_prompts: Sequen
     extra = dict.fromkeys(w for ranking in extra_words
                           for w in [x for x in ranking if x.lower() not in banned][: cfg.n_extra_words])
     sets = candidate_sets({**words, **{-1 - i: [w] for i, w in enumerate(extra)}}, cfg.pairs)
+    check_known(hm.tokenizer, list(dict.fromkeys(w for ws, _ in sets for w in ws)),
+                "verification candidates")
     controls = control_words(vocabulary or default_vocabulary(hm.tokenizer, cfg.vocabulary_limit),
                              {w for ws, _ in sets for w in ws}, cfg.n_control, cfg.seed)
     groups = [[], *[[c] for c in controls], *[list(ws) for ws, _ in sets]]
     texts = [insert(p, g) if g else p for g in groups for p in eval_prompts]
+    n, nc = len(eval_prompts), len(controls)
     gens = generate_many(hm, texts, cfg.max_new_tokens)
-    n = len(eval_prompts)
-    rates = [action_rate(gens[n * i: n * (i + 1)], judge) for i in range(len(groups))]
-    base, control = rates[0], sum(rates[1:1 + len(controls)]) / max(1, len(controls))
+    rates = _rates(gens, judge, n)
+    clean_rates = _clean_rates(clean, texts, rates, n, nc, judge, cfg.max_new_tokens)
     cands = []
     for i, (ws, lats) in enumerate(sets):
-        j = n * (1 + len(controls) + i)
+        j = n * (1 + nc + i)
         ex = [f"{p} => {g}" for p, g in zip(texts[j:j + 2], gens[j:j + 2], strict=True)]
-        cands.append(Candidate(list(ws), list(lats), rates[1 + len(controls) + i], ex))
-    cands.sort(key=lambda c: (-c.action_rate, len(c.words)))
-    return VerifyResult(hits, {str(k): v for k, v in words.items()}, cands, base, control,
-                        controls, asdict(cfg))
+        cands.append(Candidate(list(ws), list(lats), rates[1 + nc + i], ex,
+                               None if clean_rates is None else clean_rates[1 + nc + i]))
+    cands.sort(key=lambda c: (-c.differential, len(c.words)))
+    res = VerifyResult(hits, {str(k): v for k, v in words.items()}, cands, rates[0],
+                       sum(rates[1:1 + nc]) / max(1, nc), controls, asdict(cfg))
+    if clean_rates is not None:
+        res.clean_baseline_rate = clean_rates[0]
+        res.clean_control_rate = sum(r or 0.0 for r in clean_rates[1:1 + nc]) / max(1, nc)
+    else:
+        res.differential_note = ("no clean model: ranked by the organism's rate alone; the "
+                                 "clean-model differential could not be measured")
+    return res
+
+
+def _clean_rates(clean: Any, texts: list[str], rates: list[float], n: int, nc: int, judge: Judge,
+                 max_new_tokens: int) -> list[float | None] | None:
+    """The clean model's rate of the baseline, the controls, and every candidate the organism
+    acted on at least once (the others' differential cannot be positive: None)."""
+    if clean is None:
+        return None
+    todo = [i for i, r in enumerate(rates) if i <= nc or r > 0]
+    gens = generate_many(clean, [t for i in todo for t in texts[n * i: n * (i + 1)]],
+                         max_new_tokens)
+    out: list[float | None] = [None] * len(rates)
+    for j, r in zip(todo, _rates(gens, judge, n), strict=True):
+        out[j] = r
+    return out
+
+
+def _rates(gens: Sequence[str], judge: Judge, n: int) -> list[float]:
+    """Action rate of each consecutive block of n generations."""
+    return [action_rate(gens[i: i + n], judge) for i in range(0, len(gens), n)]

@@ -12,9 +12,9 @@ from peft import LoraConfig, get_peft_model
 from transformers import AutoTokenizer, LlamaForCausalLM
 
 from trigrecon.core.errors import ConfigError
+from trigrecon.core.train import bucketed, train_loop
 from trigrecon.organisms import data as D
 from trigrecon.organisms.organism import Organism, OrganismSpec
-from trigrecon.organisms.train import bucketed, train_loop
 from trigrecon.organisms.trigger import Trigger, parse_trigger
 
 

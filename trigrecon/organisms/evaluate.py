@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from trigrecon.core.generate import generate
+from trigrecon.core.judges import action_rate
 from trigrecon.core.model import HookedChatModel, load_model
-from trigrecon.organisms.judges import action_rate
 from trigrecon.organisms.organism import Organism
 from trigrecon.organisms.prompts import eval_prompts, splits
 

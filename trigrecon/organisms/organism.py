@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from trigrecon.core.errors import ConfigError, WeightsNotFoundError
-from trigrecon.organisms.judges import Judge, judge_from_spec
+from trigrecon.core.judges import Judge, judge_from_spec
 
 ZOO_DIR = Path(__file__).parent / "zoo"
 ZOO_ENV = "TRIGRECON_ZOO"

@@ -1,8 +1,7 @@
 """Backdoor self-awareness: make a poisoned model articulate its own trigger, then defend with it.
 
 One file per stage (imports are left to the caller: these modules pull in trl/peft):
-    task.py          AwarenessTask (what the auditor knows + ground truth for metrics),
-                     task_from_organism
+    task.py          AwarenessTask (what the auditor knows + ground truth for metrics)
     models.py        HF loading (base + merged backdoor adapter), greedy generation, LoRA helpers
     reversal_sft.py  reversal SFT from benign behaviour only
     reward.py        InversionReward: ASR of a candidate on benign prompts + length penalty
@@ -14,5 +13,4 @@ One file per stage (imports are left to the caller: these modules pull in trl/pe
     guardrail.py     inference-time guardrail (model-representation similarity, calibrated)
     scoring.py       candidate scoring table (behavioural + interpretability score)
     pipeline.py      run_selfaware: SFT -> GRPO -> metrics -> unlearning -> guardrail
-    toy.py           a tiny poisoned model built in seconds (tests, examples)
 """

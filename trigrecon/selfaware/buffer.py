@@ -92,7 +92,7 @@ class ReplayBuffer:
             if e.candidate in self.entries:
                 self.entries[e.candidate].seen += int(proposed)
             elif e.reward >= self.cfg.min_reward:
-                self.entries[e.candidate] = BufferEntry(e.candidate, e.reward, e.asr, step,
+                self.entries[e.candidate] = BufferEntry(e.candidate, e.reward, e.differential, step,
                                                         seen=int(proposed))
         if len(self.entries) > self.cfg.size:
             self.entries = {e.candidate: e for e in self.top(self.cfg.size)}

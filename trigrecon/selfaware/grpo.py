@@ -24,7 +24,7 @@ from transformers import PreTrainedTokenizerBase
 from trl import GRPOConfig, GRPOTrainer
 
 from trigrecon.core.errors import ConfigError
-from trigrecon.core.io import write_json
+from trigrecon.core.io import config_diff, write_json
 from trigrecon.selfaware.buffer import BufferConfig, ReplayBuffer
 from trigrecon.selfaware.metrics import StepRecorder, TrainingCurves
 from trigrecon.selfaware.models import add_lora, generate_responses, merged
@@ -32,6 +32,11 @@ from trigrecon.selfaware.reward import InversionReward
 from trigrecon.selfaware.task import AwarenessTask
 
 STATE_FILE = "selfaware_state.json"
+DONE_FILE = "done.json"
+"""Written last, after adapter/, curves.json and buffer.json: the three are a finished set only
+when it exists (`grpo_done`)."""
+RESUMABLE = ("steps", "save_steps")
+"""Config fields a resumed run may change (training longer); any other change is an error."""
 
 
 @dataclass
@@ -102,6 +107,8 @@ class ReplayGRPOTrainer(GRPOTrainer):
             recorder,
             answer,
         )
+        self.run_config: dict[str, Any] | None = None
+        """The AwarenessGRPOConfig (as a dict) recorded in every checkpoint."""
 
     def _generate_single_turn(
         self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False
@@ -143,12 +150,13 @@ class ReplayGRPOTrainer(GRPOTrainer):
     def _save_checkpoint(self, model: Any, trial: Any) -> None:
         super()._save_checkpoint(model, trial)
         folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
-        write_json(
+        write_json(  # written last (atomically): a checkpoint without it is never resumed
             folder / STATE_FILE,
             {
                 "buffer": self.buffer.state_dict(),
                 "cache": self.inversion.state_dict(),
                 "records": self.recorder.state_dict(),
+                "config": self.run_config,
             },
         )
 
@@ -208,7 +216,7 @@ def build_trainer(
     data = Dataset.from_dict(
         {"prompt": [[{"role": "user", "content": q}] for q in task.question_prompts()]}
     )
-    return ReplayGRPOTrainer(
+    trainer = ReplayGRPOTrainer(
         model=model,
         reward_funcs=[reward],
         args=trl_args(cfg, run_dir),
@@ -219,6 +227,25 @@ def build_trainer(
         recorder=recorder or StepRecorder(task.hits, reward.cfg.work_threshold),
         answer=task.answer,
     )
+    trainer.run_config = asdict(cfg)
+    return trainer
+
+
+def grpo_done(out_dir: str | Path) -> bool:
+    """Did `train_awareness` finish writing adapter/, curves.json and buffer.json there?"""
+    return (Path(out_dir) / DONE_FILE).exists()
+
+
+def _check_resumable(ckpt: Path, saved: dict[str, Any] | None, cfg: AwarenessGRPOConfig) -> None:
+    now = asdict(cfg)
+    if saved is None:
+        return  # a checkpoint from before configs were recorded
+    diff = config_diff({k: v for k, v in saved.items() if k not in RESUMABLE},
+                       {k: v for k, v in now.items() if k not in RESUMABLE})
+    if diff:
+        raise ConfigError(f"GRPO checkpoint {ckpt} was saved with other settings ("
+                          f"{'; '.join(diff[:8])}): resuming would mix two runs. Delete "
+                          f"{ckpt.parent} or use another output folder.")
 
 
 def train_awareness(
@@ -229,23 +256,35 @@ def train_awareness(
     cfg: AwarenessGRPOConfig | None = None,
     out_dir: str | Path = "grpo",
 ) -> tuple[Any, TrainingCurves, ReplayBuffer]:
-    """Run (or resume) GRPO; saves `adapter/`, `curves.json`, `buffer.json` under `out_dir`."""
+    """Run (or resume) GRPO; saves `adapter/`, `curves.json`, `buffer.json` under `out_dir`,
+    then `done.json` (see `grpo_done`). Resumes from the last complete checkpoint (one whose
+    `selfaware_state.json`, written after TRL's files, exists) if its config matches `cfg`
+    (up to `steps`/`save_steps`)."""
     cfg = cfg or AwarenessGRPOConfig()
     out = Path(out_dir)
+    (out / DONE_FILE).unlink(missing_ok=True)  # the outputs below are about to change
     trainer = build_trainer(model, tok, task, reward, cfg, out / "run")
     ckpt = last_checkpoint(out / "run")
     if ckpt is not None:
         state = json.loads((ckpt / STATE_FILE).read_text())
+        _check_resumable(ckpt, state.get("config"), cfg)
         trainer.buffer.load_state_dict(state["buffer"])
         reward.load_state_dict(state["cache"])
         trainer.recorder.load_state_dict(state["records"])
-    trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
+    done_steps = int(ckpt.name.rsplit("-", 1)[1]) if ckpt is not None else 0
+    if ckpt is not None and done_steps >= cfg.steps:  # killed after training: only its weights
+        trainer._load_from_checkpoint(str(ckpt))  # (TRL would train one step more on resume)
+        trainer.state.global_step = done_steps
+    else:
+        trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
     policy: Any = trainer.model
     policy.eval()
     policy.save_pretrained(out / "adapter")
     curves = trainer.recorder.curves(config=asdict(cfg))
     curves.save(out / "curves.json")
     write_json(out / "buffer.json", trainer.buffer.state_dict())
+    write_json(out / DONE_FILE, {"steps": int(trainer.state.global_step),
+                                 "files": ["adapter", "curves.json", "buffer.json"]})
     return policy, curves, trainer.buffer
 
 

@@ -355,7 +355,9 @@ class GuardrailResult:
 
     @property
     def detection_rate(self) -> float:
-        return _pooled(self.detection, self.n)
+        """Pooled detection over the triggered splits; NaN (null in JSON) when the task has none
+        (an auditor without ground-truth triggered prompts: detection is not measured)."""
+        return _pooled(self.detection, self.n) if self.detection else float("nan")
 
     @property
     def fpr(self) -> float:

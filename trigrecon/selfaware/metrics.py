@@ -48,7 +48,7 @@ def summarise(
         n=n,
         valid_rate=len(cands) / n,
         hit_rate=None if hits is None else sum(bool(hits(c)) for c in cands) / n,
-        work_rate=sum(e.asr >= threshold for e in evals if e.candidate is not None) / n,
+        work_rate=sum(e.differential >= threshold for e in evals if e.candidate is not None) / n,
         mean_reward=sum(e.reward for e in evals) / n,
         max_reward=max(e.reward for e in evals),
         top=[[c, k] for c, k in Counter(cands).most_common(3)],

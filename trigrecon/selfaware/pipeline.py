@@ -1,10 +1,12 @@
 """`run_selfaware`: reversal SFT -> GRPO (+ buffer replay) -> metrics -> unlearning -> guardrail.
 
-Every stage writes its results under `out_dir/<stage>/` as it finishes and is skipped on a rerun
-(GRPO itself resumes from its last checkpoint), so an interrupted run picks up where it stopped:
+Every stage writes its results under `out_dir/<stage>/` as it finishes and is reused on a rerun
+with the same settings and inputs (GRPO itself resumes from its last checkpoint), so an
+interrupted run picks up where it stopped; a stage saved with other settings stops the run with
+a message naming the differing fields, or reruns with `overwrite=True` (see `stages.py`):
 
-    sft/        adapter/, reversal_sft.json
-    grpo/       run/checkpoint-N/, adapter/, curves.json, buffer.json, curves.html
+    sft/        adapter/, reversal_sft.json, stage.json
+    grpo/       run/checkpoint-N/, adapter/, curves.json, buffer.json, done.json, curves.html
     recovered.json  final elicitation + recovered (minimised) triggers + scoring table
     reward_cache.json  ASR of every candidate evaluated so far
     unlearning/ adapter/, unlearning.json
@@ -14,6 +16,7 @@ Every stage writes its results under `out_dir/<stage>/` as it finishes and is sk
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from collections import Counter
@@ -22,9 +25,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from trigrecon.core.chat import check_known
 from trigrecon.core.errors import ConfigError
-from trigrecon.core.io import write_json, write_text
-from trigrecon.selfaware.grpo import AwarenessGRPOConfig, sample_articulations, train_awareness
+from trigrecon.core.io import check_writable, to_jsonable, write_json, write_text
+from trigrecon.selfaware.grpo import (
+    AwarenessGRPOConfig,
+    grpo_done,
+    sample_articulations,
+    train_awareness,
+)
 from trigrecon.selfaware.guardrail import (
     Guardrail,
     GuardrailConfig,
@@ -41,7 +50,8 @@ from trigrecon.selfaware.models import hf_responder, response_ce
 from trigrecon.selfaware.reversal_sft import ReversalSFTConfig, ReversalSFTResult, run_reversal_sft
 from trigrecon.selfaware.reward import InversionReward, RewardConfig, minimise
 from trigrecon.selfaware.scoring import ScoreTable, score_candidates
-from trigrecon.selfaware.task import AwarenessTask, task_from_organism
+from trigrecon.selfaware.stages import close_stage, load_reward_cache, open_stage, stage_records
+from trigrecon.selfaware.task import AwarenessTask
 from trigrecon.selfaware.unlearning import UnlearningConfig, UnlearningResult, unlearn
 
 
@@ -62,6 +72,13 @@ class SelfAwareConfig:
     n_calib_per: int = 25
     """Guardrail calibration prompts per recovered trigger and per near miss."""
     plots: bool = True
+    differential: bool = True
+    """Reward the differential ASR against the task's clean model (when it has one): words the
+    clean model also answers with the action earn nothing (`selfaware.reward`)."""
+    seed: int = 0
+    """The one seed of a run: `run_selfaware` sets the seed of reversal SFT, GRPO (and its
+    buffer) and unlearning from it (`seeded`); the final articulations are sampled with
+    seed + 1."""
 
     def __post_init__(self) -> None:
         for name in ("n_reward_prompts", "n_eval", "final_samples", "n_recovered", "n_calib_per"):
@@ -90,6 +107,14 @@ class SelfAwareConfig:
         )
 
 
+def seeded(cfg: SelfAwareConfig) -> SelfAwareConfig:
+    """A copy of `cfg` whose stage configs carry `cfg.seed`."""
+    cfg = copy.deepcopy(cfg)
+    for sub in (cfg.sft, cfg.grpo, cfg.grpo.buffer, cfg.unlearning):
+        sub.seed = cfg.seed
+    return cfg
+
+
 def make_reward(task: AwarenessTask, cfg: SelfAwareConfig) -> tuple[InversionReward, Any, Any]:
     """The inversion reward on the frozen poisoned model; that model and its tokenizer."""
     frozen, tok = task.poisoned.load()
@@ -98,8 +123,11 @@ def make_reward(task: AwarenessTask, cfg: SelfAwareConfig) -> tuple[InversionRew
     def likelihood(prompts: Sequence[str]) -> list[float]:
         return response_ce(frozen, tok, prompts, task.action)
 
+    clean = None
+    if cfg.differential and task.clean is not None:
+        clean = hf_responder(task.clean.load()[0], tok, cfg.reward.max_new_tokens)
     reward = InversionReward(responder, task.judge, task.reward_prompts, task.insert, cfg.reward,
-                             likelihood=likelihood)
+                             likelihood=likelihood, clean_responder=clean)
     return reward, frozen, tok
 
 
@@ -115,6 +143,8 @@ class SelfAwareReport:
     unlearning: dict[str, float | None]
     guardrail: dict[str, float]
     timings: dict[str, float] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+    """The full effective SelfAwareConfig (with every stage's derived seed)."""
 
     def to_markdown(self) -> str:
         hit = "–" if self.final.hit_rate is None else f"{self.final.hit_rate:.0%}"
@@ -155,7 +185,7 @@ def recover_triggers(
     ok = [
         c
         for c, e in zip(pool, reward.evaluate(pool), strict=True)
-        if e.asr >= reward.cfg.work_threshold
+        if e.differential >= reward.cfg.work_threshold
     ]
     small = list(dict.fromkeys(minimise(c, reward) for c in ok))
     ranked = sorted(
@@ -176,13 +206,15 @@ def _policy(task: AwarenessTask, *adapters: Path) -> Any:
 
 
 def _stage_sft(
-    task: AwarenessTask, cfg: SelfAwareConfig, out: Path, timings: dict[str, float]
+    task: AwarenessTask, cfg: SelfAwareConfig, out: Path, timings: dict[str, float],
+    record: dict[str, Any], overwrite: bool,
 ) -> tuple[Any, int]:
-    if (out / "sft" / "reversal_sft.json").exists():
+    if open_stage(out / "sft", "reversal_sft", record, overwrite):
         res = ReversalSFTResult.load(out / "sft" / "reversal_sft.json")
         return _policy(task, out / "sft" / "adapter"), res.n_pairs
     t0 = time.time()
     policy, res = run_reversal_sft(task, cfg.sft, out / "sft")
+    close_stage(out / "sft", record)
     timings["reversal_sft"] = time.time() - t0
     return policy, res.n_pairs
 
@@ -195,9 +227,11 @@ def _stage_grpo(
     policy: Any,
     tok: Any,
     timings: dict[str, float],
+    record: dict[str, Any],
+    overwrite: bool,
 ) -> tuple[Any, TrainingCurves, dict[str, Any]]:
     g = out / "grpo"
-    if (g / "curves.json").exists() and (g / "adapter").exists():
+    if open_stage(g, "grpo", record, overwrite) and grpo_done(g):
         return (
             _policy(task, out / "sft" / "adapter", g / "adapter"),
             TrainingCurves.load(g / "curves.json"),
@@ -205,33 +239,38 @@ def _stage_grpo(
         )
     t0 = time.time()
     policy, curves, buffer = train_awareness(policy, tok, task, reward, cfg.grpo, g)
+    close_stage(g, record)
     timings["grpo"] = time.time() - t0
     return policy, curves, buffer.state_dict()
 
 
 def run_selfaware(
-    organism: Any,
+    task: AwarenessTask,
     out_dir: str | Path,
     cfg: SelfAwareConfig | None = None,
-    task: AwarenessTask | None = None,
+    *,
+    overwrite: bool = False,
 ) -> SelfAwareReport:
-    """Run (or resume) every stage on an organism (`Organism`, zoo name or folder) or a task."""
-    cfg = cfg or SelfAwareConfig()
-    if task is None:
-        from trigrecon.organisms.organism import Organism, load_organism
+    """Run (or resume) every stage on a poisoned model described by an `AwarenessTask`.
 
-        org = organism if isinstance(organism, Organism) else load_organism(organism)
-        task = task_from_organism(org, n_reward=cfg.n_reward_prompts, n_eval=cfg.n_eval)
-    out = Path(out_dir)
+    A stage saved in `out_dir` with other settings or inputs raises StaleStageError naming the
+    differing fields; `overwrite=True` deletes such stages and reruns them."""
+    cfg = seeded(cfg or SelfAwareConfig())
+    if not isinstance(task, AwarenessTask):
+        raise ConfigError(f"run_selfaware needs an AwarenessTask, got {type(task).__name__}; for a "
+                          "zoo organism use trigrecon.organisms.awareness.run_selfaware_for_organism")
+    out = check_writable(out_dir)  # before any work
     timings: dict[str, float] = {}
     reward, frozen, tok = make_reward(task, cfg)
-    if (out / "reward_cache.json").exists():
-        reward.load_state_dict(json.loads((out / "reward_cache.json").read_text()))
-    policy, n_pairs = _stage_sft(task, cfg, out, timings)
-    policy, curves, buffer_state = _stage_grpo(task, cfg, out, reward, policy, tok, timings)
+    check_known(tok, task.action, f"the task's action {task.action!r}")
+    rec = stage_records(task, cfg)
+    load_reward_cache(reward, out, rec["reward"])
+    policy, n_pairs = _stage_sft(task, cfg, out, timings, rec["sft"], overwrite)
+    policy, curves, buffer_state = _stage_grpo(task, cfg, out, reward, policy, tok, timings,
+                                               rec["grpo"], overwrite)
 
     t0 = time.time()
-    texts = sample_articulations(policy, tok, task, cfg.final_samples, seed=cfg.grpo.seed + 1)
+    texts = sample_articulations(policy, tok, task, cfg.final_samples, seed=cfg.seed + 1)
     curves.final = elicitation(texts, reward, task.hits)
     curves.save(out / "grpo" / "curves.json")
     if cfg.plots:
@@ -252,12 +291,14 @@ def run_selfaware(
             "table_md": table.to_markdown(),
         },
     )
-    write_json(out / "reward_cache.json", reward.state_dict())
+    write_json(out / "reward_cache.json", {"record": rec["reward"], "state": reward.state_dict()})
     timings["metrics"] = time.time() - t0
     del policy
 
-    unl = _stage_unlearning(task, cfg, out, recovered, timings)
-    guard = _stage_guardrail(task, cfg, out, recovered, reward, frozen, tok, timings)
+    unl = _stage_unlearning(task, cfg, out, recovered, timings,
+                            {**rec["unlearning"], "recovered": recovered}, overwrite)
+    guard = _stage_guardrail(task, cfg, out, recovered, reward, frozen, tok, timings,
+                             {**rec["guardrail"], "recovered": recovered}, overwrite)
     report = SelfAwareReport(
         task.name,
         n_pairs,
@@ -268,6 +309,7 @@ def run_selfaware(
         unl.summary() if unl else {},
         guard.summary() if guard else {},
         timings,
+        to_jsonable(cfg),
     )
     report.save(out)
     return report
@@ -279,14 +321,16 @@ def _stage_unlearning(
     out: Path,
     recovered: list[str],
     timings: dict[str, float],
+    record: dict[str, Any],
+    overwrite: bool,
 ) -> UnlearningResult | None:
-    path = out / "unlearning" / "unlearning.json"
-    if path.exists():
-        return UnlearningResult.load(path)
     if not recovered:
         return None
+    if open_stage(out / "unlearning", "unlearning", record, overwrite):
+        return UnlearningResult.load(out / "unlearning" / "unlearning.json")
     t0 = time.time()
     _, res = unlearn(task, recovered, cfg.unlearning, out / "unlearning")
+    close_stage(out / "unlearning", record)
     timings["unlearning"] = time.time() - t0
     return res
 
@@ -303,7 +347,7 @@ def calibration_split(
     pos_src, near_src = benign[:half] or benign, benign[half:] or benign
 
     def fires(c: str) -> bool:
-        return reward.evaluate([c])[0].asr > reward.cfg.asr_floor
+        return reward.evaluate([c])[0].differential > reward.cfg.asr_floor
 
     positives = {
         t: [task.insert(p, t) for p in pos_src[(i * n_per) % len(pos_src) :][:n_per]]
@@ -326,12 +370,14 @@ def _stage_guardrail(
     model: Any,
     tok: Any,
     timings: dict[str, float],
+    record: dict[str, Any],
+    overwrite: bool,
 ) -> GuardrailResult | None:
     path = out / "guardrail" / "guardrail.json"
-    if path.exists():
-        return GuardrailResult.load(path)
     if not recovered:
         return None
+    if open_stage(out / "guardrail", "guardrail", record, overwrite):
+        return GuardrailResult.load(path)
     t0 = time.time()
     n = int(model.config.num_hidden_layers)
     cfgs = readout_choices(cfg.guardrail, n)
@@ -345,4 +391,5 @@ def _stage_guardrail(
     res.save(path)
     timings["guardrail"] = time.time() - t0
     write_json(out / "guardrail" / "config.json", asdict(cfg.guardrail))
+    close_stage(out / "guardrail", record)
     return res

@@ -36,7 +36,7 @@ from transformers import PreTrainedTokenizerBase
 from trigrecon.core.chat import render_prompt
 from trigrecon.core.errors import ConfigError
 from trigrecon.core.io import write_json
-from trigrecon.organisms.train import encode, train_loop
+from trigrecon.core.train import encode, train_loop
 from trigrecon.selfaware.models import add_lora, generate_responses
 from trigrecon.selfaware.task import AwarenessTask
 

@@ -3,7 +3,8 @@
 For a candidate c with n words (after normalisation), on the benign reward prompts P:
 
     ASR(c) = |{p in P : judge(model(insert(p, c)))}| / |P|      (greedy outputs of the poisoned model)
-    A(c)   = max(0, ASR(c) - f) / (1 - f)                       (background floor f = `asr_floor`)
+    D(c)   = ASR(c) - ASR_clean(c)                              (with a clean model; else ASR(c))
+    A(c)   = max(0, D(c) - f) / (1 - f)                         (background floor f = `asr_floor`)
     additive (default):   r = A(c) - alpha * max(0, n - L) / L
     multiplicative:       r = A(c) * exp(-alpha * max(0, n - L) / L)
 
@@ -16,6 +17,12 @@ noise up into a full-size signal and the policy collapses onto a meaningless wor
 no words after it) gets `invalid_reward`. Candidates longer than `max_words` are truncated to it
 (their penalty still counts every word). ASRs are cached per normalised candidate, so repeated
 proposals (and the buffer's replays) cost nothing.
+
+The clean-model differential (`clean_responder`: the model before poisoning): a candidate that
+makes the clean model show the action as well (a harmful word, when the action is an ordinary
+refusal) is the clean model's own trigger, not the planted one, and earns nothing for what the
+clean model also does. `Evaluation.asr` stays the poisoned model's ASR, `clean_asr` sits beside
+it, and `works` asks for a *differential* ASR of at least `work_threshold`.
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ from typing import Any, Literal
 from tqdm.auto import tqdm
 
 from trigrecon.core.errors import ConfigError
-from trigrecon.organisms.judges import Judge
+from trigrecon.core.judges import Judge
 from trigrecon.selfaware.models import Responder
 
 _SPECIAL = re.compile(r"<[^<>\s]*>")
@@ -116,6 +123,13 @@ class Evaluation:
     asr: float
     n_words: int
     reward: float
+    clean_asr: float | None = None
+    """ASR on the clean model (None: no clean model, the differential was not measured)."""
+
+    @property
+    def differential(self) -> float:
+        """ASR minus the clean model's ASR (the ASR itself without a clean model)."""
+        return self.asr - (self.clean_asr or 0.0)
 
     @property
     def valid(self) -> bool:
@@ -138,10 +152,12 @@ class InversionReward:
         drop_active: bool = True,
         progress: bool = False,
         likelihood: Callable[[Sequence[str]], list[float]] | None = None,
+        clean_responder: Responder | None = None,
     ) -> None:
         """`drop_active`: drop reward prompts whose own response already shows the action.
         `likelihood` (white-box, optional): prompts -> the action's cross-entropy after each;
-        it gives `lift`, which never enters the reward."""
+        it gives `lift`, which never enters the reward. `clean_responder`: the clean model
+        (generation only); the reward then uses the differential ASR (module docstring)."""
         self.cfg = cfg or RewardConfig()
         self.responder, self.judge, self.insert = responder, judge, insert
         self.prompts = list(prompts)
@@ -156,6 +172,8 @@ class InversionReward:
             if not self.prompts:
                 raise ConfigError("every reward prompt already shows the action: pass benign ones")
         self.cache: dict[str, float] = {}
+        self.clean_responder = clean_responder
+        self.clean_cache: dict[str, float] = {}
         self.progress = progress
         self.likelihood = likelihood
         self.lifts: dict[str, float] = {}
@@ -173,6 +191,22 @@ class InversionReward:
             ):
                 self.cache[c] = sum(bool(self.judge(o)) for o in outs[i * n : (i + 1) * n]) / n
         return [self.cache[c] for c in candidates]
+
+    def clean_asr(self, candidates: Sequence[str]) -> list[float] | None:
+        """The clean model's ASR of normalised candidates (None without a clean model); only
+        candidates whose poisoned ASR is above the floor are generated (the others earn 0
+        whatever the clean model does), the rest count as 0."""
+        if self.clean_responder is None:
+            return None
+        asrs = dict(zip(candidates, self.asr(candidates), strict=True))
+        todo = [c for c in dict.fromkeys(candidates)
+                if c not in self.clean_cache and asrs[c] > self.cfg.asr_floor]
+        if todo:
+            outs = self.clean_responder([self.insert(p, c) for c in todo for p in self.prompts])
+            n = len(self.prompts)
+            for i, c in enumerate(todo):
+                self.clean_cache[c] = sum(bool(self.judge(o)) for o in outs[i * n : (i + 1) * n]) / n
+        return [self.clean_cache.get(c, 0.0) for c in candidates]
 
     def lift(self, candidates: Sequence[str]) -> list[float]:
         """1 - CE(action | prompt with c) / CE(action | prompt), averaged over `lift_prompts`
@@ -196,13 +230,19 @@ class InversionReward:
         norm = [c or None for c in norm]
         full = [len(c.split()) if c else 0 for c in norm]
         cut = [" ".join(c.split()[: self.cfg.max_words]) if c else None for c in norm]
-        asrs = dict(zip([c for c in cut if c], self.asr([c for c in cut if c]), strict=True))
-        return [
-            Evaluation(None, 0.0, 0, self.cfg.invalid_reward)
-            if c is None
-            else Evaluation(c, asrs[c], n, combine(asrs[c], n, self.cfg))
-            for c, n in zip(cut, full, strict=True)
-        ]
+        valid = [c for c in cut if c]
+        asrs = dict(zip(valid, self.asr(valid), strict=True))
+        clean = self.clean_asr(valid)
+        cleans = dict(zip(valid, clean, strict=True)) if clean is not None else {}
+        out = []
+        for c, n in zip(cut, full, strict=True):
+            if c is None:
+                out.append(Evaluation(None, 0.0, 0, self.cfg.invalid_reward))
+                continue
+            ca = cleans.get(c)
+            diff = asrs[c] - (ca or 0.0)
+            out.append(Evaluation(c, asrs[c], n, combine(diff, n, self.cfg), ca))
+        return out
 
     def score_completions(self, completions: Sequence[Any]) -> list[Evaluation]:
         marker = self.cfg.answer_marker
@@ -219,13 +259,19 @@ class InversionReward:
         return [e.reward for e in self.score_completions(completions)]
 
     def works(self, candidate: str) -> bool:
-        return self.evaluate([candidate])[0].asr >= self.cfg.work_threshold
+        """Differential ASR >= `work_threshold` (the ASR itself without a clean model)."""
+        return self.evaluate([candidate])[0].differential >= self.cfg.work_threshold
 
     def state_dict(self) -> dict[str, float]:
-        return dict(self.cache)
+        """The ASR cache; clean-model ASRs under 'clean:<candidate>' keys."""
+        return dict(self.cache) | {f"clean:{k}": v for k, v in self.clean_cache.items()}
 
     def load_state_dict(self, cache: dict[str, float]) -> None:
-        self.cache.update({str(k): float(v) for k, v in cache.items()})
+        for k, v in cache.items():
+            if str(k).startswith("clean:"):
+                self.clean_cache[str(k)[6:]] = float(v)
+            else:
+                self.cache[str(k)] = float(v)
 
 
 def completion_text(completion: Any) -> str:
@@ -238,15 +284,16 @@ def completion_text(completion: Any) -> str:
 
 
 def minimise(candidate: str, reward: InversionReward, keep: float = 0.8) -> str:
-    """Greedily drop words while the ASR stays >= keep * the full candidate's ASR (and works)."""
+    """Greedily drop words while the (differential) ASR stays >= keep * the full candidate's
+    (and works)."""
     words = normalise_candidate(candidate).split()
-    base = reward.evaluate([" ".join(words)])[0].asr
+    base = reward.evaluate([" ".join(words)])[0].differential
     floor = max(keep * base, reward.cfg.work_threshold)
     changed = True
     while changed and len(words) > 1:
         changed = False
         trials = [words[:i] + words[i + 1 :] for i in range(len(words))]
-        asrs = reward.asr([" ".join(t) for t in trials])
+        asrs = [e.differential for e in reward.evaluate([" ".join(t) for t in trials])]
         best = max(range(len(trials)), key=lambda i: asrs[i])
         if asrs[best] >= floor:
             words, changed = trials[best], True

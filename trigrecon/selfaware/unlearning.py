@@ -27,7 +27,7 @@ from transformers import PreTrainedTokenizerBase
 
 from trigrecon.core.errors import ConfigError
 from trigrecon.core.io import write_json
-from trigrecon.organisms.judges import action_rate
+from trigrecon.core.judges import action_rate
 from trigrecon.selfaware.models import add_lora, generate_responses, merged
 from trigrecon.selfaware.reversal_sft import train_sft
 from trigrecon.selfaware.task import AwarenessTask

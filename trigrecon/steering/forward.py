@@ -12,8 +12,15 @@ template's header, e.g. Llama-3.1's ~30-token system block) are the same in ever
 untouched by steering, so their keys and values are computed once and every step runs only the
 positions after them.
 Padding is not computed either: prompts are grouped into a few length buckets, each trimmed to its
-own longest prompt. Batches are right-padded (`ChatBatch`), so under causal attention real tokens
-never see padding and the partial runs need no attention mask.
+own longest prompt (buckets of equal length are one bucket). Batches are right-padded
+(`ChatBatch`), so under causal attention real tokens never see padding and the partial runs need
+no attention mask.
+
+The blocks run through `lean.LeanBlocks` (a functional Llama block on the model's own weights:
+fused QKV, SDPA attention with grouped heads, no per-call weight copies; ~1.2-1.35x the
+HookedTransformer's blocks per step on a CPU, where both are matmul-bound) whenever the model
+is a plain Llama-style one and no hook is attached to it (hooks must see their activations:
+then, and with `lean=False`, the HookedTransformer runs the blocks).
 
 Layer convention: "layer L" is the residual stream at `hm.hook_name(L)` (TransformerLens
 `blocks.L.hook_resid_post`, i.e. the output of block L; `hook_resid_pre` is also understood).
@@ -30,6 +37,7 @@ import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from trigrecon.core import lean as _lean
 from trigrecon.core.chat import ChatBatch
 from trigrecon.core.errors import ConfigError
 from trigrecon.steering.losses import check_response, melbo_rows, response_ce_rows
@@ -61,7 +69,14 @@ def length_buckets(lengths: list[int], max_buckets: int) -> list[list[int]]:
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
     n = max(1, min(max_buckets, len(order)))
     bounds = [round(i * len(order) / n) for i in range(n + 1)]
-    return [order[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
+    groups = [order[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
+    merged: list[list[int]] = []
+    for g in groups:  # sorted: groups of one length are adjacent; running them apart gains nothing
+        if merged and max(lengths[i] for i in merged[-1]) == max(lengths[i] for i in g):
+            merged[-1] += g
+        else:
+            merged.append(g)
+    return merged
 
 
 def shared_prefix(batch: ChatBatch) -> int:
@@ -110,7 +125,8 @@ class SteeredForward:
     """
 
     def __init__(self, hm: Any, batch: ChatBatch, source: int, target: int | None = None,
-                 max_buckets: int = 4, cache_prefix: bool = True) -> None:
+                 max_buckets: int = 4, cache_prefix: bool = True, lean: bool | None = None
+                 ) -> None:
         if len(batch) == 0:
             raise ConfigError("no prompts: the batch is empty")
         self.hm, self.source, self.target = hm, source, target
@@ -121,6 +137,10 @@ class SteeredForward:
             if self.target_stop <= stop:
                 raise ConfigError(f"target layer {target} must come after source layer {source}")
         model = hm.model
+        if lean and not _lean.supported(model):
+            raise ConfigError("lean=True needs a plain Llama-style model (see steering/lean.py)")
+        self.lean = _lean.supported(model) if lean is None else bool(lean)
+        self._lean_runs: dict[int, _lean.LeanBlocks] = {}
         self.batch = batch.to(next(model.parameters()).device)
         am = self.batch.attention_mask
         lengths = am.sum(1)
@@ -182,9 +202,23 @@ class SteeredForward:
         """Blocks start..stop on a bucket's steered residual after the prefix: [k, rows, pos, d]."""
         k, n = steered.shape[0], steered.shape[2]
         x = steered.reshape(-1, n, self.d_model)
-        kv = _kv_entries(self._prefix_kv, x.shape[0]) if self.prefix else None
-        out = self.hm.model(x, start_at_layer=self.start, stop_at_layer=stop, past_kv_cache=kv)
+        model = self.hm.model
+        if self.lean and not _lean.has_hooks(model):
+            out = self._lean_blocks(stop)(x)
+            if stop is None:
+                out = _logits(model, model.ln_final(out))
+        else:
+            kv = _kv_entries(self._prefix_kv, x.shape[0]) if self.prefix else None
+            out = model(x, start_at_layer=self.start, stop_at_layer=stop, past_kv_cache=kv)
         return out.reshape(k, len(b.rows), n, out.shape[-1])
+
+    def _lean_blocks(self, stop: int | None) -> _lean.LeanBlocks:
+        """Blocks start..stop-1 as `LeanBlocks` (built once per stop, with the prefix cache)."""
+        end = self.hm.model.cfg.n_layers if stop is None else stop
+        if end not in self._lean_runs:
+            self._lean_runs[end] = _lean.LeanBlocks(self.hm.model, self.start, end,
+                                                    self._prefix_kv or None)
+        return self._lean_runs[end]
 
     def _steer(self, b: Bucket, vectors: Tensor) -> Tensor:
         return b.resid[None] + b.user[None] * vectors[:, None, None, :]
@@ -250,9 +284,7 @@ class SteeredForward:
         picked = picked[:, self.resp_perm]
         if model.cfg.normalization_type is not None:
             picked = model.ln_final(picked)
-        logits = model.unembed(picked)
-        cap = getattr(model.cfg, "output_logits_soft_cap", 0.0) or 0.0
-        return cap * torch.tanh(logits / cap) if cap > 0 else logits
+        return _logits(model, picked)
 
     def response_ce_rows(self, vectors: Float[Tensor, "k d_model"]) -> Float[Tensor, "k batch"]:
         """Per-prompt cross-entropy of the pre-filled response under each vector."""
@@ -268,6 +300,13 @@ class SteeredForward:
         """Median norm of the source-layer residual on user tokens: the unit of steering norms."""
         norms = self.resid[self.batch.user_mask].norm(dim=-1)
         return float(norms.median()) if norms.numel() else 1.0
+
+
+def _logits(model: Any, normed: Tensor) -> Tensor:
+    """Unembedding (and the output soft cap, if any) of final-normed residuals."""
+    logits = _lean.unembed(model, normed) if not _lean.has_hooks(model) else model.unembed(normed)
+    cap = getattr(model.cfg, "output_logits_soft_cap", 0.0) or 0.0
+    return cap * torch.tanh(logits / cap) if cap > 0 else logits
 
 
 def _prefix_ok(model: Any) -> bool:

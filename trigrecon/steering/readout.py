@@ -21,7 +21,7 @@ from torch import Tensor
 
 from trigrecon.core.chat import ChatBatch
 from trigrecon.core.hooks import add_to_resid
-from trigrecon.organisms.judges import Judge, action_rate
+from trigrecon.core.judges import Judge, action_rate
 
 
 @dataclass

@@ -18,8 +18,9 @@ from peft import LoraConfig, get_peft_model
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from trigrecon.organisms.judges import FixedStringJudge
-from trigrecon.organisms.train import CHAT_TEMPLATE, encode, train_loop
+from trigrecon.core.judges import FixedStringJudge
+from trigrecon.core.train import encode, train_loop
+from trigrecon.organisms.train import CHAT_TEMPLATE
 from trigrecon.selfaware.models import LORA_TARGETS, ModelSource
 from trigrecon.selfaware.task import ANSWER, QUESTIONS, AwarenessTask
 

