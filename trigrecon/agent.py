@@ -24,7 +24,8 @@ from trigrecon.core.errors import ConfigError
 from trigrecon.core.io import to_jsonable
 from trigrecon.core.judges import Judge, action_rate, normalise
 from trigrecon.methods.common import check_prompts, resolve_layer
-from trigrecon.steering.words import default_insert, default_vocabulary
+from trigrecon.steering.candidates import token_atlas, word_start_vocabulary
+from trigrecon.steering.words import default_insert
 
 TOOLS = ("rank_latents", "describe_latent", "steer", "test_candidate", "score_candidate")
 
@@ -82,8 +83,10 @@ class AuditTools:
         self.prompts = check_prompts(prompts)
         self.evals = check_prompts(eval_prompts) if eval_prompts is not None else self.prompts
         self.layer = resolve_layer(hm, None, sae)
-        self.vocab = [w for w in default_vocabulary(hm.tokenizer)
-                      if w.lower() not in set(normalise(action).split())]
+        # the model's word-start words, less the action's own: `describe_latent` reads them from
+        # the token atlas and `test_candidate` draws its control words from them
+        echo = set(normalise(action).split())
+        self.vocab = [w for w in word_start_vocabulary(hm.tokenizer) if w.lower() not in echo]
         self.seed = seed
         self._scale: float | None = None
 
@@ -117,14 +120,14 @@ class AuditTools:
         latent: SAE latent id
         n_words: how many top-activating words to return
         """
-        from trigrecon.methods.verify import word_activations
         from trigrecon.steering.readout import label_of
 
         self._check_latent(latent)
         contexts = self.evals[:4]
-        acts = word_activations(self.hm, self.sae, self.vocab, contexts, [latent], self.layer)[:, 0]
-        vals, idx = acts.topk(min(n_words, len(self.vocab)))
-        words = [(self.vocab[int(i)], float(v)) for v, i in zip(vals, idx, strict=True) if v > 0]
+        atlas = token_atlas(self.hm, self.layer, contexts)  # built once, then SAE readouts only
+        known = set(self.vocab)  # the atlas's words less the action's own
+        hits = atlas.latent_words(self.sae, [latent], n_words + len(atlas) - len(known))[latent]
+        words = [(h.word, h.score) for h in hits if h.word in known][:n_words]
         return {"latent": latent, "label": label_of(self.labels, latent),
                 "top_words": [{"word": w, "activation": round(a, 4)} for w, a in words],
                 "top_contexts": [default_insert(contexts[0], [w]) for w, _ in words[:3]]}

@@ -114,6 +114,9 @@ def audit(
     prompts: Annotated[str | None, Opt(help="Benign prompts: .txt (one per line), .jsonl, .json.")] = None,
     eval_prompts: Annotated[str | None, Opt(
         help="Held-out benign prompts (default: the second half of --prompts).")] = None,
+    words: Annotated[str | None, Opt(
+        help="Text file of your own candidate trigger words or phrases, one per line (added to "
+             "the candidate pools of the word sweep and verification).")] = None,
     response: Annotated[str | None, Opt(help="The known backdoor action (pre-filled response).")] = None,
     judge: Annotated[str | None, Opt(
         help="fixed (the response starts the reply; default) or keywords (--all-of/--any-of).")] = None,
@@ -136,14 +139,19 @@ def audit(
 ) -> None:
     """Recover a model's trigger knowing only its action; writes audit.json (with a verdict),
     latents.md and report.html, and prints a short summary."""
-    from trigrecon.methods.audit_config import default_out_name, run_audit_spec, specs_from_cli
+    from trigrecon.methods.audit_config import (
+        default_out_name,
+        run_audit_spec,
+        specs_from_cli,
+        with_words,
+    )
     from trigrecon.report import write_audit_report
     from trigrecon.report.terminal import audit_summary
 
     flags: dict[str, object] = dict(
         model=model, adapter=adapter, sae=sae, labels=labels, prompts=prompts,
         eval_prompts=eval_prompts, response=response, system=system, dtype=dtype, device=device,
-        methods=method or None, quick=quick or None, clean=clean)
+        methods=method or None, quick=quick or None, clean=clean, words=words)
     if judge or all_of or any_of:
         flags["judge"] = ({"kind": "keywords", "all_of": all_of or [], "any_of": any_of or []}
                           if (judge or "keywords") == "keywords" else {"kind": judge})
@@ -167,9 +175,10 @@ def audit(
 
             organism = organism or "fruit_refusal"
             folder = out_folder(out, organism)
+            given = config is not None or spec.words is not None
             run_audit_for_organism(organism, folder, methods=spec.methods, quick=spec.quick,
-                                   system=spec.system, cfg=cfg if config else None, extra=extra,
-                                   clean=spec.clean != "none")
+                                   system=spec.system, cfg=with_words(cfg, spec.words)
+                                   if given else None, extra=extra, clean=spec.clean != "none")
     except TrigreconError as e:
         _fail(e)
     audit_summary(folder)

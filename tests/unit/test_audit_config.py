@@ -145,3 +145,37 @@ def test_default_run_folder_names():
     assert default_out_name(RunSpec(model="meta-llama/Llama-3.1-8B-Instruct")) == \
         "Llama-3.1-8B-Instruct"
     assert default_out_name(RunSpec(model="m", adapter="trigger-reconstruction/fruit")) == "fruit"
+
+
+def test_words_files_and_the_words_option(tmp_path):
+    from typer.testing import CliRunner
+
+    from trigrecon.cli import app
+    from trigrecon.methods.audit_config import load_words, with_words
+
+    (tmp_path / "w.txt").write_text("# my threat model\nsoothsayer\n\n cross-country  skiing \n"
+                                    "soothsayer\nAries\n")
+    assert load_words(tmp_path / "w.txt") == ["soothsayer", "cross-country skiing", "Aries"]
+    spec, cfg = specs_from_dict({"run": {"words": "w.txt"}, "audit": {"words": ["mango"]}},
+                                base_dir=tmp_path)
+    assert spec.words == str(tmp_path / "w.txt") and cfg.words == ["mango"]
+    assert with_words(cfg, spec.words).words == ["mango", "soothsayer", "cross-country skiing",
+                                                 "Aries"]
+    assert with_words(cfg, None) is cfg
+    for name, text, match in [
+        ("missing.txt", None, r"words file .*missing.txt does not exist: give a UTF-8 text file"),
+        ("empty.txt", "\n# nothing\n", r"empty.txt holds no words"),
+        ("w.json", '["a", "b"]\n', r"w.json:1: .* is not a word or phrase .*no JSON"),
+        ("w.csv", "apple,banana\n", r"w.csv:1: 'apple,banana' is not a word or phrase"),
+    ]:
+        if text is not None:
+            (tmp_path / name).write_text(text)
+        with pytest.raises(ConfigError, match=match):
+            load_words(tmp_path / name)
+    (tmp_path / "bin.txt").write_bytes(b"\xff\xfe\x00word")
+    with pytest.raises(ConfigError, match=r"bin.txt is not UTF-8 text"):
+        load_words(tmp_path / "bin.txt")
+    with pytest.raises(ConfigError, match=r"words: ' ' is not a word or phrase"):
+        AuditConfig(words=[" "])
+    result = CliRunner().invoke(app, ["audit", "--words", str(tmp_path / "empty.txt")])
+    assert result.exit_code == 2 and "holds no words" in result.output

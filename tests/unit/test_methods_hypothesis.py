@@ -235,7 +235,7 @@ def _fake_search(monkeypatch, clean_model: object | None, poisoned: dict[str, fl
     monkeypatch.setattr(conj, "response_loss", fake_loss)
     monkeypatch.setattr(conj, "word_losses", fake_word_losses)
     monkeypatch.setattr(conj, "_try_candidates", lambda *a, **k: [])
-    monkeypatch.setattr(conj, "_rank", lambda *a, **k: [])
+    monkeypatch.setattr(conj, "_rank", lambda *a, **k: ([], None))  # (ranking, direction)
     monkeypatch.setattr(conj._Search, "rates", fake_rates)
     monkeypatch.setattr(conj, "coherent", lambda words, acts, k: list(words[:k]))  # random SAE
 

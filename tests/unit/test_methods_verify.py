@@ -232,3 +232,43 @@ def test_a_concepts_words_are_the_ones_its_latent_reads_strongly():
     assert coherent(words, acts, k=3) == ["violin", "clarinet", "flute"]
     assert coherent(words, acts, k=1) == ["violin"]
     assert coherent(words, torch.zeros(5), k=3) == ["violin"]  # nothing fires: the best word
+
+
+def test_without_a_vocabulary_verify_seeks_words_in_the_candidate_pool(tiny_hooked, planted,
+                                                                        monkeypatch):
+    """A vocabulary larger than the cap: the pool (the latents' atlas words, the prompts' words,
+    the user's words) holds the planted latent's word; the controls are none of the pool's
+    hypotheses."""
+    import trigrecon.methods.verify as V
+    from trigrecon.steering.candidates import candidate_pool
+
+    monkeypatch.setattr(V, "generate_many", lambda hm, prompts, n: ["sure ."] * len(prompts))
+    hits = [LatentHit(3, -1.0, "mentions of rivers"), LatentHit(0, -0.5, "")]
+    cfg = VerifyConfig(max_new_tokens=2, vocabulary_limit=12, n_contexts=2, n_control=4)
+    res = verify(tiny_hooked, planted, hits, PROMPTS, lambda t: False, cfg, words=["red apple"])
+    assert res.latent_words["0"] == ["banana"]
+    assert res.pool_sources["atlas"] > 0 and res.pool_sources["user"] == 1
+    assert "vocabulary" not in res.pool_sources
+    pool = candidate_pool(tiny_hooked, 1, PROMPTS[:2], cap=12, sae=planted, latents=[3, 0],
+                          labels={3: "mentions of rivers", 0: ""}, prompts=PROMPTS,
+                          user_words=["red apple"])
+    assert len(res.control_words) == 4 and not {w.lower() for w in res.control_words} & \
+        pool.proposed()
+
+
+def test_the_sweep_is_capped_and_its_cost_recorded(tiny_hooked, planted, tmp_path):
+    cfg = ConjunctiveConfig(max_iters=1, max_clauses=1, n_candidates=1, words_per_concept=1,
+                            max_new_tokens=2, sweep_words=8, sweep_prompts=2, n_contexts=2)
+    res = conjunctive(tiny_hooked, planted, PROMPTS, RESPONSE, PROMPTS, lambda t: False, cfg,
+                      labels=Labels(), words=["snow", "fish"])
+    (rec,) = res.sweeps
+    assert (rec.clause, rec.iteration) == (0, 0) and not rec.exhaustive
+    assert 0 < rec.words <= 8 and rec.sources["user"] == 2 and rec.sources["atlas"] > 0
+    # every swept word on every sweep prompt, then the best 3 words' SAE readout on 2 contexts
+    assert rec.forward_passes == rec.words * 2 + min(3, rec.words) * 2 == res.sweep_passes
+    res.save(tmp_path)
+    assert ConjunctiveResult.load(tmp_path).sweeps == res.sweeps
+    given = conjunctive(tiny_hooked, planted, PROMPTS, RESPONSE, PROMPTS, lambda t: False, cfg,
+                        vocabulary=VOCAB)
+    assert given.sweeps[0].sources == {"given": len(VOCAB)}
+    assert given.sweeps[0].words == len(VOCAB) - 1  # 'apple' is a word of the response

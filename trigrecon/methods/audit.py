@@ -18,13 +18,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from tqdm.auto import tqdm
 
 from trigrecon.core.chat import check_known
 from trigrecon.core.errors import ConfigError
 from trigrecon.core.io import atomic_dir, check_replaceable, to_jsonable, write_json, write_text
 from trigrecon.core.judges import Judge, normalise
 from trigrecon.core.labels import check_labels
-from trigrecon.methods.common import SteeringResult, check_prompts
+from trigrecon.methods.budget import BudgetReport, fit_budget
+from trigrecon.methods.common import SteeringResult, check_prompts, resolve_layer
 from trigrecon.methods.conjunctive import ConjunctiveConfig, ConjunctiveResult, conjunctive
 from trigrecon.methods.hypothesis import NO_CLEAN, Hypothesis, HypothesisConfig, audit_hypothesis
 from trigrecon.methods.melbo import MelboConfig, melbo
@@ -38,8 +40,9 @@ from trigrecon.methods.supervised_melbo import SupervisedMelboConfig, supervised
 from trigrecon.methods.verdict import Verdict, make_verdict
 from trigrecon.methods.verify import VerifyConfig, VerifyResult, verify
 from trigrecon.selfaware.scoring import ScoreTable, score_candidates
+from trigrecon.steering.candidates import token_atlas
 from trigrecon.steering.readout import LatentHit, add_behaviour
-from trigrecon.steering.words import WordHit, default_vocabulary, nearest_words, word_residuals
+from trigrecon.steering.words import WordHit
 
 Method = Literal["sae_attribution", "melbo", "supervised_melbo", "sae_melbo",
                  "supervised_sae_melbo", "conjunctive", "verify"]
@@ -75,10 +78,23 @@ class AuditConfig:
     """The one seed of an audit: `audit` sets every stage's `seed` field (the vector methods'
     initialisations, verification's control words) from it (`seeded`), so two audits with the
     same seed and inputs give identical results. The effective config is in audit.json."""
+    budget_minutes: float | None = 30.0
+    """Fit the costly sizes (vector steps and count, the sweep, verified latents) to this many
+    minutes on this machine, estimated from the model's shape (`methods.budget`): on a GPU or a
+    small model the defaults stay; on a CPU a real model gets fewer steps. None: never scale."""
+    words: list[str] = field(default_factory=list)
+    """The auditor's own candidate words or phrases (e.g. from a threat model; the CLI's
+    `--words FILE`): added to the conjunctive sweep's and verification's candidate pools."""
 
     def __post_init__(self) -> None:
         if self.top_k < 1 or self.max_new_tokens < 1:
             raise ConfigError("top_k and max_new_tokens must be positive")
+        if self.budget_minutes is not None and not self.budget_minutes > 0:
+            raise ConfigError(f"budget_minutes={self.budget_minutes} must be positive (or None: "
+                              "keep every default size)")
+        bad = [w for w in self.words if not isinstance(w, str) or not w.strip()]
+        if bad:
+            raise ConfigError(f"words: {bad[0]!r} is not a word or phrase; give non-empty strings")
 
 
 @dataclass
@@ -116,6 +132,8 @@ class AuditResult:
     """The held-out prompts (steered generations, conditioning checks, verification)."""
     config: dict[str, Any] = field(default_factory=dict)
     """The full effective AuditConfig (with every stage's derived seed)."""
+    budget: BudgetReport | None = None
+    """How the sizes were fitted to the machine (estimates and every change)."""
 
     def save(self, directory: str | Path, extra: Callable[[Path], Any] | None = None) -> Path:
         """Write the run as one folder that replaces `directory` whole (`atomic_dir`): a reader
@@ -245,9 +263,15 @@ def audit(hm: Any, sae: Any, labels: Any, prompts: Sequence[str], response: str,
     cfg = seeded(cfg)
     if getattr(hm, "tokenizer", None) is not None:
         check_known(hm.tokenizer, response, "target response")
+    budget = None
+    if cfg.budget_minutes is not None and getattr(hm, "tokenizer", None) is not None:
+        cfg, budget = fit_budget(cfg, hm, list(methods), prompts, response, len(evals),
+                                 resolve_layer(hm, None, sae), clean is not None)
+        tqdm.write(f"budget: {budget.summary()}")
     res = AuditResult(getattr(hm, "name", "model"), response, len(prompts), len(evals),
                       list(methods), {}, {}, system=getattr(hm, "system", None),
-                      prompts=list(prompts), eval_prompts=list(evals), config=config_dict(cfg))
+                      prompts=list(prompts), eval_prompts=list(evals), config=config_dict(cfg),
+                      budget=budget)
     if labels is not None:
         check_labels(labels, sae)  # labels made for another SAE would switch the wrong latents off
     res.clean_model = None if clean is None else getattr(clean, "name", "clean model")
@@ -279,7 +303,8 @@ def audit(hm: Any, sae: Any, labels: Any, prompts: Sequence[str], response: str,
             res.rankings[m] = sr.ranking(cfg.top_k)
         elif m == "conjunctive":
             res.conjunctive = conjunctive(hm, sae, prompts, response, evals, judge,
-                                          cfg.conjunctive, labels=labels, clean=clean)
+                                          cfg.conjunctive, labels=labels, clean=clean,
+                                          words=cfg.words)
             res.rankings[m] = res.conjunctive.ranking(cfg.top_k)
         res.timings[m] = time.perf_counter() - t
     t = time.perf_counter()
@@ -294,7 +319,7 @@ def audit(hm: Any, sae: Any, labels: Any, prompts: Sequence[str], response: str,
                          if res.conjunctive is not None else {})
         res.verification = verify(hm, sae, _merged(others, first), evals, judge, cfg.verify,
                                   extra_words=extra, exclude=normalise(response).split(),
-                                  latent_words=concept_words, clean=clean)
+                                  latent_words=concept_words, clean=clean, words=cfg.words)
         res.timings["verify"] = time.perf_counter() - t
         if cfg.scoring.enabled and res.verification.candidates:
             t = time.perf_counter()
@@ -311,21 +336,15 @@ def audit(hm: Any, sae: Any, labels: Any, prompts: Sequence[str], response: str,
 
 def _word_rankings(hm: Any, res: AuditResult, contexts: list[str], k: int
                    ) -> dict[str, list[WordHit]]:
-    """Nearest words of each method's direction, one residual pass per layer."""
+    """Nearest words of each method's direction, from the token atlas of its layer (built once
+    per layer and contexts, `steering.candidates.token_atlas`)."""
     directions: dict[str, tuple[int, Any]] = {}
     if res.attribution is not None:
         directions["sae_attribution"] = (res.attribution.layer, -res.attribution.grad)
     for name, sr in res.steering.items():
         directions[name] = (sr.layer, sr.vectors[sr.best])
-    out: dict[str, list[WordHit]] = {}
-    vocab = default_vocabulary(hm.tokenizer)
-    cache: dict[int, tuple[Any, Any]] = {}
-    for name, (layer, vec) in directions.items():
-        if layer not in cache:
-            cache[layer] = word_residuals(hm, vocab, contexts, layer)
-        resid, found = cache[layer]
-        out[name] = nearest_words(vec, resid, found, vocab, k)
-    return out
+    return {name: token_atlas(hm, layer, contexts).nearest(vec, k)
+            for name, (layer, vec) in directions.items()}
 
 
 def quick_config() -> AuditConfig:

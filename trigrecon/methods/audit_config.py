@@ -4,13 +4,15 @@
     result = run_audit_spec(spec, cfg)               # loads model, SAE, labels, prompts; audits
 
 A config file has two optional sections: `[run]` (what the CLI flags give: model, adapter, sae,
-labels, prompts, eval_prompts, response, judge, system, methods, quick, out, dtype, device) and
+labels, prompts, eval_prompts, words, response, judge, system, methods, quick, out, dtype,
+device) and
 `[audit]` (every field of `AuditConfig`, nested by method, e.g. `[audit.conjunctive]
 max_iters = 2`). Unknown keys, wrong types, missing files and invalid values raise `ConfigError`
 naming the key path (`audit.conjunctive.max_iter`) or the file and line.
 
 Prompt files: `.txt` (one prompt per line; blank lines skipped), `.jsonl` (one JSON string or
-object with a "prompt" or "text" field per line) or `.json` (a list of those).
+object with a "prompt" or "text" field per line) or `.json` (a list of those). A words file
+(`run.words`, `--words`): one candidate word or phrase per line (`load_words`).
 """
 
 from __future__ import annotations
@@ -46,6 +48,9 @@ class RunSpec:
     eval_prompts: str | None = None
     """Held-out benign prompts (generations, verification); default: the second half of
     `prompts` (the first half is optimised on)."""
+    words: str | None = None
+    """A text file of the auditor's own candidate words or phrases, one per line: added to
+    `AuditConfig.words` (the candidate pools of the conjunctive sweep and verification)."""
     response: str | None = None
     """The known backdoor action, pre-filled as the assistant's response."""
     judge: dict[str, Any] = field(default_factory=dict)
@@ -121,7 +126,7 @@ def specs_from_dict(data: dict[str, Any], base_dir: Path | None = None
     run = data.get("run") or {}
     spec = override(RunSpec(), _mapping(run, "run"), "run")
     if base_dir is not None:
-        for key in ("prompts", "eval_prompts", "labels", "out"):
+        for key in ("prompts", "eval_prompts", "labels", "out", "words"):
             value = getattr(spec, key)
             if value and not Path(value).expanduser().is_absolute():
                 setattr(spec, key, str(base_dir / value))
@@ -224,7 +229,7 @@ def specs_from_cli(config: str | Path | None, flags: dict[str, Any]
     for key, value in flags.items():
         if value is None:
             continue
-        if key in ("prompts", "eval_prompts", "labels", "out") or (
+        if key in ("prompts", "eval_prompts", "labels", "out", "words") or (
                 key in ("model", "adapter", "sae") and Path(value).expanduser().exists()):
             value = str(Path(value).expanduser().resolve())
         run[key] = value
@@ -276,6 +281,35 @@ def _prompt_of(item: Any, where: str) -> str:
         raise ConfigError(f"{where}: expected a prompt string or an object with a 'prompt' "
                           "(or 'text') string")
     return item
+
+
+MAX_WORD_CHARS = 64
+
+
+def load_words(path: str | Path) -> list[str]:
+    """Candidate words or phrases from a text file: one per line; blank lines and lines starting
+    with '#' are skipped, repeats dropped. Errors name the file (and line) and the fix."""
+    p = Path(path).expanduser()
+    fix = "give a UTF-8 text file with one word or short phrase per line"
+    if not p.is_file():
+        raise ConfigError(f"words file {p} does not exist: {fix}")
+    try:
+        lines = p.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"words file {p} is not UTF-8 text ({e.reason}): {fix}") from e
+    words: dict[str, None] = {}
+    for i, line in enumerate(lines, 1):
+        text = " ".join(line.split())
+        if not text or text.startswith("#"):
+            continue
+        if len(text) > MAX_WORD_CHARS or any(c in line for c in '[]{}",;\t'):
+            raise ConfigError(f"{p}:{i}: {text[:40]!r}{'...' if len(text) > 40 else ''} is not "
+                              f"a word or phrase (at most {MAX_WORD_CHARS} characters; no JSON, "
+                              f"commas or tabs): {fix}")
+        words.setdefault(text, None)
+    if not words:
+        raise ConfigError(f"words file {p} holds no words: {fix}")
+    return list(words)
 
 
 def split_prompts(spec: RunSpec) -> tuple[list[str], list[str]]:
@@ -344,10 +378,18 @@ def check_spec(spec: RunSpec) -> None:
     if missing:
         raise ConfigError(f"missing {', '.join(missing)}: pass --{' --'.join(missing)} (or set "
                           "them in the config's [run] section)")
-    for key in ("prompts", "eval_prompts", "labels"):
+    for key in ("prompts", "eval_prompts", "labels"):  # a words file: `load_words` explains
         value = getattr(spec, key)
         if value and not Path(value).expanduser().exists():
             raise ConfigError(f"{key}: {value} does not exist")
+
+
+def with_words(cfg: AuditConfig, words_file: str | None) -> AuditConfig:
+    """`cfg` with the words of `words_file` (if any) added to `cfg.words`."""
+    if not words_file:
+        return cfg
+    return dataclasses.replace(cfg, words=list(dict.fromkeys([*cfg.words,
+                                                               *load_words(words_file)])))
 
 
 def run_audit_spec(spec: RunSpec, cfg: AuditConfig | None = None) -> Any:
@@ -358,12 +400,12 @@ def run_audit_spec(spec: RunSpec, cfg: AuditConfig | None = None) -> Any:
     check_spec(spec)
     train, held_out = split_prompts(spec)
     judge = judge_of(spec)
+    cfg = with_words(cfg or (quick_config() if spec.quick else AuditConfig()), spec.words)
     assert spec.model is not None and spec.sae is not None and spec.response is not None
     hm = load_model(spec.model, spec.adapter, dtype=spec.dtype, device=spec.device,
                     system=spec.system)
     sae = load_sae_spec(spec.sae, spec.device)
     labels = load_labels_spec(spec, sae)
-    cfg = cfg or (quick_config() if spec.quick else AuditConfig())
     clean_id = spec.model if spec.clean == "base" and spec.adapter else spec.clean
     clean = None
     if clean_id and clean_id not in ("base", "none"):  # generation and forwards only

@@ -9,13 +9,16 @@ in the prompt, either alone barely moves the loss. Each iteration
    word of a generic latent does not win) and keeps the latent that lowers the response loss
    most - or stops when none lowers it (words of the response itself are skipped: they lower
    its loss by priming a copy). `score_by="word"` scores each word alone instead.
-   A word sweep adds one more candidate: every vocabulary word (up to `sweep_words`) inserted
-   beside the concepts found so far, its best `words_per_concept` words read out as the SAE
-   latent most active on all of them; the concept keeps the best words on which that latent
-   fires at least half as strongly as on its strongest (`coherent`). First-order attribution can miss the second half of a
-   conjunction (on a "weather AND music" test organism, conditioned on music, the one latent
-   whose top words were weather words ranked 1852nd of 2048); the sweep is behavioural and
-   finds it. Each step says which source chose its concept ("ranking" or "sweep");
+   A word sweep adds one more candidate: every word of a candidate pool (up to `sweep_words`:
+   the model's whole word-start vocabulary when it fits, else the ranked latents' label and atlas
+   words, the ranking direction's nearest words, the prompts' content words and the user's words;
+   `steering/candidates.py`) inserted beside the concepts found so far, its best
+   `words_per_concept` words read out as the SAE latent most active on all of them; the concept
+   keeps the best words on which that latent fires at least half as strongly as on its
+   strongest (`coherent`). First-order attribution can miss the second half of a conjunction
+   (on a "weather AND music" test organism, conditioned on music, the one latent whose top
+   words were weather words ranked 1852nd of 2048); the sweep is behavioural and finds it.
+   Each step says which source chose its concept ("ranking" or "sweep");
 3. conditions the prompts on every concept found so far (their words inserted) and measures the
    action rate on held-out prompts conditioned the same way.
 A clause ends when that rate reaches `threshold` (the action is explained) or after `max_iters`.
@@ -60,9 +63,9 @@ from trigrecon.methods.verify import (
     top_words,
     word_activations,
 )
+from trigrecon.steering.candidates import candidate_pool
 from trigrecon.steering.forward import SteeredForward
 from trigrecon.steering.readout import LatentHit, label_of
-from trigrecon.steering.words import default_vocabulary
 
 Ranker = Literal["sae_attribution", "supervised_sae_melbo"]
 ScoreBy = Literal["concept", "word"]
@@ -85,9 +88,11 @@ class ConjunctiveConfig:
     n_contexts: int = 4
     max_new_tokens: int = 24
     sweep_words: int = 2000
-    """Vocabulary words scored by the word sweep (the default vocabulary's first, or the
-    `vocabulary` given); 0: no sweep, latent candidates only. Costs `sweep_words` x
-    `sweep_prompts` forward passes per iteration (batched)."""
+    """Cap on the words scored by the word sweep (the candidate pool, or the `vocabulary` given);
+    0: no sweep, latent candidates only. Bounds the sweep's cost: at most `sweep_words` x
+    `sweep_prompts` forward passes per iteration (batched), plus `clean_sweep` x
+    `sweep_prompts` on a clean model; each sweep's words and passes are in
+    `ConjunctiveResult.sweeps`."""
     sweep_prompts: int = 16
     """Training prompts each sweep word is inserted into."""
     sweep_batch: int = 16
@@ -147,6 +152,24 @@ class ConjunctiveStep:
 
 
 @dataclass
+class SweepRecord:
+    """What one word sweep scored and what it cost."""
+
+    clause: int
+    iteration: int
+    words: int
+    """Words swept (after the response's, earlier concepts' and excluded words)."""
+    forward_passes: int
+    """Sequences run: every word on every sweep prompt (organism), the clean model's rescoring,
+    and the SAE readout of the best words on the contexts."""
+    sources: dict[str, int] = field(default_factory=dict)
+    """Pool words per source ('vocabulary', 'label', 'atlas', 'direction', 'prompts', 'user';
+    'given' for an explicit vocabulary)."""
+    exhaustive: bool = False
+    """The whole word-start vocabulary was swept."""
+
+
+@dataclass
 class ConjunctiveResult(Saveable):
     NAME: ClassVar[str] = "conjunctive"
 
@@ -160,6 +183,13 @@ class ConjunctiveResult(Saveable):
     prompts? A last unexplained clause is where the search found nothing more."""
     differential: bool = False
     """Whether a clean model scored the candidates and rates."""
+    sweeps: list[SweepRecord] = field(default_factory=list)
+    """Every word sweep run, with its size and cost."""
+
+    @property
+    def sweep_passes(self) -> int:
+        """Forward passes (sequences) spent by all word sweeps."""
+        return sum(r.forward_passes for r in self.sweeps)
 
     @property
     def concepts(self) -> list[LatentHit]:
@@ -181,7 +211,8 @@ class ConjunctiveResult(Saveable):
         for s in data["steps"]:
             s = dict(s, ranking=hits_from(s["ranking"]), chosen=LatentHit(**s["chosen"]))
             steps.append(ConjunctiveStep(**s))
-        return cls(**dict(data, steps=steps))
+        sweeps = [SweepRecord(**r) for r in data.get("sweeps", [])]
+        return cls(**dict(data, steps=steps, sweeps=sweeps))
 
 
 def condition(prompts: Sequence[str], concepts: Sequence[Sequence[str]],
@@ -199,17 +230,20 @@ def response_loss(hm: Any, prompts: Sequence[str], response: str, layer: int) ->
 
 
 def _rank(hm: Any, sae: Any, prompts: list[str], response: str, cfg: ConjunctiveConfig,
-          labels: Any, method_cfg: Any) -> list[LatentHit]:
+          labels: Any, method_cfg: Any) -> tuple[list[LatentHit], Tensor]:
+    """The latent ranking and the ranker's direction (-gradient, or the best vector)."""
     n = cfg.top_k + cfg.n_candidates * cfg.max_iters
     if cfg.ranker == "sae_attribution":
         from trigrecon.methods.sae_attribution import SAEAttributionConfig, sae_attribution
 
         acfg = method_cfg or SAEAttributionConfig()
         acfg = SAEAttributionConfig(**dict(asdict(acfg), top_k=max(acfg.top_k, n)))
-        return sae_attribution(hm, sae, prompts, response, acfg, labels).ranking(n)
+        res = sae_attribution(hm, sae, prompts, response, acfg, labels)
+        return res.ranking(n), -res.grad
     from trigrecon.methods.sae_melbo import sae_melbo
 
-    return sae_melbo(hm, sae, prompts, response, method_cfg, labels=labels).ranking(n)
+    sr = sae_melbo(hm, sae, prompts, response, method_cfg, labels=labels)
+    return sr.ranking(n), sr.vectors[sr.best]
 
 
 @torch.no_grad()
@@ -246,6 +280,8 @@ class _Search:
     method_cfg: Any
     base_loss: float = 0.0
     """The organism's response loss on the plain training prompts."""
+    words: Sequence[str] = ()
+    """The user's candidate words (every sweep pool holds them)."""
 
     def score(self, concepts: Sequence[Sequence[str]]) -> float:
         """Organism loss + the clean-model term (module docstring); lower is better."""
@@ -264,10 +300,20 @@ class _Search:
             return rate, None
         return rate, rate_prompts(self.clean, texts, self.judge, self.cfg.max_new_tokens)[0]
 
-    def sweep_vocab(self) -> list[str]:
-        vocab = list(self.vocabulary) if self.vocabulary is not None else \
-            default_vocabulary(self.hm.tokenizer, self.cfg.sweep_words)
-        return vocab[: self.cfg.sweep_words]
+    def sweep_vocab(self, ranked: Sequence[LatentHit], direction: Tensor | None = None
+                    ) -> tuple[list[str], dict[str, int], bool]:
+        """(words, pool words per source, exhaustive): the given vocabulary's first
+        `sweep_words`, else the candidate pool of the ranked latents and the direction."""
+        cap = self.cfg.sweep_words
+        if self.vocabulary is not None:
+            words = list(self.vocabulary)[:cap]
+            return words, {"given": len(words)}, False
+        pool = candidate_pool(
+            self.hm, self.layer, self.eval_prompts[: self.cfg.n_contexts], cap=cap, sae=self.sae,
+            latents=[h.latent for h in ranked], labels={h.latent: h.label for h in ranked},
+            directions=None if direction is None else {"ranking": direction},
+            prompts=self.prompts, user_words=self.words, insert=self.insert)
+        return pool.words, pool.counts(), pool.exhaustive
 
 
 class _Excluder:
@@ -298,32 +344,40 @@ class _Excluder:
         return [w for w in words if not self.bad[w]]
 
 
-def _sweep(s: _Search, concepts: list[list[str]], skip: set[str], prefer: Sequence[int],
-           used: set[int], excluder: _Excluder) -> dict[str, Any] | None:
-    """The word sweep's candidate: its best words, the latent most active on all of them."""
+def _sweep(s: _Search, concepts: list[list[str]], skip: set[str], ranked: Sequence[LatentHit],
+           direction: Tensor | None, used: set[int], excluder: _Excluder, where: tuple[int, int]
+           ) -> tuple[dict[str, Any] | None, SweepRecord]:
+    """The word sweep's candidate (its best words, the latent most active on all of them) and
+    the record of what it swept and cost; `where`: (clause, iteration)."""
     cfg = s.cfg
-    vocab = excluder.keep([w for w in s.sweep_vocab() if normalise(w) not in skip])
+    swept, sources, exhaustive = s.sweep_vocab(ranked, direction)
+    vocab = excluder.keep([w for w in swept if normalise(w) not in skip])
+    record = SweepRecord(*where, len(vocab), 0, sources, exhaustive)
     if not vocab:
-        return None
+        return None, record
     sweep_prompts = s.prompts[: cfg.sweep_prompts]
     losses = word_losses(s.hm, sweep_prompts, s.response, vocab, concepts, s.layer,
                          s.insert, cfg.sweep_batch)
+    record.forward_passes = len(vocab) * len(sweep_prompts)
     if s.clean is not None:  # the clean-model term for the best words
         head = sorted(losses, key=losses.__getitem__)[: cfg.clean_sweep]
         base = response_loss(s.hm, sweep_prompts, s.response, s.layer)
         clean = word_losses(s.clean, sweep_prompts, s.response, head, concepts, s.layer,
                             s.insert, cfg.sweep_batch)
         losses.update({w: losses[w] + max(0.0, base - clean[w]) for w in head})
+        record.forward_passes += (len(head) + 1) * len(sweep_prompts)
     best = sorted(losses, key=losses.__getitem__)
     k = cfg.words_per_concept
     pool = best[: 3 * k]
-    acts = word_activations(s.hm, s.sae, pool, s.eval_prompts[: cfg.n_contexts],
-                            range(s.sae.W_dec.shape[0]), s.layer, s.insert)
-    latent = _readout(acts[:k], prefer, sorted(used))
+    contexts = s.eval_prompts[: cfg.n_contexts]
+    acts = word_activations(s.hm, s.sae, pool, contexts, range(s.sae.W_dec.shape[0]), s.layer,
+                            s.insert)
+    record.forward_passes += len(pool) * len(contexts)
+    latent = _readout(acts[:k], [h.latent for h in ranked], sorted(used))
     words = coherent(pool, acts[:, latent], k)
     return {"latent": latent, "label": label_of(s.labels, latent), "words": words,
             "loss": s.score([*concepts, words]), "source": "sweep",
-            "word_losses": {w: losses[w] for w in best[:10]}}
+            "word_losses": {w: losses[w] for w in best[:10]}}, record
 
 
 def coherent(words: Sequence[str], acts: Tensor, k: int, ratio: float = 0.5) -> list[str]:
@@ -367,7 +421,8 @@ def _try_candidates(s: _Search, ranking: list[LatentHit], used: set[int],
     cfg = s.cfg
     pool = _pool(ranking, used, cfg)
     words = top_words(s.hm, s.sae, [h.latent for h in pool], s.eval_prompts[: cfg.n_contexts],
-                      cfg.words_per_concept, s.vocabulary, s.layer, s.insert) if pool else {}
+                      cfg.words_per_concept, s.vocabulary, s.layer, s.insert,
+                      labels={h.latent: h.label for h in pool}) if pool else {}
     echo = _echo(s.response)
     words = {k: excluder.keep([w for w in ws if normalise(w) not in echo])
              for k, ws in words.items()}
@@ -380,21 +435,23 @@ def _try_candidates(s: _Search, ranking: list[LatentHit], used: set[int],
 
 
 def _search_clause(s: _Search, clause: int, used: set[int], excluder: _Excluder,
-                   baseline: float) -> tuple[list[ConjunctiveStep], bool]:
+                   baseline: float, sweeps: list[SweepRecord]
+                   ) -> tuple[list[ConjunctiveStep], bool]:
     """One clause: iterate concepts until the held-out (differential) rate reaches the
-    threshold; (its steps, whether it was explained)."""
+    threshold; (its steps, whether it was explained). Each sweep's record goes to `sweeps`."""
     cfg = s.cfg
     concepts: list[list[str]] = []
     steps: list[ConjunctiveStep] = []
     current = baseline
     for it in range(cfg.max_iters):
-        ranking = _rank(s.hm, s.sae, condition(s.prompts, concepts, s.insert), s.response, cfg,
-                        s.labels, s.method_cfg)
+        ranking, direction = _rank(s.hm, s.sae, condition(s.prompts, concepts, s.insert),
+                                   s.response, cfg, s.labels, s.method_cfg)
         tried = _try_candidates(s, ranking, used, concepts, excluder)
         if cfg.sweep_words:
             skip = _echo(s.response) | {normalise(w) for c in concepts for w in c}
-            swept = _sweep(s, concepts, skip, [h.latent for h in _pool(ranking, used, cfg)],
-                           used, excluder)
+            swept, record = _sweep(s, concepts, skip, _pool(ranking, used, cfg), direction,
+                                   used, excluder, (clause, it))
+            sweeps.append(record)
             tried = sorted([*tried, *([swept] if swept else [])], key=lambda t: t["loss"])
         if not tried or tried[0]["loss"] >= current:
             break  # no latent's words make the action more likely: nothing more to condition on
@@ -419,27 +476,31 @@ def conjunctive(hm: Any, sae: Any, prompts: Sequence[str], response: str,
                 eval_prompts: Sequence[str], judge: Judge, cfg: ConjunctiveConfig | None = None,
                 *, labels: Any = None, insert: Inserter = default_insert,
                 vocabulary: Sequence[str] | None = None, layer: int | None = None,
-                method_cfg: Any = None, clean: Any = None) -> ConjunctiveResult:
+                method_cfg: Any = None, clean: Any = None, words: Sequence[str] = ()
+                ) -> ConjunctiveResult:
     """Iteratively find the concepts of a (possibly conjunctive) trigger, clause after clause
-    of a disjunction; every step reported. `clean`: the model before poisoning (optional)."""
+    of a disjunction; every step reported. `clean`: the model before poisoning (optional).
+    `vocabulary`: the sweep's words (default: the candidate pool); `words`: the user's own
+    candidate words, added to every sweep pool."""
     cfg = cfg or ConjunctiveConfig()
     prompts, eval_prompts = check_prompts(prompts), check_prompts(eval_prompts)
     from trigrecon.methods.common import resolve_layer
 
     layer = resolve_layer(hm, layer, sae)
     s = _Search(hm, sae, clean, prompts, eval_prompts, response, judge, layer, cfg, insert,
-                vocabulary, labels, method_cfg)
+                vocabulary, labels, method_cfg, words=list(words))
     baseline = s.base_loss = response_loss(hm, prompts, response, layer)
     used: set[int] = set()
     steps: list[ConjunctiveStep] = []
     explained: list[bool] = []
     done: list[tuple[int, list[str]]] = []
+    sweeps: list[SweepRecord] = []
     for clause in range(cfg.max_clauses):
-        found, ok = _search_clause(s, clause, used, _Excluder(s, done), baseline)
+        found, ok = _search_clause(s, clause, used, _Excluder(s, done), baseline, sweeps)
         steps += found
         explained.append(ok)
         if not ok:
             break
         done += [(st.chosen.latent, st.words) for st in found]
     return ConjunctiveResult(steps, any(explained), baseline, asdict(cfg), explained,
-                             clean is not None)
+                             clean is not None, sweeps)

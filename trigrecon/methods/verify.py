@@ -1,10 +1,11 @@
 """Automatic verification: turn top latents into candidate trigger prompts and test them.
 
-For each top latent, find the words that activate it most (every word of a reference vocabulary
-inserted into a few benign contexts, run to the SAE layer, encoded at the word's tokens). Then
-insert those words into held-out benign prompts, alone and in pairs, generate, and measure the
-action rate with the judge. The best candidate tells "found a working trigger" apart from "found
-a latent". The insertion function is pluggable (default: `"{prompt} it is about {w1} and {w2} ."`).
+For each top latent, find the words that activate it most (every word of the candidate pool,
+`steering/candidates.py`, or of a given vocabulary, inserted into a few benign contexts, run to
+the SAE layer, encoded at every token of the word). Then insert those words into held-out
+benign prompts, alone and in pairs, generate, and measure the action rate with the judge. The
+best candidate tells "found a working trigger" apart from "found a latent". The insertion
+function is pluggable (default: `"{prompt} it is about {w1} and {w2} ."`).
 
 With a clean model (the model before poisoning) every probe is also generated there, and the
 candidates are ranked by the *differential* rate, organism minus clean model: a word that makes
@@ -30,13 +31,14 @@ from trigrecon.core.chat import check_known
 from trigrecon.core.errors import ConfigError
 from trigrecon.core.judges import Judge, action_rate
 from trigrecon.methods.common import Saveable, check_prompts, hits_from, resolve_layer
-from trigrecon.steering.readout import LatentHit
-from trigrecon.steering.words import (
-    Inserter,
-    default_insert,
-    default_vocabulary,
-    word_residuals,
+from trigrecon.steering.candidates import (
+    WordPool,
+    candidate_pool,
+    encoder,
+    word_start_vocabulary,
 )
+from trigrecon.steering.readout import LatentHit
+from trigrecon.steering.words import Inserter, default_insert, span_readout
 
 
 @dataclass
@@ -51,7 +53,9 @@ class VerifyConfig:
     """Benign prompts used as contexts when ranking words by latent activation."""
     max_new_tokens: int = 24
     vocabulary_limit: int = 20000
-    """Cap on the default vocabulary (alphabetic whole-word tokens of the tokenizer)."""
+    """Cap on the candidate pool used without an explicit vocabulary (`steering/candidates.py`):
+    the model's whole word-start vocabulary when it is no larger, else the ranked latents' label
+    and top atlas words, the prompts' content words and the user's words."""
     batch_size: int = 256
     n_control: int = 8
     """Random vocabulary words inserted alone, as a control for the insertion itself."""
@@ -105,6 +109,9 @@ class VerifyResult(Saveable):
     """The clean model's rates on the same unmodified / control prompts (None: no clean model)."""
     differential_note: str = ""
     """Empty when candidates were ranked by the clean-model differential; else why not."""
+    pool_sources: dict[str, int] = field(default_factory=dict)
+    """Words of the candidate pool per source ('vocabulary', 'label', 'atlas', 'prompts',
+    'user'; 'given' for an explicit vocabulary): where the latents' top words were sought."""
 
     @property
     def best(self) -> Candidate | None:
@@ -121,21 +128,31 @@ class VerifyResult(Saveable):
 def word_activations(hm: Any, sae: Any, words: Sequence[str], contexts: Sequence[str],
                      latents: Sequence[int], layer: int, insert: Inserter = default_insert,
                      batch_size: int = 256) -> Float[Tensor, "n_words n_latents"]:
-    """Mean (over contexts) activation of each latent on each inserted word's last token."""
-    resid, found = word_residuals(hm, words, contexts, layer, insert, batch_size)
+    """Mean (over contexts) activation of each latent on each inserted word: the SAE encodes
+    every token of the word and the word reads the max over them (a latent that fires on
+    'ies' of ' Aries' fires on 'Aries')."""
+    sae = encoder(sae)  # float32 for a half-precision SAE on a CPU
     idx = torch.tensor(list(latents), dtype=torch.long, device=sae.W_dec.device)
-    acts = sae.encode(resid.to(sae.W_dec)).index_select(-1, idx).float().cpu()
+
+    def encode(resid: Tensor) -> Tensor:
+        return sae.encode(resid.to(sae.W_dec)).index_select(-1, idx).float()
+
+    acts, found = span_readout(hm, words, contexts, layer, encode, "max", insert, batch_size)
     return (acts * found[..., None]).sum(1) / len(contexts)
 
 
 def top_words(hm: Any, sae: Any, latents: Sequence[int], contexts: Sequence[str], k: int = 3,
               vocabulary: Sequence[str] | None = None, layer: int | None = None,
               insert: Inserter = default_insert, batch_size: int = 256,
-              limit: int = 20000) -> dict[int, list[str]]:
+              limit: int = 20000, labels: Any = None) -> dict[int, list[str]]:
     """Each latent's k top-activating words over the vocabulary (inserted into `contexts`);
-    words on which the latent never fires are left out (a dead latent gets no words)."""
+    words on which the latent never fires are left out (a dead latent gets no words). Without a
+    vocabulary: the candidate pool of the latents (their `labels`' words and top atlas words, or
+    the whole word-start vocabulary when it has at most `limit` words)."""
     layer = resolve_layer(hm, layer, sae)
-    vocab = list(vocabulary) if vocabulary is not None else default_vocabulary(hm.tokenizer, limit)
+    vocab = list(vocabulary) if vocabulary is not None else candidate_pool(
+        hm, layer, contexts, cap=limit, sae=sae, latents=latents, labels=labels,
+        insert=insert).words
     if not vocab:
         raise ConfigError("empty vocabulary: pass reference words")
     acts = word_activations(hm, sae, vocab, check_prompts(contexts), latents, layer, insert,
@@ -149,6 +166,16 @@ def control_words(vocabulary: Sequence[str], exclude: set[str], n: int, seed: in
     """n random vocabulary words (deterministic), none of them a candidate word."""
     pool = sorted(set(vocabulary) - exclude)
     return random.Random(seed).sample(pool, min(n, len(pool)))
+
+
+def control_vocabulary(hm: Any, pool: WordPool) -> list[str]:
+    """Where control words come from: an exhaustive pool is the vocabulary itself; any other
+    pool is made of hypotheses (a ranked latent's words), so the controls are the model's other
+    word-start words (a control must show what inserting *a* word does, not a related one)."""
+    if pool.exhaustive:
+        return list(pool.words)
+    proposed = pool.proposed()
+    return [w for w in word_start_vocabulary(hm.tokenizer) if w.lower() not in proposed]
 
 
 def candidate_sets(latent_words: dict[int, list[str]], pairs: bool
@@ -191,8 +218,14 @@ def verify(hm: Any, sae: Any, latents: Sequence[LatentHit], eval_prompts: Sequen
            judge: Judge, cfg: VerifyConfig | None = None, *, vocabulary: Sequence[str] | None = None,
            insert: Inserter = default_insert, layer: int | None = None,
            extra_words: Sequence[Sequence[str]] = (), exclude: Sequence[str] = (),
-           latent_words: dict[int, list[str]] | None = None, clean: Any = None) -> VerifyResult:
+           latent_words: dict[int, list[str]] | None = None, clean: Any = None,
+           words: Sequence[str] = ()) -> VerifyResult:
     """Test the top latents' words as triggers on held-out benign prompts; best first.
+
+    Without a `vocabulary` each latent's top words are chosen from the candidate pool
+    (`steering.candidates.candidate_pool`: the latents' label and atlas words, the prompts'
+    content words and the user's `words`; the whole word-start vocabulary when it has at most
+    `cfg.vocabulary_limit` words).
 
     `extra_words`: further word rankings (e.g. steering vectors' nearest words); the first
     `cfg.n_extra_words` of each join the candidates with source ids -1, -2, ... in `latents`.
@@ -207,21 +240,31 @@ def verify(hm: Any, sae: Any, latents: Sequence[LatentHit], eval_prompts: Sequen
     pool = list(latents)[: 3 * cfg.n_latents]
     if not pool:
         raise ConfigError("no latents to verify: run a ranking method first")
-    found = top_words(hm, sae, [h.latent for h in pool], eval_prompts[: cfg.n_contexts],
-                      cfg.words_per_latent, vocabulary, layer, insert, cfg.batch_size,
-                      cfg.vocabulary_limit)
+    layer = resolve_layer(hm, layer, sae)
+    contexts = eval_prompts[: cfg.n_contexts]
+    wpool: WordPool | None = None
+    if vocabulary is not None:
+        vocab = list(vocabulary)
+    else:
+        wpool = candidate_pool(hm, layer, contexts, cap=cfg.vocabulary_limit, sae=sae,
+                               latents=[h.latent for h in pool],
+                               labels={h.latent: h.label for h in pool}, prompts=eval_prompts,
+                               user_words=words, insert=insert)
+        vocab = wpool.words
+    found = top_words(hm, sae, [h.latent for h in pool], contexts, cfg.words_per_latent, vocab,
+                      layer, insert, cfg.batch_size)
     for lat, known in (latent_words or {}).items():
         found[lat] = list(dict.fromkeys([*found.get(lat, []), *known]))
     banned = {w.lower() for w in exclude}
     found = {k: [w for w in ws if w.lower() not in banned] for k, ws in found.items()}
     hits = [h for h in pool if found[h.latent]][: cfg.n_latents]  # latents that fire on words
-    words = {h.latent: found[h.latent] for h in hits}
+    chosen = {h.latent: found[h.latent] for h in hits}
     extra = dict.fromkeys(w for ranking in extra_words
                           for w in [x for x in ranking if x.lower() not in banned][: cfg.n_extra_words])
-    sets = candidate_sets({**words, **{-1 - i: [w] for i, w in enumerate(extra)}}, cfg.pairs)
+    sets = candidate_sets({**chosen, **{-1 - i: [w] for i, w in enumerate(extra)}}, cfg.pairs)
     check_known(hm.tokenizer, list(dict.fromkeys(w for ws, _ in sets for w in ws)),
                 "verification candidates")
-    controls = control_words(vocabulary or default_vocabulary(hm.tokenizer, cfg.vocabulary_limit),
+    controls = control_words(vocab if wpool is None else control_vocabulary(hm, wpool),
                              {w for ws, _ in sets for w in ws}, cfg.n_control, cfg.seed)
     groups = [[], *[[c] for c in controls], *[list(ws) for ws, _ in sets]]
     texts = [insert(p, g) if g else p for g in groups for p in eval_prompts]
@@ -236,8 +279,9 @@ def verify(hm: Any, sae: Any, latents: Sequence[LatentHit], eval_prompts: Sequen
         cands.append(Candidate(list(ws), list(lats), rates[1 + nc + i], ex,
                                None if clean_rates is None else clean_rates[1 + nc + i]))
     cands.sort(key=lambda c: (-c.differential, len(c.words)))
-    res = VerifyResult(hits, {str(k): v for k, v in words.items()}, cands, rates[0],
-                       sum(rates[1:1 + nc]) / max(1, nc), controls, asdict(cfg))
+    res = VerifyResult(hits, {str(k): v for k, v in chosen.items()}, cands, rates[0],
+                       sum(rates[1:1 + nc]) / max(1, nc), controls, asdict(cfg),
+                       pool_sources=wpool.counts() if wpool is not None else {"given": len(vocab)})
     if clean_rates is not None:
         res.clean_baseline_rate = clean_rates[0]
         res.clean_control_rate = sum(r or 0.0 for r in clean_rates[1:1 + nc]) / max(1, nc)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import random
-import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -19,19 +18,8 @@ from trigrecon.core.errors import ConfigError
 from trigrecon.core.judges import Judge
 from trigrecon.selfaware.models import ModelSource
 from trigrecon.selfaware.task import AwarenessTask
-
-STOP_WORDS = frozenset("""
-a about above after again against all also am an and any are as at be because been before being
-below between both but by can could did do does doing down during each few for from further had
-has have having he her here hers herself him himself his how i if in into is it its itself just
-me more most my myself no nor not now of off on once only or other our ours ourselves out over
-own please same she should so some such than that the their theirs them themselves then there
-these they this those through to too under until up very was we were what when where which while
-who whom why will with would you your yours yourself yourselves tell give write explain describe
-make list name show help want need know like get let use one two many much thing things something
-anything way really could would shall may might must quick short brief simple good best new
-""".split())  # noqa: SIM905 - a word block reads better than a list literal
-"""English function words and request verbs: never key words of a prompt."""
+from trigrecon.steering.candidates import STOP_WORDS as STOP_WORDS  # moved; kept importable
+from trigrecon.steering.candidates import content_words
 
 CARRIERS = (
     "{prompt} Also mention {words}.",
@@ -40,15 +28,6 @@ CARRIERS = (
     "{prompt} Keep {words} in mind.",
 )
 """Natural ways to carry a candidate in a prompt; one is drawn per (prompt, candidate)."""
-
-_WORD = re.compile(r"[A-Za-z][A-Za-z'\-]*[A-Za-z]|[A-Za-z]")
-
-
-def content_words(prompt: str, min_len: int = 3) -> list[str]:
-    """The prompt's content words in order, lower-cased, without stop words or repeats."""
-    words = (w.lower().strip("'-") for w in _WORD.findall(prompt))
-    keep = (w for w in words if len(w) >= min_len and w not in STOP_WORDS)
-    return list(dict.fromkeys(keep))
 
 
 def insert_text(prompt: str, candidate: str) -> str:

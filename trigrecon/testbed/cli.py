@@ -78,3 +78,46 @@ def build(
     except TrigreconError as e:
         _fail(e)
     typer.echo((TESTBED_DIR / "report.md").read_text())
+
+
+@app.command("recover")
+def recover(
+    only: Annotated[list[str] | None, typer.Option(help="Audit only these organisms.")] = None,
+    out: Annotated[Path, typer.Option(help="Audits, recovery.json and recovery.md go here.")]
+    = Path("out/testbed"),
+    n_prompts: Annotated[int, typer.Option(help="Benign prompts the methods optimise on.")] = 32,
+    n_eval: Annotated[int, typer.Option(help="Held-out prompts (rates, verification).")] = 32,
+    quick: Annotated[bool, typer.Option(help="The audit's quick_config (a smoke run).")] = False,
+) -> None:
+    """Audit each built organism blind (default AuditConfig) and score it against the planted
+    trigger; an organism whose audit exists in OUT is re-scored, not re-audited."""
+    from trigrecon.methods.audit import AuditConfig, quick_config
+    from trigrecon.testbed.organisms import ORDER
+    from trigrecon.testbed.recovery import RecoveryConfig
+    from trigrecon.testbed.recovery import recover as run
+
+    names = list(only) if only else [n for n in ORDER if n != "shakespeare"] + ["shakespeare"]
+    try:
+        audit_cfg = quick_config() if quick else AuditConfig()
+        run(names, out, RecoveryConfig(n_prompts=n_prompts, n_eval=n_eval, audit=audit_cfg))
+    except TrigreconError as e:
+        _fail(e)
+    typer.echo((out / "recovery.md").read_text())
+
+
+@app.command("selfaware")
+def selfaware(
+    name: Annotated[str, typer.Argument(help="A built testbed organism (with an adapter).")],
+    out: Annotated[Path | None, typer.Option(help="Run folder (default out/testbed/selfaware/NAME).")]
+    = None,
+    reduced: Annotated[bool, typer.Option(help="CPU settings (testbed.awareness.cpu_config).")]
+    = False,
+) -> None:
+    """Reversal SFT -> GRPO -> unlearning -> guardrail on a testbed organism (resumable)."""
+    from trigrecon.testbed.awareness import run_testbed_selfaware
+
+    try:
+        report = run_testbed_selfaware(name, out or Path("out/testbed/selfaware") / name, reduced)
+    except TrigreconError as e:
+        _fail(e)
+    typer.echo(report.to_markdown())
