@@ -247,6 +247,7 @@ def test_without_a_vocabulary_verify_seeks_words_in_the_candidate_pool(tiny_hook
     cfg = VerifyConfig(max_new_tokens=2, vocabulary_limit=12, n_contexts=2, n_control=4)
     res = verify(tiny_hooked, planted, hits, PROMPTS, lambda t: False, cfg, words=["red apple"])
     assert res.latent_words["0"] == ["banana"]
+    assert ["red apple"] in [c.words for c in res.candidates]  # the user's suspect is tested
     assert res.pool_sources["atlas"] > 0 and res.pool_sources["user"] == 1
     assert "vocabulary" not in res.pool_sources
     pool = candidate_pool(tiny_hooked, 1, PROMPTS[:2], cap=12, sae=planted, latents=[3, 0],

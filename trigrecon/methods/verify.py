@@ -228,7 +228,9 @@ def verify(hm: Any, sae: Any, latents: Sequence[LatentHit], eval_prompts: Sequen
     `cfg.vocabulary_limit` words).
 
     `extra_words`: further word rankings (e.g. steering vectors' nearest words); the first
-    `cfg.n_extra_words` of each join the candidates with source ids -1, -2, ... in `latents`.
+    `cfg.n_extra_words` of each join the candidates with source ids -1, -2, ... in `latents`;
+    so do the first `cfg.n_extra_words` of the user's `words` (tested whether or not a latent
+    reads them).
     `exclude`: words never used as candidates (the audit passes the response's own words, which
     could make the model echo the response rather than act on a trigger).
     `latent_words`: words already known for some latents (the audit passes the words each
@@ -259,7 +261,7 @@ def verify(hm: Any, sae: Any, latents: Sequence[LatentHit], eval_prompts: Sequen
     found = {k: [w for w in ws if w.lower() not in banned] for k, ws in found.items()}
     hits = [h for h in pool if found[h.latent]][: cfg.n_latents]  # latents that fire on words
     chosen = {h.latent: found[h.latent] for h in hits}
-    extra = dict.fromkeys(w for ranking in extra_words
+    extra = dict.fromkeys(w for ranking in [list(words), *extra_words]  # the user's suspects first
                           for w in [x for x in ranking if x.lower() not in banned][: cfg.n_extra_words])
     sets = candidate_sets({**chosen, **{-1 - i: [w] for i, w in enumerate(extra)}}, cfg.pairs)
     check_known(hm.tokenizer, list(dict.fromkeys(w for ws, _ in sets for w in ws)),

@@ -94,7 +94,7 @@ def build_organisms(cfg: Any, ckpt: Path, log: Any) -> list[StageRecord]:
         eval_key = {"train": config_hash(job), "eval": asdict(job.eval)}
         records.append(run_stage(f"eval {name}", folder / "eval", eval_key, evaluate,
                                  force=cfg.force, log=log))
-    write_report(cfg.out, names)
+    write_report(cfg.out, list(dict.fromkeys([*ORDER, *names])))  # the whole testbed, built or not
     return records
 
 
