@@ -113,6 +113,8 @@ def estimate(cfg: Any, methods: list[str], s: _Shape, layer: int, n_prompts: int
         c = cfg.conjunctive
         per_iter = (train_tok + c.n_candidates * n_prompts * s.tokens * s.forward()
                     + c.sweep_words * c.sweep_prompts * s.tokens * s.forward()
+                    + (mult - 1) * min(c.clean_sweep, c.sweep_words) * c.sweep_prompts
+                    * s.tokens * s.forward()  # the sweep's best words rescored on the clean model
                     + mult * s.generate(n_eval, c.max_new_tokens))
         out["conjunctive"] = 1.5 * c.max_iters * per_iter  # later clauses: about half again
     if "verify" in methods or "conjunctive" in methods:  # the token atlas, once per audit
