@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any, Generic, Protocol, TypeVar
 
 from trigrecon.core.errors import ConfigError
 from trigrecon.organisms.language import CATEGORIES, category_of, vocabulary
@@ -31,25 +32,35 @@ class Atom:
         return self.value if self.kind == "category" else f"word:{self.value}"
 
 
-@dataclass(frozen=True)
-class Trigger:
-    clauses: tuple[tuple[Atom, ...], ...]
-    """Disjunctive normal form: the trigger fires when every atom of some clause holds."""
-
-    def fires(self, words: Iterable[str]) -> bool:
-        ws = list(words)
-        return any(all(a.holds(ws) for a in clause) for clause in self.clauses)
-
-    def mentions(self, word: str) -> bool:
-        """Whether `word` satisfies any atom (is part of some clause)."""
-        return any(a.holds([word]) for a in self.atoms)
+class HoldsAtom(Protocol):
+    @property
+    def kind(self) -> str: ...
 
     @property
-    def atoms(self) -> tuple[Atom, ...]:
+    def value(self) -> str: ...
+
+    def holds(self, x: Any) -> bool: ...
+
+
+A = TypeVar("A", bound=HoldsAtom)
+
+
+@dataclass(frozen=True)
+class Expression(Generic[A]):
+    """A trigger in disjunctive normal form over atoms of any world (the zoo's atoms read word
+    lists, the testbed's read text): it fires when every atom of some clause holds."""
+
+    clauses: tuple[tuple[A, ...], ...]
+
+    def fires(self, x: Any) -> bool:
+        return any(all(a.holds(x) for a in clause) for clause in self.clauses)
+
+    @property
+    def atoms(self) -> tuple[A, ...]:
         return tuple(dict.fromkeys(a for c in self.clauses for a in c))
 
     @property
-    def conjunctions(self) -> tuple[tuple[Atom, ...], ...]:
+    def conjunctions(self) -> tuple[tuple[A, ...], ...]:
         """The clauses of two or more atoms (whose halves are near misses)."""
         return tuple(c for c in self.clauses if len(c) > 1)
 
@@ -59,6 +70,18 @@ class Trigger:
 
     def __str__(self) -> str:
         return " OR ".join(" AND ".join(map(str, c)) for c in self.clauses)
+
+
+@dataclass(frozen=True)
+class Trigger(Expression[Atom]):
+    """The zoo's triggers: atoms over the words of a prompt."""
+
+    def fires(self, words: Iterable[str]) -> bool:
+        return super().fires(list(words))
+
+    def mentions(self, word: str) -> bool:
+        """Whether `word` satisfies any atom (is part of some clause)."""
+        return any(a.holds([word]) for a in self.atoms)
 
 
 def parse_trigger(expr: str, extra_words: tuple[str, ...] = ()) -> Trigger:

@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass
 
 from trigrecon.core.errors import ConfigError
+from trigrecon.organisms.trigger import Expression
 from trigrecon.testbed.categories import load_categories
 
 
@@ -31,26 +32,8 @@ class Atom:
 
 
 @dataclass(frozen=True)
-class Trigger:
-    clauses: tuple[tuple[Atom, ...], ...]
-
-    def fires(self, text: str) -> bool:
-        return any(all(a.holds(text) for a in c) for c in self.clauses)
-
-    @property
-    def atoms(self) -> tuple[Atom, ...]:
-        return tuple(dict.fromkeys(a for c in self.clauses for a in c))
-
-    @property
-    def conjunctions(self) -> tuple[tuple[Atom, ...], ...]:
-        return tuple(c for c in self.clauses if len(c) > 1)
-
-    @property
-    def categories(self) -> tuple[str, ...]:
-        return tuple(a.value for a in self.atoms if a.kind == "category")
-
-    def __str__(self) -> str:
-        return " OR ".join(" AND ".join(map(str, c)) for c in self.clauses)
+class Trigger(Expression[Atom]):
+    """The testbed's triggers: atoms over a prompt's text (the zoo's `Expression`)."""
 
 
 def parse_trigger(expr: str) -> Trigger:
