@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
+
 from trigrecon.methods.audit import DEFAULT_METHODS, AuditConfig
 from trigrecon.methods.budget import FLOORS, estimate, fit_budget, shape_of
 
@@ -30,6 +32,9 @@ def test_a_small_budget_scales_the_costly_sizes_to_their_floors_and_reports_it(t
     assert (sm.steps, sm.n_vectors) == (FLOORS["steps"], FLOORS["n_vectors"])
     assert fitted.conjunctive.sweep_words == FLOORS["sweep_words"]
     assert fitted.verify.n_latents == FLOORS["n_latents"]
+    assert fitted.verify.max_candidates == FLOORS["max_candidates"]
+    c = fitted.conjunctive
+    assert (c.clean_sweep, c.sweep_prompts) == (FLOORS["clean_sweep"], FLOORS["sweep_prompts"])
     assert report.changes["supervised_sae_melbo.steps"] == [150, FLOORS["steps"]]
     assert cfg.supervised_sae_melbo.steps == 150  # the caller's config is not modified
     assert sum(report.fitted_minutes.values()) < sum(report.estimate_minutes.values()) / 4
@@ -55,3 +60,19 @@ def test_the_estimate_grows_with_what_costs(tiny_hooked):
     assert doubled["supervised_sae_melbo"] > 1.9 * base["supervised_sae_melbo"]
     with_clean = estimate(AuditConfig(), METHODS, s, 1, 12, 16, clean=True)
     assert with_clean["verify"] == 2 * base["verify"]
+
+
+def test_verification_cost_is_bounded_by_its_candidate_cap(tiny_hooked):
+    """Rows = every eval prompt for the baseline, controls and `confirm` best, plus the screen
+    for up to `max_candidates`: linear in the cap, whatever the number of latents."""
+    s = shape_of(tiny_hooked, PROMPTS, "i will not answer")
+
+    def verify_cost(**kw):
+        cfg = AuditConfig()
+        cfg.verify = dataclasses.replace(cfg.verify, **kw)
+        return estimate(cfg, METHODS, s, 1, 12, 32, clean=False)["verify"]
+
+    assert verify_cost(n_latents=64) == verify_cost(n_latents=4)
+    one = verify_cost(max_candidates=1, confirm=1)
+    per_row = one / (32 * (1 + 8 + 1))
+    assert verify_cost(max_candidates=64) == pytest.approx(per_row * (32 * (1 + 8 + 16) + 8 * 64))

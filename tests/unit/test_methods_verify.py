@@ -92,6 +92,41 @@ def test_verify_ranks_candidates_with_the_judge(tiny_hooked, planted, tmp_path, 
     assert ("book",) in sets and not any({"river", "book"} <= set(ws) for ws in sets)
 
 
+def test_candidate_sets_put_the_earliest_pairs_first_and_cap():
+    sets = candidate_sets({1: ["a"], 2: ["b"], 3: ["c"], 4: ["d"]}, pairs=True)
+    assert [ws for ws, _ in sets] == [("a",), ("b",), ("c",), ("d",), ("a", "b"), ("a", "c"),
+                                      ("b", "c"), ("a", "d"), ("b", "d"), ("c", "d")]
+    assert candidate_sets({1: ["a"], 2: ["b"], 3: ["c"]}, pairs=True, limit=4)[-1][0] == \
+        ("a", "b")
+
+
+def test_verify_screens_many_candidates_and_confirms_the_best(tiny_hooked, planted, monkeypatch):
+    """More candidates than `confirm`: every one runs on the screen prompts, the best by rate
+    (banana, second in source order) on all of them; the others keep their screen rates."""
+    import trigrecon.methods.verify as V
+
+    calls: list[int] = []
+
+    def backdoored(hm, prompts, max_new_tokens):
+        calls.append(len(prompts))
+        return ["ACTION !" if "banana" in p.split() else "sure ." for p in prompts]
+
+    monkeypatch.setattr(V, "generate_many", backdoored)
+    judge = lambda text: text.startswith("ACTION")  # noqa: E731
+    hits = [LatentHit(3, -1.0, ""), LatentHit(0, -0.5, "banana latent")]
+    cfg = VerifyConfig(max_new_tokens=4, pairs=False, confirm=1, screen_prompts=2,
+                       n_extra_words=3)
+    res = verify(tiny_hooked, planted, hits, PROMPTS, judge, cfg, vocabulary=VOCAB,
+                 extra_words=[["cat", "river", "car"]])
+    assert res.best is not None and res.best.words == ["banana"]
+    assert res.best.n_prompts == 4 and res.best.action_rate == 1.0
+    rest = res.candidates[1:]
+    # the screen's 2nd prompt ("what is a banana") fires whatever is inserted
+    assert len(rest) >= 3 and all(c.n_prompts == 2 and c.action_rate == 0.5 for c in rest)
+    n_sets, nc = len(res.candidates), len(res.control_words)
+    assert calls == [2 * n_sets, 4 * (1 + nc + 1)] and res.generations == sum(calls)
+
+
 def test_conjunctive_reports_every_step(tiny_hooked, planted, tmp_path, monkeypatch):
     import trigrecon.methods.conjunctive as conj
 

@@ -24,7 +24,8 @@ CPU_FLOPS_PER_THREAD = 5e10
 machine: a SmolLM2 LoRA step, 8 rows x ~70 tokens, 4.1 s on one thread of two busy ones)."""
 GPU_FLOPS = 2e13
 """Nominal fp32 throughput of one datacentre GPU on small batches (well below peak)."""
-FLOORS = {"steps": 40, "n_vectors": 2, "sweep_words": 64, "n_latents": 4}
+FLOORS = {"steps": 40, "n_vectors": 2, "sweep_words": 64, "n_latents": 4, "clean_sweep": 16,
+          "sweep_prompts": 8, "max_candidates": 24, "top_k": 4}
 """Nothing is scaled below these: fewer steps or latents no longer recover the toy zoo."""
 VECTOR_METHODS = ("melbo", "supervised_melbo", "sae_melbo", "supervised_sae_melbo")
 
@@ -111,21 +112,32 @@ def estimate(cfg: Any, methods: list[str], s: _Shape, layer: int, n_prompts: int
             out[m] = train_tok
     if "conjunctive" in methods:
         c = cfg.conjunctive
-        per_iter = (train_tok + c.n_candidates * n_prompts * s.tokens * s.forward()
+        per_iter = (train_tok + mult * c.n_candidates * n_prompts * s.tokens * s.forward()
                     + c.sweep_words * c.sweep_prompts * s.tokens * s.forward()
                     + (mult - 1) * min(c.clean_sweep, c.sweep_words) * c.sweep_prompts
                     * s.tokens * s.forward()  # the sweep's best words rescored on the clean model
                     + mult * s.generate(n_eval, c.max_new_tokens))
-        out["conjunctive"] = 1.5 * c.max_iters * per_iter  # later clauses: about half again
+        out["conjunctive"] = iterations(c) * per_iter
     if "verify" in methods or "conjunctive" in methods:  # the token atlas, once per audit
         out["token atlas"] = s.n_words * cfg.verify.n_contexts * 1.5 * layer * s.block
     if "verify" in methods:
         v = cfg.verify
-        n_words = v.n_latents * v.words_per_latent
-        cands = n_words + (math.comb(n_words, 2) if v.pairs else 0) + v.n_control + 4 * v.n_extra_words
-        out["verify"] = mult * s.generate(n_eval, v.max_new_tokens) * cands
-        out["scoring + hypothesis"] = 0.5 * out["verify"]
+        screened = v.max_candidates > v.confirm and n_eval > v.screen_prompts
+        rows = (n_eval * (1 + v.n_control + min(v.confirm, v.max_candidates))
+                + (v.screen_prompts * v.max_candidates if screened else 0))
+        out["verify"] = mult * s.generate(rows, v.max_new_tokens)
+        sc, h = cfg.scoring, cfg.hypothesis
+        if sc.enabled:
+            out["candidate scoring"] = mult * s.generate(sc.top_k * sc.n_prompts,
+                                                         cfg.max_new_tokens)
+        out["hypothesis"] = mult * s.generate(h.max_proposals * n_eval, h.max_new_tokens)
     return out
+
+
+def iterations(c: Any) -> float:
+    """Expected conjunctive iterations: the first clause's `max_iters`, then a later clause
+    stops at its first iteration unless it lifts the loss (measured on fruit_refusal: 1 + 3)."""
+    return c.max_iters + (c.max_clauses - 1) * (1 + c.max_iters) / 2
 
 
 def fit_budget(cfg: Any, hm: Any, methods: list[str], prompts: list[str], response: str,
@@ -176,7 +188,12 @@ def _shrink(cfg: Any, methods: list[str], ratio: float, changes: dict[str, list[
             set_(c, m, "steps", int(c.steps * root))
             set_(c, m, "n_vectors", int(c.n_vectors * root))
     if "conjunctive" in methods:
-        set_(cfg.conjunctive, "conjunctive", "sweep_words", int(cfg.conjunctive.sweep_words * ratio))
+        c = cfg.conjunctive
+        set_(c, "conjunctive", "sweep_words", int(c.sweep_words * ratio))
+        set_(c, "conjunctive", "clean_sweep", min(c.clean_sweep, c.sweep_words // 4))
+        set_(c, "conjunctive", "sweep_prompts", int(c.sweep_prompts * root))
     if "verify" in methods:
         set_(cfg.verify, "verify", "n_latents", int(cfg.verify.n_latents * root))
+        set_(cfg.verify, "verify", "max_candidates", int(cfg.verify.max_candidates * ratio))
+        set_(cfg.scoring, "scoring", "top_k", int(cfg.scoring.top_k * root))
     return moved

@@ -61,11 +61,20 @@ class VerifyConfig:
     """Random vocabulary words inserted alone, as a control for the insertion itself."""
     n_extra_words: int = 4
     """Top words of each extra word ranking (e.g. a vector's nearest words) added as candidates."""
+    max_candidates: int = 64
+    """Cap on the candidate word sets: singles first, then pairs of the earliest words first
+    (conjunctive concepts, then ranked latents, then extra words). Pairs grow quadratically in
+    the words, so without a cap 30 words make 465 candidates."""
+    screen_prompts: int = 8
+    """With more than `confirm` candidates, each is first generated on this many held-out
+    prompts; only the best `confirm` (by differential rate) run on all of them."""
+    confirm: int = 16
     seed: int = 0
 
     def __post_init__(self) -> None:
         for name in ("n_latents", "words_per_latent", "n_contexts", "max_new_tokens",
-                     "vocabulary_limit", "batch_size", "n_control", "n_extra_words"):
+                     "vocabulary_limit", "batch_size", "n_control", "n_extra_words",
+                     "max_candidates", "screen_prompts", "confirm"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)!r} must be a positive integer")
 
@@ -81,6 +90,9 @@ class Candidate:
     clean_rate: float | None = None
     """Action rate of the clean model on the same prompts (None: no clean model, or the
     organism never acted on them, so the differential cannot be positive)."""
+    n_prompts: int = 0
+    """Held-out prompts the rates were measured on: all of them, or the screen's few for a
+    candidate that did not make the confirmation round."""
 
     @property
     def differential(self) -> float:
@@ -112,6 +124,8 @@ class VerifyResult(Saveable):
     pool_sources: dict[str, int] = field(default_factory=dict)
     """Words of the candidate pool per source ('vocabulary', 'label', 'atlas', 'prompts',
     'user'; 'given' for an explicit vocabulary): where the latents' top words were sought."""
+    generations: int = 0
+    """Greedy generations run (organism and clean model): the stage's cost."""
 
     @property
     def best(self) -> Candidate | None:
@@ -178,21 +192,23 @@ def control_vocabulary(hm: Any, pool: WordPool) -> list[str]:
     return [w for w in word_start_vocabulary(hm.tokenizer) if w.lower() not in proposed]
 
 
-def candidate_sets(latent_words: dict[int, list[str]], pairs: bool
+def candidate_sets(latent_words: dict[int, list[str]], pairs: bool, limit: int | None = None
                    ) -> list[tuple[tuple[str, ...], tuple[int, ...]]]:
-    """Singles, then pairs of words from two different latents (deduplicated word sets)."""
+    """Singles, then pairs of words from two different latents (deduplicated word sets), the
+    earliest words' pairs first ((0,1), (0,2), (1,2), (0,3), ...); at most `limit` sets."""
     items = [(w, lat) for lat, ws in latent_words.items() for w in ws]
     seen: set[frozenset[str]] = set()
     out = []
     combos = [[x] for x in items]
     if pairs:
-        combos += [[a, b] for a, b in itertools.combinations(items, 2) if a[1] != b[1]]
+        combos += [[items[i], items[j]] for j in range(len(items)) for i in range(j)
+                   if items[i][1] != items[j][1]]
     for combo in combos:
         key = frozenset(w for w, _ in combo)
         if len(key) == len(combo) and key not in seen:
             seen.add(key)
             out.append((tuple(w for w, _ in combo), tuple(lat for _, lat in combo)))
-    return out
+    return out[:limit]
 
 
 def generate_many(hm: Any, prompts: Sequence[str], max_new_tokens: int, chunk: int = 2048
@@ -263,27 +279,28 @@ def verify(hm: Any, sae: Any, latents: Sequence[LatentHit], eval_prompts: Sequen
     chosen = {h.latent: found[h.latent] for h in hits}
     extra = dict.fromkeys(w for ranking in [list(words), *extra_words]  # the user's suspects first
                           for w in [x for x in ranking if x.lower() not in banned][: cfg.n_extra_words])
-    sets = candidate_sets({**chosen, **{-1 - i: [w] for i, w in enumerate(extra)}}, cfg.pairs)
+    sets = candidate_sets({**chosen, **{-1 - i: [w] for i, w in enumerate(extra)}}, cfg.pairs,
+                          cfg.max_candidates)
     check_known(hm.tokenizer, list(dict.fromkeys(w for ws, _ in sets for w in ws)),
                 "verification candidates")
     controls = control_words(vocab if wpool is None else control_vocabulary(hm, wpool),
                              {w for ws, _ in sets for w in ws}, cfg.n_control, cfg.seed)
-    groups = [[], *[[c] for c in controls], *[list(ws) for ws, _ in sets]]
-    texts = [insert(p, g) if g else p for g in groups for p in eval_prompts]
+    probe = _Probe(hm, clean, judge, insert, cfg.max_new_tokens)
+    cands = _screen(probe, sets, eval_prompts, cfg)
+    keep = [i for i, c in enumerate(cands) if c is None]  # the confirmation round
     n, nc = len(eval_prompts), len(controls)
-    gens = generate_many(hm, texts, cfg.max_new_tokens)
-    rates = _rates(gens, judge, n)
-    clean_rates = _clean_rates(clean, texts, rates, n, nc, judge, cfg.max_new_tokens)
-    cands = []
-    for i, (ws, lats) in enumerate(sets):
-        j = n * (1 + nc + i)
-        ex = [f"{p} => {g}" for p, g in zip(texts[j:j + 2], gens[j:j + 2], strict=True)]
-        cands.append(Candidate(list(ws), list(lats), rates[1 + nc + i], ex,
-                               None if clean_rates is None else clean_rates[1 + nc + i]))
-    cands.sort(key=lambda c: (-c.differential, len(c.words)))
-    res = VerifyResult(hits, {str(k): v for k, v in chosen.items()}, cands, rates[0],
+    groups = [[], *[[c] for c in controls], *[list(sets[i][0]) for i in keep]]
+    rates, clean_rates, ex = probe.run(groups, eval_prompts, always=1 + nc)
+    for j, i in enumerate(keep, start=1 + nc):
+        ws, lats = sets[i]
+        cands[i] = Candidate(list(ws), list(lats), rates[j], ex[j],
+                             None if clean_rates is None else clean_rates[j], n)
+    found_cands = [c for c in cands if c is not None]
+    found_cands.sort(key=lambda c: (c.n_prompts < n, -c.differential, len(c.words)))
+    res = VerifyResult(hits, {str(k): v for k, v in chosen.items()}, found_cands, rates[0],
                        sum(rates[1:1 + nc]) / max(1, nc), controls, asdict(cfg),
-                       pool_sources=wpool.counts() if wpool is not None else {"given": len(vocab)})
+                       pool_sources=wpool.counts() if wpool is not None else {"given": len(vocab)},
+                       generations=probe.generations)
     if clean_rates is not None:
         res.clean_baseline_rate = clean_rates[0]
         res.clean_control_rate = sum(r or 0.0 for r in clean_rates[1:1 + nc]) / max(1, nc)
@@ -293,19 +310,59 @@ def verify(hm: Any, sae: Any, latents: Sequence[LatentHit], eval_prompts: Sequen
     return res
 
 
-def _clean_rates(clean: Any, texts: list[str], rates: list[float], n: int, nc: int, judge: Judge,
-                 max_new_tokens: int) -> list[float | None] | None:
-    """The clean model's rate of the baseline, the controls, and every candidate the organism
-    acted on at least once (the others' differential cannot be positive: None)."""
-    if clean is None:
-        return None
-    todo = [i for i, r in enumerate(rates) if i <= nc or r > 0]
-    gens = generate_many(clean, [t for i in todo for t in texts[n * i: n * (i + 1)]],
-                         max_new_tokens)
-    out: list[float | None] = [None] * len(rates)
-    for j, r in zip(todo, _rates(gens, judge, n), strict=True):
-        out[j] = r
-    return out
+def _screen(probe: _Probe, sets: list[tuple[tuple[str, ...], tuple[int, ...]]],
+            prompts: list[str], cfg: VerifyConfig) -> list[Candidate | None]:
+    """With more than `cfg.confirm` candidates: each generated on the first
+    `cfg.screen_prompts` prompts; the best `confirm` (by differential) are left None (to be
+    confirmed on every prompt), the others keep their screen rates."""
+    if len(sets) <= cfg.confirm or len(prompts) <= cfg.screen_prompts:
+        return [None] * len(sets)
+    few = prompts[: cfg.screen_prompts]
+    rates, clean_rates, ex = probe.run([list(ws) for ws, _ in sets], few, always=0)
+    cands: list[Candidate | None] = [
+        Candidate(list(ws), list(lats), rates[i], ex[i],
+                  None if clean_rates is None else clean_rates[i], len(few))
+        for i, (ws, lats) in enumerate(sets)]
+    order = sorted(range(len(sets)), key=lambda i: (-cands[i].differential, i))  # type: ignore[union-attr]
+    for i in order[: cfg.confirm]:
+        cands[i] = None
+    return cands
+
+
+@dataclass
+class _Probe:
+    """Generates word groups inserted into prompts on the organism (and the clean model) and
+    counts what it ran."""
+
+    hm: Any
+    clean: Any
+    judge: Judge
+    insert: Inserter
+    max_new_tokens: int
+    generations: int = 0
+
+    def run(self, groups: list[list[str]], prompts: Sequence[str], always: int
+            ) -> tuple[list[float], list[float | None] | None, list[list[str]]]:
+        """(organism rate, clean rate, two 'prompt => generation' examples) per group; the
+        clean model runs on the first `always` groups and on every group the organism acted
+        on (the others' differential cannot be positive: None)."""
+        n = len(prompts)
+        texts = [self.insert(p, g) if g else p for g in groups for p in prompts]
+        gens = generate_many(self.hm, texts, self.max_new_tokens)
+        rates = _rates(gens, self.judge, n)
+        ex = [[f"{t} => {g}" for t, g in zip(texts[j:j + 2], gens[j:j + 2], strict=True)]
+              for j in range(0, len(texts), n)]
+        self.generations += len(texts)
+        if self.clean is None:
+            return rates, None, ex
+        todo = [i for i, r in enumerate(rates) if i < always or r > 0]
+        cgens = generate_many(self.clean, [t for i in todo for t in texts[n * i: n * (i + 1)]],
+                              self.max_new_tokens)
+        self.generations += len(cgens)
+        out: list[float | None] = [None] * len(rates)
+        for j, r in zip(todo, _rates(cgens, self.judge, n), strict=True):
+            out[j] = r
+        return rates, out, ex
 
 
 def _rates(gens: Sequence[str], judge: Judge, n: int) -> list[float]:

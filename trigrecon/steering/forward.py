@@ -89,7 +89,7 @@ def shared_prefix(batch: ChatBatch) -> int:
     return first if bool((head == head[:1]).all()) else 0
 
 
-def _kv_entries(entries: list[Any], rows: int) -> list[Any]:
+def kv_entries(entries: list[Any], rows: int) -> list[Any]:
     """Frozen per-layer cache entries holding the prefix's keys/values, broadcast to `rows`."""
     from transformer_lens import TransformerLensKeyValueCacheEntry as Entry
 
@@ -149,7 +149,7 @@ class SteeredForward:
         with torch.no_grad():
             self.resid: Float[Tensor, "batch pos d_model"] = model(
                 self.batch.tokens, attention_mask=am.long(), stop_at_layer=stop).detach()
-        self.prefix = shared_prefix(self.batch) if cache_prefix and _prefix_ok(model) else 0
+        self.prefix = shared_prefix(self.batch) if cache_prefix and prefix_cacheable(model) else 0
         self._prefix_kv = self._prefix_keys_values() if self.prefix else []
         self._prefix_out: dict[int | None, Tensor] = {}
         rm = self.batch.response_mask[:, 1:]
@@ -208,7 +208,7 @@ class SteeredForward:
             if stop is None:
                 out = _logits(model, model.ln_final(out))
         else:
-            kv = _kv_entries(self._prefix_kv, x.shape[0]) if self.prefix else None
+            kv = kv_entries(self._prefix_kv, x.shape[0]) if self.prefix else None
             out = model(x, start_at_layer=self.start, stop_at_layer=stop, past_kv_cache=kv)
         return out.reshape(k, len(b.rows), n, out.shape[-1])
 
@@ -309,7 +309,7 @@ def _logits(model: Any, normed: Tensor) -> Tensor:
     return cap * torch.tanh(logits / cap) if cap > 0 else logits
 
 
-def _prefix_ok(model: Any) -> bool:
+def prefix_cacheable(model: Any) -> bool:
     """Whether this architecture runs correctly from a key/value cache after start_at_layer."""
     cfg = model.cfg
     return cfg.positional_embedding_type in ("standard", "rotary") and \

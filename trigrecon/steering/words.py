@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 from trigrecon.core import lean as _lean
 from trigrecon.core.chat import render_prompt
 from trigrecon.core.errors import ConfigError
-from trigrecon.steering.forward import _kv_entries, _prefix_ok, resid_bounds
+from trigrecon.steering.forward import kv_entries, prefix_cacheable, resid_bounds
 
 Inserter = Callable[[str, Sequence[str]], str]
 Transform = Callable[[Tensor], Tensor]
@@ -148,7 +148,7 @@ def _run(model: Any, prefix: list[int], jobs: list[_Job], stop: int, batch_size:
         cache = None
         if cut:  # frozen, broadcast to the chunk: every row shares the prefix
             cache = TransformerLensKeyValueCache(
-                _kv_entries(entries, len(chunk)),
+                kv_entries(entries, len(chunk)),
                 torch.ones(len(chunk), cut, dtype=torch.long, device=dev), frozen=True)
         yield chunk, model(tokens.to(dev), attention_mask=mask.to(dev), past_kv_cache=cache,
                            stop_at_layer=stop), cut
@@ -186,7 +186,7 @@ def span_readout(hm: Any, words: Sequence[str], contexts: Sequence[str], layer: 
     jobs = _jobs(hm, words, contexts, insert)
     found = torch.zeros(len(words), len(contexts), dtype=torch.bool)
     out: Tensor | None = None
-    groups = _groups(jobs, fast and _prefix_ok(model))
+    groups = _groups(jobs, fast and prefix_cacheable(model))
     if lean is None:
         lean = _lean.supported(model) and not _lean.has_hooks(model)
     elif lean and not _lean.supported(model):
