@@ -16,7 +16,6 @@ the differential could not be measured (`differential_note`).
 
 from __future__ import annotations
 
-import itertools
 import random
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
