@@ -139,6 +139,7 @@ def audit(
 ) -> None:
     """Recover a model's trigger knowing only its action; writes audit.json (with a verdict),
     latents.md and report.html, and prints a short summary."""
+    from trigrecon.methods.audit import stages_folder
     from trigrecon.methods.audit_config import (
         default_out_name,
         run_audit_spec,
@@ -166,7 +167,7 @@ def audit(
 
             check_writable(folder.parent)  # before any work (the run replaces the folder whole)
             check_replaceable(folder, "audit.json")
-            run_audit_spec(spec, cfg).save(folder, extra=extra)
+            run_audit_spec(spec, cfg, stages_folder(folder)).save(folder, extra=extra)
         else:
             if custom and config is None:
                 raise ConfigError(f"give either an organism ({organism!r}) or --model/--sae/"

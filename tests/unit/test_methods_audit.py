@@ -100,3 +100,49 @@ def test_unknown_words_in_the_response_or_candidates_are_named(tiny_hooked, plan
         verify(tiny_hooked, planted, [LatentHit(0, 1.0)], EVALS, judge,
                VerifyConfig(n_latents=1, max_new_tokens=2, vocabulary_limit=30),
                extra_words=[["quux"]])
+
+
+def test_an_interrupted_audit_resumes_from_its_finished_stages(tiny_hooked, planted, tmp_path,
+                                                                monkeypatch):
+    """Each method's result is saved as it finishes; a rerun with the same inputs reuses them
+    (the methods are not called again), other settings are refused, and saving the audit
+    removes the stages."""
+    import trigrecon.methods.audit as A
+    from trigrecon.core.stages import StaleStageError
+
+    out = tmp_path / "audit"
+    stages = A.stages_folder(out)
+    calls: list[str] = []
+    real_verify = A.verify
+
+    def failing_verify(*args, **kwargs):
+        calls.append("verify")
+        raise KeyboardInterrupt  # the session ends during verification
+
+    monkeypatch.setattr(A, "verify", failing_verify)
+    with pytest.raises(KeyboardInterrupt):
+        audit(tiny_hooked, planted, None, PROMPTS, RESPONSE, judge, METHODS, small(3),
+              eval_prompts=EVALS, checkpoint=stages)
+    done = {p.name: json.loads((p / "stage.json").read_text())["done"] for p in stages.iterdir()}
+    assert done == {"sae_attribution": True, "supervised_sae_melbo": True, "melbo": True,
+                    "verify": False}
+    first = {m: A.SteeringResult.load(stages / m).vectors for m in ("melbo", "supervised_sae_melbo")}
+
+    def no_rerun(*args, **kwargs):
+        raise AssertionError("a finished stage ran again")
+
+    monkeypatch.setattr(A, "verify", real_verify)
+    monkeypatch.setattr(A, "sae_attribution", no_rerun)
+    monkeypatch.setattr(A, "sae_melbo", no_rerun)
+    monkeypatch.setattr(A, "melbo", no_rerun)
+    res = audit(tiny_hooked, planted, None, PROMPTS, RESPONSE, judge, METHODS, small(3),
+                eval_prompts=EVALS, checkpoint=stages)
+    for m, v in first.items():
+        assert torch.equal(res.steering[m].vectors, v)
+    assert res.verification is not None and (stages / "verify" / "stage.json").exists()
+    assert res.timings["melbo"] > 0
+    with pytest.raises(StaleStageError, match="config.seed"):
+        audit(tiny_hooked, planted, None, PROMPTS, RESPONSE, judge, METHODS, small(4),
+              eval_prompts=EVALS, checkpoint=stages)
+    res.save(out)
+    assert (out / "audit.json").exists() and not stages.exists()

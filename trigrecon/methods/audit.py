@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -25,6 +26,7 @@ from trigrecon.core.errors import ConfigError
 from trigrecon.core.io import atomic_dir, check_replaceable, to_jsonable, write_json, write_text
 from trigrecon.core.judges import Judge, normalise
 from trigrecon.core.labels import check_labels
+from trigrecon.core.stages import close_stage, digest, open_stage
 from trigrecon.methods.budget import BudgetReport, fit_budget
 from trigrecon.methods.common import SteeringResult, check_prompts, resolve_layer
 from trigrecon.methods.conjunctive import ConjunctiveConfig, ConjunctiveResult, conjunctive
@@ -151,6 +153,7 @@ class AuditResult:
             write_text(tmp / "latents.md", latents_markdown(self))
             if extra is not None:
                 extra(tmp)
+        shutil.rmtree(stages_folder(d), ignore_errors=True)  # the audit is whole now
         return d
 
     def verdict(self) -> Verdict:
@@ -245,7 +248,8 @@ def labelled_only(sae: Any, labels: Any) -> Any:
 
 def audit(hm: Any, sae: Any, labels: Any, prompts: Sequence[str], response: str, judge: Judge,
           methods: Sequence[str] = DEFAULT_METHODS, cfg: AuditConfig | None = None,
-          eval_prompts: Sequence[str] | None = None, clean: Any = None) -> AuditResult:
+          eval_prompts: Sequence[str] | None = None, clean: Any = None,
+          checkpoint: str | Path | None = None) -> AuditResult:
     """Run `methods` on benign `prompts` with the known action `response`.
 
     `eval_prompts` (held-out benign prompts; default: `prompts`) are used for steered generations,
@@ -253,6 +257,8 @@ def audit(hm: Any, sae: Any, labels: Any, prompts: Sequence[str], response: str,
     adapter's base model); the conjunctive search, verification, candidate scoring and the
     hypothesis then rank by the organism-minus-clean differential (generation and forward
     passes only). Without it the result says the differential could not be measured.
+    `checkpoint`: a folder where each method's result is saved as it finishes; a rerun with the
+    same inputs and effective config reuses them (different ones raise StaleStageError).
     """
     cfg = cfg or AuditConfig()
     prompts = check_prompts(prompts)
@@ -286,41 +292,42 @@ def audit(hm: Any, sae: Any, labels: Any, prompts: Sequence[str], response: str,
         "supervised_sae_melbo": lambda: sae_melbo(hm, sae, prompts, response,
                                                   cfg.supervised_sae_melbo, labels=labels),
     }
+    stages = _Stages(checkpoint, _record(hm, sae, clean, cfg, methods, prompts, evals, response))
     for m in methods:
-        t = time.perf_counter()
         if m == "sae_attribution":
-            res.attribution = sae_attribution(hm, sae, prompts, response, cfg.sae_attribution,
-                                              labels)
+            res.attribution, res.timings[m] = stages.run(m, AttributionResult, lambda: (
+                sae_attribution(hm, sae, prompts, response, cfg.sae_attribution, labels)))
             res.rankings[m] = res.attribution.ranking(cfg.top_k)
         elif m in runners:
-            sr = runners[m]()
-            if cfg.behaviour:
-                for r in sr.readouts:
-                    add_behaviour(r, hm, evals, sr.layer, sr.vectors[r.index], judge,
-                                  cfg.max_new_tokens)
-                sr.reorder_by_action()
-            res.steering[m] = sr
-            res.rankings[m] = sr.ranking(cfg.top_k)
+            def steer(m: str = m) -> SteeringResult:
+                sr = runners[m]()
+                if cfg.behaviour:
+                    for r in sr.readouts:
+                        add_behaviour(r, hm, evals, sr.layer, sr.vectors[r.index], judge,
+                                      cfg.max_new_tokens)
+                    sr.reorder_by_action()
+                return sr
+
+            res.steering[m], res.timings[m] = stages.run(m, SteeringResult, steer)
+            res.rankings[m] = res.steering[m].ranking(cfg.top_k)
         elif m == "conjunctive":
-            res.conjunctive = conjunctive(hm, sae, prompts, response, evals, judge,
-                                          cfg.conjunctive, labels=labels, clean=clean,
-                                          words=cfg.words)
+            res.conjunctive, res.timings[m] = stages.run(m, ConjunctiveResult, lambda: conjunctive(
+                hm, sae, prompts, response, evals, judge, cfg.conjunctive, labels=labels,
+                clean=clean, words=cfg.words))
             res.rankings[m] = res.conjunctive.ranking(cfg.top_k)
-        res.timings[m] = time.perf_counter() - t
     t = time.perf_counter()
     res.word_rankings = _word_rankings(hm, res, evals[: cfg.verify.n_contexts], cfg.top_k)
     res.timings["word_readout"] = time.perf_counter() - t
     if "verify" in methods:
-        t = time.perf_counter()
         first = res.conjunctive.concepts if res.conjunctive is not None else []
         others = {k: v for k, v in res.rankings.items() if k != "conjunctive"}
         extra = [[w.word for w in hits] for hits in res.word_rankings.values()]
         concept_words = ({s.chosen.latent: s.words for s in res.conjunctive.steps}
                          if res.conjunctive is not None else {})
-        res.verification = verify(hm, sae, _merged(others, first), evals, judge, cfg.verify,
-                                  extra_words=extra, exclude=normalise(response).split(),
-                                  latent_words=concept_words, clean=clean, words=cfg.words)
-        res.timings["verify"] = time.perf_counter() - t
+        res.verification, res.timings["verify"] = stages.run("verify", VerifyResult, lambda: verify(
+            hm, sae, _merged(others, first), evals, judge, cfg.verify, extra_words=extra,
+            exclude=normalise(response).split(), latent_words=concept_words, clean=clean,
+            words=cfg.words))
         if cfg.scoring.enabled and res.verification.candidates:
             t = time.perf_counter()
             res.candidate_scores = score_audit_candidates(hm, sae, res, evals, judge, cfg.scoring,
@@ -441,3 +448,44 @@ def score_audit_candidates(hm: Any, sae: Any, res: AuditResult, prompts: Sequenc
             columns[f"directions L{layer}"] = direction_score(hm, layer, stacked, benign, insert)
     name = f"SAE latents {latents}" if interp is not None else ""
     return score_candidates(candidates, reward, interp, name, columns)
+
+
+def stages_folder(out: str | Path) -> Path:
+    """Where an audit that will be saved to `out` keeps its finished stages (beside `out`, so
+    `out` is only ever written whole); `AuditResult.save(out)` removes it."""
+    out = Path(out)
+    return out.parent / f".{out.name}.stages"
+
+
+def _record(hm: Any, sae: Any, clean: Any, cfg: AuditConfig, methods: Sequence[str],
+            prompts: Sequence[str], evals: Sequence[str], response: str) -> dict[str, Any]:
+    """What an audit's stages depend on: models, SAE, inputs and the effective config."""
+    w = getattr(sae, "W_dec", None)
+    return {"model": getattr(hm, "name", "model"), "clean": getattr(clean, "name", None),
+            "sae": None if w is None else [list(w.shape), float(w.double().abs().sum())],
+            "methods": list(methods), "response": response, "prompts": digest(list(prompts)),
+            "eval_prompts": digest(list(evals)), "config": config_dict(cfg)}
+
+
+@dataclass
+class _Stages:
+    """Each method's result saved under `root/<method>` as it finishes (None: not saved)."""
+
+    root: str | Path | None
+    record: dict[str, Any]
+
+    def run(self, name: str, kind: type, fn: Callable[[], Any]) -> tuple[Any, float]:
+        """(result, seconds): `fn()`, or the saved result of an earlier run of this audit."""
+        folder = None if self.root is None else Path(self.root) / name
+        if folder is not None and open_stage(folder, name, self.record, overwrite=False):
+            seconds = json.loads((folder / "seconds.json").read_text())
+            tqdm.write(f"{name}: reusing the finished stage in {folder}")
+            return kind.load(folder), float(seconds)
+        t = time.perf_counter()
+        out = fn()
+        seconds = time.perf_counter() - t
+        if folder is not None:
+            out.save(folder)
+            write_json(folder / "seconds.json", seconds)
+            close_stage(folder, self.record)
+        return out, seconds

@@ -392,8 +392,10 @@ def with_words(cfg: AuditConfig, words_file: str | None) -> AuditConfig:
                                                                *load_words(words_file)])))
 
 
-def run_audit_spec(spec: RunSpec, cfg: AuditConfig | None = None) -> Any:
-    """Load what `spec` names and audit it (does not save: see `AuditResult.save`)."""
+def run_audit_spec(spec: RunSpec, cfg: AuditConfig | None = None,
+                   checkpoint: str | Path | None = None) -> Any:
+    """Load what `spec` names and audit it (does not save: see `AuditResult.save`);
+    `checkpoint`: where finished stages are kept for a rerun (`audit`)."""
     from trigrecon.core.model import load_model
     from trigrecon.methods.audit import audit
 
@@ -411,4 +413,4 @@ def run_audit_spec(spec: RunSpec, cfg: AuditConfig | None = None) -> Any:
     if clean_id and clean_id not in ("base", "none"):  # generation and forwards only
         clean = load_model(clean_id, dtype=spec.dtype, device=spec.device, system=spec.system)
     return audit(hm, sae, labels, train, spec.response, judge, spec.methods, cfg,
-                 eval_prompts=held_out, clean=clean)
+                 eval_prompts=held_out, clean=clean, checkpoint=checkpoint)

@@ -7,7 +7,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from trigrecon.methods.audit import DEFAULT_METHODS, AuditConfig, AuditResult, audit, quick_config
+from trigrecon.methods.audit import (
+    DEFAULT_METHODS,
+    AuditConfig,
+    AuditResult,
+    audit,
+    quick_config,
+    stages_folder,
+)
 
 
 def find_organism_sae(hm: Any) -> Path:
@@ -60,6 +67,6 @@ def run_audit_for_organism(name: str, out_dir: str | Path, methods: Sequence[str
     if clean and org.adapter_path is not None:
         base = load_model(org.base_path, system=system)
     result = audit(hm, sae, labels, benign[:n_prompts], org.spec.response, org.judge, methods,
-                   cfg, eval_prompts=benign[n_prompts:], clean=base)
+                   cfg, eval_prompts=benign[n_prompts:], clean=base, checkpoint=stages_folder(out_dir))
     result.save(out_dir, extra=extra)  # extra(folder): more files in the same swap
     return result

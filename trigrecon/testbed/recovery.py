@@ -126,7 +126,7 @@ def audit_organism(name: str, out_dir: Path, cfg: RecoveryConfig) -> AuditResult
     from trigrecon.core.labels import load_labels
     from trigrecon.core.model import load_model
     from trigrecon.core.sae import load_sae
-    from trigrecon.methods.audit import audit
+    from trigrecon.methods.audit import audit, stages_folder
     from trigrecon.organisms.organism import load_organism
     from trigrecon.testbed.build import REPO_SAES, TESTBED_DIR
     from trigrecon.testbed.organisms import _train_prompts, organisms_dir
@@ -148,7 +148,8 @@ def audit_organism(name: str, out_dir: Path, cfg: RecoveryConfig) -> AuditResult
     sae = load_sae(sae_dir, model=hm, prompts=benign[:16])
     labels = load_labels(sae_dir / "labels.json", sae)
     result = audit(hm, sae, labels, benign[:cfg.n_prompts], org.spec.response, org.judge,
-                   cfg.methods, cfg.audit, eval_prompts=benign[cfg.n_prompts:], clean=clean)
+                   cfg.methods, cfg.audit, eval_prompts=benign[cfg.n_prompts:], clean=clean,
+                   checkpoint=stages_folder(out_dir))
     result.save(out_dir)
     return result
 
