@@ -28,7 +28,7 @@ from trigrecon.core.judges import Judge, normalise
 from trigrecon.core.labels import check_labels
 from trigrecon.core.stages import close_stage, digest, open_stage
 from trigrecon.methods.budget import BudgetReport, fit_budget
-from trigrecon.methods.common import SteeringResult, check_prompts, resolve_layer
+from trigrecon.methods.common import Saveable, SteeringResult, check_prompts, resolve_layer
 from trigrecon.methods.conjunctive import ConjunctiveConfig, ConjunctiveResult, conjunctive
 from trigrecon.methods.hypothesis import NO_CLEAN, Hypothesis, HypothesisConfig, audit_hypothesis
 from trigrecon.methods.melbo import MelboConfig, melbo
@@ -474,7 +474,7 @@ class _Stages:
     root: str | Path | None
     record: dict[str, Any]
 
-    def run(self, name: str, kind: type, fn: Callable[[], Any]) -> tuple[Any, float]:
+    def run(self, name: str, kind: type[Saveable], fn: Callable[[], Any]) -> tuple[Any, float]:
         """(result, seconds): `fn()`, or the saved result of an earlier run of this audit."""
         folder = None if self.root is None else Path(self.root) / name
         if folder is not None and open_stage(folder, name, self.record, overwrite=False):
