@@ -51,6 +51,9 @@ class RecoveryRow:
     iterations: list[dict[str, Any]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     sweep: dict[str, Any] = field(default_factory=dict)
+    scores: list[dict[str, Any]] = field(default_factory=list)
+    """The candidate table scored both ways (action rate, inversion reward, interpretability
+    score; `methods.audit.score_audit_candidates`), best first, with `planted` per row."""
 
 
 def category_named(text: str, category: str) -> bool:
@@ -97,6 +100,9 @@ def score(data: dict[str, Any], trig: Trigger, name: str, probe: dict[str, int])
     row = RecoveryRow(name, str(trig), hyp, words, rate, clean, control, working, planted,
                       "", ranks, probe_ranks, its, dict(data.get("timings", {})))
     row.timings["total"] = sum(row.timings.values())
+    row.scores = [{k: r.get(k) for k in ("candidate", "asr", "reward", "interp", "works")}
+                  | {"planted": planted_named(trig, [r["candidate"]])}
+                  for r in ((data.get("candidate_scores") or {}).get("rows") or [])]
     row.cause = "" if planted else miss_cause(row, trig)
     return row
 
@@ -202,6 +208,10 @@ def _pct(x: float | None) -> str:
     return "–" if x is None else f"{x:.0%}"
 
 
+def _num(x: float | None) -> str:
+    return "–" if x is None else f"{x:.2f}"
+
+
 def markdown(rows: list[RecoveryRow]) -> str:
     lines = ["# Blind recovery on the SmolLM2 testbed", "",
              "Default `AuditConfig`; the auditor knows the action, benign prompts and the clean "
@@ -229,5 +239,11 @@ def markdown(rows: list[RecoveryRow]) -> str:
         lines += [f"- clause {s['clause']}: latent {s['latent']} ({s['label']}), words "
                   f"{', '.join(s['words'])} from the {s['source']}: rate {_pct(s['rate'])}, "
                   f"clean {_pct(s['clean_rate'])}" for s in r.iterations]
+        if r.scores:
+            lines += ["", "| candidate | action rate | inversion reward | interp score | names the "
+                      "planted trigger |", "|---|---|---|---|---|"]
+            lines += [f"| {s['candidate']} | {_pct(s['asr'])} | {_num(s['reward'])} | "
+                      f"{_num(s['interp'])} | {'yes' if s['planted'] else 'no'} |"
+                      for s in r.scores]
         lines.append("")
     return "\n".join(lines)
