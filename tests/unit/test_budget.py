@@ -35,6 +35,7 @@ def test_a_small_budget_scales_the_costly_sizes_to_their_floors_and_reports_it(t
     assert fitted.verify.max_candidates == FLOORS["max_candidates"]
     c = fitted.conjunctive
     assert (c.clean_sweep, c.sweep_prompts) == (FLOORS["clean_sweep"], FLOORS["sweep_prompts"])
+    assert c.max_clauses == FLOORS["max_clauses"] == 2
     assert report.changes["supervised_sae_melbo.steps"] == [150, FLOORS["steps"]]
     assert cfg.supervised_sae_melbo.steps == 150  # the caller's config is not modified
     assert sum(report.fitted_minutes.values()) < sum(report.estimate_minutes.values()) / 4

@@ -25,7 +25,7 @@ machine: a SmolLM2 LoRA step, 8 rows x ~70 tokens, 4.1 s on one thread of two bu
 GPU_FLOPS = 2e13
 """Nominal fp32 throughput of one datacentre GPU on small batches (well below peak)."""
 FLOORS = {"steps": 40, "n_vectors": 2, "sweep_words": 64, "n_latents": 4, "clean_sweep": 16,
-          "sweep_prompts": 8, "max_candidates": 24, "top_k": 4}
+          "sweep_prompts": 8, "max_candidates": 24, "top_k": 4, "max_clauses": 2}
 """Nothing is scaled below these: fewer steps or latents no longer recover the toy zoo."""
 VECTOR_METHODS = ("melbo", "supervised_melbo", "sae_melbo", "supervised_sae_melbo")
 
@@ -135,9 +135,9 @@ def estimate(cfg: Any, methods: list[str], s: _Shape, layer: int, n_prompts: int
 
 
 def iterations(c: Any) -> float:
-    """Expected conjunctive iterations: the first clause's `max_iters`, then a later clause
-    stops at its first iteration unless it lifts the loss (measured on fruit_refusal: 1 + 3)."""
-    return c.max_iters + (c.max_clauses - 1) * (1 + c.max_iters) / 2
+    """Conjunctive iterations, worst case: every clause runs `max_iters` (measured on SmolLM2:
+    fruit_refusal 1 + 3 with 3 clauses allowed, snow_fruit 7 or more)."""
+    return float(c.max_iters * c.max_clauses)
 
 
 def fit_budget(cfg: Any, hm: Any, methods: list[str], prompts: list[str], response: str,
@@ -192,6 +192,7 @@ def _shrink(cfg: Any, methods: list[str], ratio: float, changes: dict[str, list[
         set_(c, "conjunctive", "sweep_words", int(c.sweep_words * ratio))
         set_(c, "conjunctive", "clean_sweep", min(c.clean_sweep, c.sweep_words // 4))
         set_(c, "conjunctive", "sweep_prompts", int(c.sweep_prompts * root))
+        set_(c, "conjunctive", "max_clauses", int(c.max_clauses * ratio))  # A OR B still found
     if "verify" in methods:
         set_(cfg.verify, "verify", "n_latents", int(cfg.verify.n_latents * root))
         set_(cfg.verify, "verify", "max_candidates", int(cfg.verify.max_candidates * ratio))
