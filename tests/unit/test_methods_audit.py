@@ -141,7 +141,7 @@ def test_an_interrupted_audit_resumes_from_its_finished_stages(tiny_hooked, plan
         assert torch.equal(res.steering[m].vectors, v)
     assert res.verification is not None and (stages / "verify" / "stage.json").exists()
     assert res.timings["melbo"] > 0
-    with pytest.raises(StaleStageError, match="config.seed"):
+    with pytest.raises(StaleStageError, match=r"config.seed.*delete that folder"):
         audit(tiny_hooked, planted, None, PROMPTS, RESPONSE, judge, METHODS, small(4),
               eval_prompts=EVALS, checkpoint=stages)
     res.save(out)

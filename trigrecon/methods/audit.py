@@ -26,7 +26,7 @@ from trigrecon.core.errors import ConfigError
 from trigrecon.core.io import atomic_dir, check_replaceable, to_jsonable, write_json, write_text
 from trigrecon.core.judges import Judge, normalise
 from trigrecon.core.labels import check_labels
-from trigrecon.core.stages import close_stage, digest, open_stage
+from trigrecon.core.stages import StaleStageError, close_stage, digest, open_stage
 from trigrecon.methods.budget import BudgetReport, fit_budget
 from trigrecon.methods.common import Saveable, SteeringResult, check_prompts, resolve_layer
 from trigrecon.methods.conjunctive import ConjunctiveConfig, ConjunctiveResult, conjunctive
@@ -462,9 +462,16 @@ def _record(hm: Any, sae: Any, clean: Any, cfg: AuditConfig, methods: Sequence[s
     """What an audit's stages depend on: models, SAE, inputs and the effective config."""
     w = getattr(sae, "W_dec", None)
     return {"model": getattr(hm, "name", "model"), "clean": getattr(clean, "name", None),
-            "sae": None if w is None else [list(w.shape), float(w.double().abs().sum())],
+            "sae": None if w is None else [list(w.shape), _fingerprint(w)],
             "methods": list(methods), "response": response, "prompts": digest(list(prompts)),
             "eval_prompts": digest(list(evals)), "config": config_dict(cfg)}
+
+
+def _fingerprint(w: torch.Tensor) -> float:
+    """A cheap identity of a weight matrix: the sum of ~4k strided entries (no full-size copy,
+    which for a 131k-latent SAE would be gigabytes)."""
+    flat = w.detach().reshape(-1)
+    return float(flat[:: max(1, flat.numel() // 4096)].double().abs().sum())
 
 
 @dataclass
@@ -477,7 +484,13 @@ class _Stages:
     def run(self, name: str, kind: type[Saveable], fn: Callable[[], Any]) -> tuple[Any, float]:
         """(result, seconds): `fn()`, or the saved result of an earlier run of this audit."""
         folder = None if self.root is None else Path(self.root) / name
-        if folder is not None and open_stage(folder, name, self.record, overwrite=False):
+        try:
+            done = folder is not None and open_stage(folder, name, self.record, overwrite=False)
+        except StaleStageError as e:
+            raise StaleStageError(f"{e.args[0].split(' Rerun with')[0]} An audit's finished "
+                                  f"stages are kept in {self.root}: delete that folder to "
+                                  "start over, or write to another output folder.") from None
+        if done and folder is not None:
             seconds = json.loads((folder / "seconds.json").read_text())
             tqdm.write(f"{name}: reusing the finished stage in {folder}")
             return kind.load(folder), float(seconds)
