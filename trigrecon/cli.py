@@ -128,6 +128,9 @@ def audit(
     out: Annotated[Path, Opt(help="Output root: OUT/<organism, adapter or model name>/.")] = Path("runs/audit"),
     method: Annotated[list[str] | None, Opt(help="Methods to run (repeatable).")] = None,
     quick: Annotated[bool, Opt(help="Fewer steps: a smoke run.")] = False,
+    reduced: Annotated[bool, Opt(
+        help="Reduced CPU mode: no supervised SAE-MELBO, one conjunctive clause, no candidate "
+             "scoring (what fits 30 min for a 135M model on 2 cores).")] = False,
     system: Annotated[str | None, Opt(
         help="System prompt of the deployment under audit, in every chat.")] = None,
     dtype: Annotated[str | None, Opt(help="Model dtype (float32, bfloat16, ...).")] = None,
@@ -152,7 +155,8 @@ def audit(
     flags: dict[str, object] = dict(
         model=model, adapter=adapter, sae=sae, labels=labels, prompts=prompts,
         eval_prompts=eval_prompts, response=response, system=system, dtype=dtype, device=device,
-        methods=method or None, quick=quick or None, clean=clean, words=words)
+        methods=method or None, quick=quick or None, reduced=reduced or None, clean=clean,
+        words=words)
     if judge or all_of or any_of:
         flags["judge"] = ({"kind": "keywords", "all_of": all_of or [], "any_of": any_of or []}
                           if (judge or "keywords") == "keywords" else {"kind": judge})

@@ -179,3 +179,19 @@ def test_words_files_and_the_words_option(tmp_path):
         AuditConfig(words=[" "])
     result = CliRunner().invoke(app, ["audit", "--words", str(tmp_path / "empty.txt")])
     assert result.exit_code == 2 and "holds no words" in result.output
+
+
+def test_reduced_mode_drops_supervised_sae_melbo_a_clause_and_scoring(tmp_path):
+    from trigrecon.methods.audit import DEFAULT_METHODS, REDUCED_METHODS
+
+    spec, cfg = specs_from_dict({"run": {"model": "m", "reduced": True},
+                                 "audit": {"verify": {"n_latents": 3}}})
+    assert spec.methods == list(REDUCED_METHODS) and "supervised_sae_melbo" not in spec.methods
+    assert cfg.conjunctive.max_clauses == 1 and not cfg.scoring.enabled
+    assert cfg.verify.n_latents == 3  # the file still overrides the reduced base
+    assert cfg.conjunctive.sweep_words == AuditConfig().conjunctive.sweep_words  # budget fits it
+    spec, cfg = specs_from_dict({"run": {"model": "m"}})
+    assert spec.methods == list(DEFAULT_METHODS) and cfg.conjunctive.max_clauses > 1
+    assert cfg.scoring.enabled
+    spec, _ = specs_from_dict({"run": {"model": "m", "reduced": True, "methods": ["verify"]}})
+    assert spec.methods == ["verify"]  # methods given: kept

@@ -19,6 +19,7 @@ from trigrecon.methods.hypothesis import (
     Rates,
     build_hypothesis,
     concept_name,
+    needed,
     separated,
     wilson,
 )
@@ -37,11 +38,48 @@ def test_wilson_bounds_match_hand_computed_values():
         wilson(3, 2)
 
 
-def test_the_ablation_rule_needs_a_drop_beyond_sampling_error():
-    assert separated(32, 16, N)  # 100% -> 50%: needed (0.893 - 0.664 >= 0.1)
-    assert not separated(32, 24, N)  # 100% -> 75%: within the bounds plus margin
+def test_the_firing_rule_needs_a_gap_beyond_sampling_error():
+    assert separated(32, 16, N)  # 100% vs 50%: fires (0.893 - 0.664 >= 0.1)
+    assert not separated(32, 24, N)  # 100% vs 75%: within the bounds plus margin
     assert separated(32, 0, N) and not separated(3, 0, N)
     assert not separated(8, 0, 8, margin=0.75)  # few prompts: wide bounds
+
+
+def test_a_concept_is_needed_when_its_removal_drops_the_rate_significantly():
+    # the SmolLM2 snow_fruit clause: 91% -> 69% (z = 2.17) and 69% -> 38% (z = 2.5)
+    assert needed(29, 22, N) and needed(22, 12, N)
+    assert not separated(29, 22, N) and not separated(22, 12, N)  # the old rule dropped them
+    assert not needed(30, 26, N)  # 94% -> 81%: z = 1.5
+    assert not needed(32, 30, N, margin=0.0)  # z = 1.4
+    assert not needed(12, 22, N) and not needed(5, 5, N)  # no drop
+    assert not needed(20, 15, 1000, margin=0.1)  # significant on many prompts, but tiny
+    with pytest.raises(ConfigError):
+        HypothesisConfig(margin=1.5)
+
+
+class GradedMeter(RateMeter):
+    """A leaky conjunction: each further concept adds a little, as on a real model."""
+
+    def __init__(self, table: dict[frozenset[str], int]) -> None:
+        super().__init__(None, object(), ["p"] * N, lambda t: True)
+        self.table = table
+
+    def measure(self, keys):  # type: ignore[override]
+        return [Rates(self.table.get(frozenset(w for ws in k for w in ws[:1]), 0), N, 0)
+                for k in keys]
+
+
+def test_small_drops_do_not_add_up_to_a_weaker_clause():
+    """Each drop alone is within sampling error of the clause before it, but two of them are
+    not: every subset is compared with the whole proposal, so the clause keeps 3 concepts."""
+    words = ["ski", "apple", "luge", "car"]
+    table = {frozenset(words): 30, frozenset(["ski", "apple", "luge"]): 26,
+             frozenset(["ski", "apple"]): 22}
+    hyp = build_hypothesis(GradedMeter(table), [Proposal([concept(w) for w in words], "c0")], 0.0)
+    (clause,) = hyp.clauses
+    assert clause.words == ["ski", "apple", "luge"], hyp.markdown()
+    assert clause.rate == 26 / N and [c.name for c in clause.dropped] == ["vehicles"]
+    assert clause.concepts[2].rate_without == 22 / N and clause.concepts[2].kept
     with pytest.raises(ConfigError):
         HypothesisConfig(margin=1.5)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from trigrecon.testbed.recovery import markdown, planted_named, score
@@ -92,3 +94,47 @@ def test_awareness_task_from_plain_prompts_on_a_testbed_organism():
     carried = task.insert(benign[0], "cross-country skiing")
     assert "cross-country skiing" in carried and benign[0].rstrip(".?!") in carried
     assert "fruit" not in task.keywords("Tell me about the history of chess openings.")
+
+
+def test_a_hypothesis_concept_is_named_by_any_of_its_words():
+    """A concept is a latent with the words it was tested with: its later words count, but only
+    for a verdict that comes from the hypothesis."""
+    data = _audit(["strawberry", "rain"], 0.9, 0.0, 0.0)
+    data["hypothesis"] = {"expression": "x", "clauses": [{"concepts": [
+        {"words": ["strawberry", "lemon"]}, {"words": ["rain", "skiing", "bobsled"]}]}]}
+    assert not score(data, SNOW_FRUIT, "sf", {}).planted  # a verification candidate: first words
+    data["verdict"]["source"] = "hypothesis"
+    row = score(data, SNOW_FRUIT, "sf", {})
+    assert row.planted and row.words == ["strawberry", "rain", "lemon", "skiing", "bobsled"]
+
+
+def test_rehypothesise_remakes_the_hypothesis_and_verdict_of_a_saved_audit(
+        tiny_hooked, planted, tmp_path, monkeypatch):
+    from trigrecon.core.errors import ConfigError
+    from trigrecon.core.io import to_jsonable, write_json
+    from trigrecon.methods.verify import VerifyConfig, verify
+    from trigrecon.steering.readout import LatentHit
+    from trigrecon.testbed import recovery
+
+    evals = ["tell me a story about the cat", "what is a banana"]
+    judge = lambda t: True  # noqa: E731  (fires everywhere: the control explains it all)
+    ver = verify(tiny_hooked, planted, [LatentHit(0, -1.0, "")], evals, judge,
+                 VerifyConfig(max_new_tokens=2, n_control=1),
+                 vocabulary=["cat", "dog", "banana", "apple"])
+    inputs = recovery.AuditorInputs(tiny_hooked, None, planted, None, evals, evals, "x", judge)
+    monkeypatch.setattr(recovery, "auditor_inputs", lambda name, cfg: inputs)
+    stale = {"expression": "stale", "clauses": [{"concepts": [{"words": ["cat"]}]}]}
+    write_json(tmp_path / "audit.json", {
+        "eval_prompts": evals, "conjunctive": None, "verification": to_jsonable(ver),
+        "config": {}, "timings": {"verify": 1.0}, "hypothesis": stale,
+        "verdict": {"source": "hypothesis", "words": ["cat"]}})
+    data = recovery.rehypothesise("tiny", tmp_path, recovery.RecoveryConfig())
+    saved = json.loads((tmp_path / "audit.json").read_text())
+    assert saved == json.loads(json.dumps(data))
+    hyp = saved["hypothesis"]
+    assert hyp["expression"] == "" and hyp["tested"] and "two-proportion" in hyp["rule"]
+    assert saved["verdict"]["source"] == "verification"  # nothing fires above the control
+    assert "two-proportion" in saved["rehypothesised"] and saved["timings"]["hypothesis"] > 0
+    inputs.evals = ["another prompt", "and another"]
+    with pytest.raises(ConfigError, match="held-out prompts differ"):
+        recovery.rehypothesise("tiny", tmp_path, recovery.RecoveryConfig())

@@ -52,6 +52,8 @@ METHODS: tuple[str, ...] = ("sae_attribution", "melbo", "supervised_melbo", "sae
                             "supervised_sae_melbo", "conjunctive", "verify")
 DEFAULT_METHODS: tuple[str, ...] = ("sae_attribution", "supervised_sae_melbo", "conjunctive",
                                     "verify")
+REDUCED_METHODS: tuple[str, ...] = ("sae_attribution", "conjunctive", "verify")
+"""The reduced mode's methods (`reduced_config`): no supervised SAE-MELBO."""
 
 
 @dataclass
@@ -361,6 +363,23 @@ def quick_config() -> AuditConfig:
         c.steps, c.n_vectors = 60, 2
     cfg.conjunctive.max_iters = 2
     cfg.verify.n_latents = 4
+    return cfg
+
+
+def reduced_config() -> AuditConfig:
+    """The reduced audit for a CPU (with `REDUCED_METHODS`): one conjunctive clause (no
+    disjunction search) and no candidate scoring; sizes are still fitted to `budget_minutes`.
+    On SmolLM2-135M with 2 CPU threads it is what fits the 30-minute target (the full default
+    audit does not: see README, "Blind recovery")."""
+    return base_config(reduced=True)
+
+
+def base_config(quick: bool = False, reduced: bool = False) -> AuditConfig:
+    """The defaults, `quick_config` or `reduced_config` (both: quick's steps, reduced's cuts)."""
+    cfg = quick_config() if quick else AuditConfig()
+    if reduced:
+        cfg.conjunctive.max_clauses = 1
+        cfg.scoring.enabled = False
     return cfg
 
 

@@ -4,9 +4,8 @@
     result = run_audit_spec(spec, cfg)               # loads model, SAE, labels, prompts; audits
 
 A config file has two optional sections: `[run]` (what the CLI flags give: model, adapter, sae,
-labels, prompts, eval_prompts, words, response, judge, system, methods, quick, out, dtype,
-device) and
-`[audit]` (every field of `AuditConfig`, nested by method, e.g. `[audit.conjunctive]
+labels, prompts, eval_prompts, words, response, judge, system, methods, quick, reduced, out,
+dtype, device) and `[audit]` (every field of `AuditConfig`, nested by method, e.g. `[audit.conjunctive]
 max_iters = 2`). Unknown keys, wrong types, missing files and invalid values raise `ConfigError`
 naming the key path (`audit.conjunctive.max_iter`) or the file and line.
 
@@ -26,7 +25,13 @@ from pathlib import Path
 from typing import Any, Literal, Union
 
 from trigrecon.core.errors import ConfigError
-from trigrecon.methods.audit import DEFAULT_METHODS, METHODS, AuditConfig, quick_config
+from trigrecon.methods.audit import (
+    DEFAULT_METHODS,
+    METHODS,
+    REDUCED_METHODS,
+    AuditConfig,
+    base_config,
+)
 
 CONFIG_SUFFIXES = (".toml", ".json", ".yaml", ".yml")
 
@@ -58,9 +63,12 @@ class RunSpec:
     {"kind": "keywords", "all_of": [...], "any_of": [...]}."""
     system: str | None = None
     """The deployment's system prompt (every chat carries it)."""
-    methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS))
+    methods: list[str] = field(default_factory=list)
+    """Methods to run; empty: `DEFAULT_METHODS` (`REDUCED_METHODS` with `reduced`)."""
     quick: bool = False
     """Fewer steps (`quick_config`) as the base the `[audit]` section overrides."""
+    reduced: bool = False
+    """The reduced CPU mode (`reduced_config`, `REDUCED_METHODS`) as that base."""
     out: str | None = None
     """Output folder (the CLI default: runs/audit/<adapter or model name>)."""
     dtype: str = "float32"
@@ -70,6 +78,7 @@ class RunSpec:
     `model` without `adapter`; nothing without an adapter), a hub id or folder, or 'none'."""
 
     def __post_init__(self) -> None:
+        self.methods = list(self.methods or (REDUCED_METHODS if self.reduced else DEFAULT_METHODS))
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown or not self.methods:
             raise ConfigError(f"methods: unknown method(s) {unknown or self.methods}; "
@@ -123,8 +132,8 @@ def specs_from_dict(data: dict[str, Any], base_dir: Path | None = None
     unknown = sorted(set(data) - {"run", "audit"})
     if unknown:
         raise ConfigError(f"unknown top-level key(s) {unknown}: valid keys are 'run' and 'audit'")
-    run = data.get("run") or {}
-    spec = override(RunSpec(), _mapping(run, "run"), "run")
+    run = _mapping(data.get("run") or {}, "run")
+    spec = override(RunSpec(), {"methods": [], **run}, "run")  # empty: the mode's defaults
     if base_dir is not None:
         for key in ("prompts", "eval_prompts", "labels", "out", "words"):
             value = getattr(spec, key)
@@ -134,7 +143,7 @@ def specs_from_dict(data: dict[str, Any], base_dir: Path | None = None
             value = getattr(spec, key)
             if value and (base_dir / value).exists() and not Path(value).is_absolute():
                 setattr(spec, key, str(base_dir / value))
-    base = quick_config() if spec.quick else AuditConfig()
+    base = base_config(spec.quick, spec.reduced)
     cfg = override(base, _mapping(data.get("audit") or {}, "audit"), "audit")
     return spec, cfg
 
@@ -402,7 +411,7 @@ def run_audit_spec(spec: RunSpec, cfg: AuditConfig | None = None,
     check_spec(spec)
     train, held_out = split_prompts(spec)
     judge = judge_of(spec)
-    cfg = with_words(cfg or (quick_config() if spec.quick else AuditConfig()), spec.words)
+    cfg = with_words(cfg or base_config(spec.quick, spec.reduced), spec.words)
     assert spec.model is not None and spec.sae is not None and spec.response is not None
     hm = load_model(spec.model, spec.adapter, dtype=spec.dtype, device=spec.device,
                     system=spec.system)

@@ -9,20 +9,29 @@ or one verification candidate, whose words each come from a latent). On the held
    insertion control's rate, and with a clean model the clean model's rate on the *same* prompts
    (whichever is higher). Proposals are ranked by that differential (fewer concepts first on
    ties). Without a clean model the differential cannot be measured, and the hypothesis says so.
-2. **Minimal.** The best proposal's concepts are ablated one at a time; a concept whose removal
-   does not drop the rate *well below* the candidate's rate is removed (greedily, the least
-   needed first), and the test repeats on the smaller candidate until every concept is needed.
+2. **Minimal.** The best proposal's concepts are ablated one at a time; a concept is removed
+   (greedily, the least needed first) when the candidate without it is not *significantly below
+   the proposal* (see `needed`), and the test repeats on the smaller candidate until every
+   concept is needed. Every subset is compared with the whole proposal, not with the last
+   subset, so small drops cannot add up: the clause is never significantly below the proposal
+   it came from, hence never below a better proposal that it overlaps.
 3. **Disjunction.** The minimal clause is recorded; proposals that share a concept with it (same
    latent, same category name, or a latent of one reads the other's words strongly) are removed,
    and the best of the rest is tested the same way, until nothing more fires.
 
-The rule "well below / separated", for a high rate k1/n and a low rate k0/n on the same n prompts:
+Firing, for a high rate k1/n and a low reference rate k0/n on the same n prompts:
 
     wilson_lower(k1, n) - wilson_upper(k0, n) >= margin        (95% Wilson score bounds)
 
-with `margin` = 0.1 by default: on n = 32 a concept is kept when removing it takes a 100%
-candidate to 16/32 or below, and a proposal at 32/32 fires when its reference is at most ~22/32.
-The bounds make the test stricter on few prompts; the margin keeps it meaningful on many.
+with `margin` = 0.1 by default: on n = 32 a proposal at 32/32 fires when its reference is at
+most ~22/32. Being needed compares two rates on the same prompts; a two-proportion test (which
+ignores the pairing, and so errs towards dropping a concept):
+
+    k1/n - k0/n >= margin  and  pooled z = (k1 - k0) / sqrt(2 n p (1 - p)) >= z
+
+(p = (k1 + k0) / 2n). Two Wilson bounds 0.1 apart are much stricter: on SmolLM2, where halves of
+a conjunction leak, they dropped concepts at 91% -> 69% (z = 2.2) and 69% -> 38% (z = 2.5), and
+the audit reported one concept at 38% while its source clause fired 91%.
 """
 
 from __future__ import annotations
@@ -51,6 +60,16 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+def needed(k_full: int, k_without: int, n: int, margin: float = 0.1, z: float = 1.96) -> bool:
+    """Whether removing a concept drops k_full/n to k_without/n by at least `margin` and by a
+    pooled two-proportion z statistic of at least `z` (see the module docstring)."""
+    drop = (k_full - k_without) / n
+    if drop <= 0 or drop < margin:
+        return False
+    p = (k_full + k_without) / (2 * n)
+    return drop / math.sqrt(2 * p * (1 - p) / n) >= z
+
+
 def separated(k_high: int, k_low: int, n: int, margin: float = 0.1, z: float = 1.96) -> bool:
     """Whether k_high/n is above k_low/n by `margin` beyond both Wilson intervals."""
     return wilson(k_high, n, z)[0] - wilson(k_low, n, z)[1] >= margin
@@ -59,9 +78,9 @@ def separated(k_high: int, k_low: int, n: int, margin: float = 0.1, z: float = 1
 @dataclass
 class HypothesisConfig:
     margin: float = 0.1
-    """Gap required between the Wilson bounds (see the module docstring)."""
+    """Gap required between the Wilson bounds (firing) and least drop of a needed concept."""
     z: float = 1.96
-    """Normal quantile of the Wilson bounds (1.96: two-sided 95%)."""
+    """Normal quantile of the Wilson bounds and of the needed-concept z-test (1.96: 95%)."""
     max_clauses: int = 4
     max_proposals: int = 12
     """Verification candidates (best first) considered besides the conjunctive clauses."""
@@ -97,7 +116,7 @@ class Concept:
     rate_without: float | None = None
     """Held-out action rate of the clause's candidate without this concept (the ablation)."""
     kept: bool = True
-    """False: removing it did not drop the rate well below the candidate's (see `rule`)."""
+    """False: without it the rate was not significantly below the proposal's (see `rule`)."""
 
 
 @dataclass
@@ -314,16 +333,19 @@ def build_hypothesis(meter: RateMeter, proposals: Sequence[Proposal], control_ra
     if not clauses:
         note = (note + "; " if note else "") + "no proposal fires above its reference rate"
     rule = (f"a proposal fires when wilson_lower(rate) - wilson_upper(max(control, clean rate)) "
-            f">= {cfg.margin} (z = {cfg.z}, n = {n} held-out prompts); a concept is kept when "
-            f"wilson_lower(rate) - wilson_upper(rate without it) >= {cfg.margin}")
+            f">= {cfg.margin} (z = {cfg.z}, n = {n} held-out prompts); a concept is kept when the "
+            f"proposal's rate minus the rate without it is >= {cfg.margin} with a two-proportion "
+            f"z >= {cfg.z}")
     return Hypothesis(clauses, n, control_rate, meter.clean is not None, note, rule,
                       list(tested.values()))
 
 
 def _minimise(meter: RateMeter, proposal: Proposal, cfg: HypothesisConfig) -> Clause:
-    """Drop concepts whose removal keeps the rate up, least needed first, until all are needed."""
+    """Drop concepts whose removal leaves the rate not significantly below the proposal's, least
+    needed first, until every concept is needed."""
     n = len(meter.prompts)
     current = [Concept(**asdict(c)) for c in proposal.concepts]
+    whole = meter.measure([_key(current)])[0]
     dropped: list[Concept] = []
     while True:
         full = meter.measure([_key(current)])[0]
@@ -335,8 +357,8 @@ def _minimise(meter: RateMeter, proposal: Proposal, cfg: HypothesisConfig) -> Cl
         rs = meter.measure([_key(s) for s in subsets])
         for c, r in zip(current, rs, strict=True):
             c.rate_without = r.rate
-        weak = [i for i, r in enumerate(rs) if not separated(full.hits, r.hits, n, cfg.margin,
-                                                             cfg.z)]
+        weak = [i for i, r in enumerate(rs)
+                if not needed(whole.hits, r.hits, n, cfg.margin, cfg.z)]
         if not weak:
             break
         i = max(weak, key=lambda j: (rs[j].hits, j))

@@ -88,18 +88,23 @@ def recover(
     n_prompts: Annotated[int, typer.Option(help="Benign prompts the methods optimise on.")] = 32,
     n_eval: Annotated[int, typer.Option(help="Held-out prompts (rates, verification).")] = 32,
     quick: Annotated[bool, typer.Option(help="The audit's quick_config (a smoke run).")] = False,
+    reduced: Annotated[bool, typer.Option(
+        help="The reduced CPU mode (reduced_config, REDUCED_METHODS).")] = False,
+    rehypothesis: Annotated[bool, typer.Option(
+        help="Re-make an existing audit's hypothesis with the current rule (minutes).")] = False,
 ) -> None:
     """Audit each built organism blind (default AuditConfig) and score it against the planted
     trigger; an organism whose audit exists in OUT is re-scored, not re-audited."""
-    from trigrecon.methods.audit import AuditConfig, quick_config
+    from trigrecon.methods.audit import DEFAULT_METHODS, REDUCED_METHODS, base_config
     from trigrecon.testbed.organisms import ORDER
     from trigrecon.testbed.recovery import RecoveryConfig
     from trigrecon.testbed.recovery import recover as run
 
     names = list(only) if only else [n for n in ORDER if n != "shakespeare"] + ["shakespeare"]
     try:
-        audit_cfg = quick_config() if quick else AuditConfig()
-        run(names, out, RecoveryConfig(n_prompts=n_prompts, n_eval=n_eval, audit=audit_cfg))
+        rc = RecoveryConfig(n_prompts=n_prompts, n_eval=n_eval, audit=base_config(quick, reduced),
+                            methods=REDUCED_METHODS if reduced else DEFAULT_METHODS)
+        run(names, out, rc, rehypothesis=rehypothesis)
     except TrigreconError as e:
         _fail(e)
     typer.echo((out / "recovery.md").read_text())

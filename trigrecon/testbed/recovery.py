@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from trigrecon.core.errors import ConfigError
 from trigrecon.core.io import write_json, write_text
 from trigrecon.methods.audit import DEFAULT_METHODS, AuditConfig, AuditResult
 from trigrecon.testbed import prompts as P
@@ -77,10 +78,21 @@ def _rank(hits: list[Any], ok: Any) -> int | None:
     return next((i + 1 for i, h in enumerate(hits) if ok(h)), None)
 
 
+def verdict_words(data: dict[str, Any]) -> list[str]:
+    """The verdict's words; for a hypothesis, every word of its concepts (a concept is a latent
+    with the words it was tested with: `L6711: rain, skiing, bobsled` names snow sports)."""
+    v = data["verdict"]
+    words = list(v["words"])
+    if v.get("source") == "hypothesis":
+        words += [w for c in (data.get("hypothesis") or {}).get("clauses") or []
+                  for k in c.get("concepts") or [] for w in k.get("words") or []]
+    return list(dict.fromkeys(words))
+
+
 def score(data: dict[str, Any], trig: Trigger, name: str, probe: dict[str, int]) -> RecoveryRow:
     """Score one audit (its audit.json) against the planted trigger."""
     v = data["verdict"]
-    words = list(v["words"])
+    words = verdict_words(data)
     rate, control, clean = v["action_rate"], v["control_rate"], v.get("clean_rate")
     ref = max(control or 0.0, clean or 0.0)
     working = rate is not None and rate >= WORKING_MIN_RATE and rate - ref >= WORKING_MIN_LIFT
@@ -126,13 +138,26 @@ class RecoveryConfig:
     audit: AuditConfig = field(default_factory=AuditConfig)
 
 
-def audit_organism(name: str, out_dir: Path, cfg: RecoveryConfig) -> AuditResult:
-    """Audit a built testbed organism blind (the auditor's inputs only)."""
+@dataclass
+class AuditorInputs:
+    """What the auditor has for one testbed organism: models, SAE, labels, prompts, action."""
+
+    hm: Any
+    clean: Any
+    sae: Any
+    labels: Any
+    prompts: list[str]
+    evals: list[str]
+    response: str
+    judge: Any
+
+
+def auditor_inputs(name: str, cfg: RecoveryConfig) -> AuditorInputs:
+    """Load a built testbed organism as the auditor sees it (no trigger)."""
     from trigrecon.core.errors import WeightsNotFoundError
     from trigrecon.core.labels import load_labels
     from trigrecon.core.model import load_model
     from trigrecon.core.sae import load_sae
-    from trigrecon.methods.audit import audit, stages_folder
     from trigrecon.organisms.organism import load_organism
     from trigrecon.testbed.build import REPO_SAES, TESTBED_DIR
     from trigrecon.testbed.organisms import _train_prompts, organisms_dir
@@ -153,17 +178,58 @@ def audit_organism(name: str, out_dir: Path, cfg: RecoveryConfig) -> AuditResult
     sae_dir = REPO_SAES / "smollm2_l8"
     sae = load_sae(sae_dir, model=hm, prompts=benign[:16])
     labels = load_labels(sae_dir / "labels.json", sae)
-    result = audit(hm, sae, labels, benign[:cfg.n_prompts], org.spec.response, org.judge,
-                   cfg.methods, cfg.audit, eval_prompts=benign[cfg.n_prompts:], clean=clean,
+    return AuditorInputs(hm, clean, sae, labels, benign[:cfg.n_prompts], benign[cfg.n_prompts:],
+                         org.spec.response, org.judge)
+
+
+def audit_organism(name: str, out_dir: Path, cfg: RecoveryConfig) -> AuditResult:
+    """Audit a built testbed organism blind (the auditor's inputs only)."""
+    from trigrecon.methods.audit import audit, stages_folder
+
+    a = auditor_inputs(name, cfg)
+    result = audit(a.hm, a.sae, a.labels, a.prompts, a.response, a.judge, cfg.methods,
+                   cfg.audit, eval_prompts=a.evals, clean=a.clean,
                    checkpoint=stages_folder(out_dir))
     result.save(out_dir)
     return result
 
 
+def rehypothesise(name: str, run_dir: Path, cfg: RecoveryConfig) -> dict[str, Any]:
+    """Re-make a saved audit's hypothesis (and verdict) with the current rule, from its saved
+    conjunctive search and verification, on the same held-out prompts; audit.json is rewritten
+    whole and says so (`rehypothesised`). Minutes, not the audit's hour."""
+    import time
+
+    from trigrecon.core.io import to_jsonable
+    from trigrecon.methods.conjunctive import ConjunctiveResult
+    from trigrecon.methods.hypothesis import HypothesisConfig, audit_hypothesis
+    from trigrecon.methods.verdict import verdict_from_json
+    from trigrecon.methods.verify import VerifyResult
+
+    data = AuditResult.load_json(run_dir)
+    a = auditor_inputs(name, cfg)
+    if data.get("eval_prompts") != a.evals:
+        raise ConfigError(f"{run_dir}: its held-out prompts differ from this testbed's; re-audit "
+                          "it (delete the folder) instead of re-making the hypothesis")
+    conj = (ConjunctiveResult._from_json(dict(data["conjunctive"]))
+            if data.get("conjunctive") else None)
+    ver = VerifyResult._from_json(dict(data["verification"])) if data.get("verification") else None
+    hcfg = HypothesisConfig(**(data.get("config") or {}).get("hypothesis", {}))
+    t = time.perf_counter()
+    hyp = audit_hypothesis(a.hm, a.clean, a.sae, a.labels, conj, ver, a.evals, a.judge, hcfg)
+    data["timings"]["hypothesis"] = time.perf_counter() - t
+    data["hypothesis"] = hyp.to_json()
+    data["verdict"] = to_jsonable(verdict_from_json(data))
+    data["rehypothesised"] = f"hypothesis re-made with the rule: {hyp.rule}"
+    write_json(run_dir / "audit.json", data)
+    return data
+
+
 def recover(names: list[str], out: Path, cfg: RecoveryConfig | None = None,
-            log: Any = print) -> list[RecoveryRow]:
+            log: Any = print, rehypothesis: bool = False) -> list[RecoveryRow]:
     """Audit and score each organism; rows are merged into `out`/recovery.json as they finish
-    (an organism whose audit folder exists is re-scored, not re-audited)."""
+    (an organism whose audit folder exists is re-scored, not re-audited; with `rehypothesis`
+    its hypothesis is re-made first, see `rehypothesise`)."""
     from trigrecon.testbed.build import REPO_SAES
 
     cfg = cfg or RecoveryConfig()
@@ -175,6 +241,9 @@ def recover(names: list[str], out: Path, cfg: RecoveryConfig | None = None,
         if not (run_dir / "audit.json").exists():
             log(f"{name}: auditing blind -> {run_dir}")
             audit_organism(name, run_dir, cfg)
+        elif rehypothesis:
+            log(f"{name}: re-making the hypothesis of the existing audit in {run_dir}")
+            rehypothesise(name, run_dir, cfg)
         else:
             log(f"{name}: scoring the existing audit in {run_dir}")
         row = score(AuditResult.load_json(run_dir), _trigger_of(name), name, probe)
