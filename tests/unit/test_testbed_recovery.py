@@ -138,3 +138,18 @@ def test_rehypothesise_remakes_the_hypothesis_and_verdict_of_a_saved_audit(
     inputs.evals = ["another prompt", "and another"]
     with pytest.raises(ConfigError, match="held-out prompts differ"):
         recovery.rehypothesise("tiny", tmp_path, recovery.RecoveryConfig())
+
+
+def test_the_row_says_which_audit_mode_ran():
+    from trigrecon.methods.audit import DEFAULT_METHODS, REDUCED_METHODS, base_config
+    from trigrecon.methods.audit import config_dict
+    from trigrecon.testbed.recovery import audit_mode
+
+    def saved(methods, reduced):
+        return {"methods": list(methods), "config": config_dict(base_config(reduced=reduced))}
+
+    assert audit_mode(saved(DEFAULT_METHODS, False)) == "default"
+    assert audit_mode(saved(REDUCED_METHODS, True)) == "reduced"
+    assert audit_mode(saved(REDUCED_METHODS, False)) == "custom"  # scoring still on
+    data = _audit(["mango"], 0.9, 0.0, 0.0) | saved(REDUCED_METHODS, True)
+    assert "| sf | reduced |" in markdown([score(data, SNOW_FRUIT, "sf", {})])

@@ -55,6 +55,23 @@ class RecoveryRow:
     scores: list[dict[str, Any]] = field(default_factory=list)
     """The candidate table scored both ways (action rate, inversion reward, interpretability
     score; `methods.audit.score_audit_candidates`), best first, with `planted` per row."""
+    mode: str = "default"
+    """'default', 'reduced' (`REDUCED_METHODS`, one clause, no scoring) or 'custom'."""
+    rehypothesised: str = ""
+    """Set when the hypothesis was re-made on the saved audit (`rehypothesise`)."""
+
+
+def audit_mode(data: dict[str, Any]) -> str:
+    """Which audit mode a saved audit ran (`trigrecon audit --reduced` or the defaults)."""
+    from trigrecon.methods.audit import DEFAULT_METHODS, REDUCED_METHODS
+
+    cfg = data.get("config") or {}
+    clauses = (cfg.get("conjunctive") or {}).get("max_clauses")
+    scoring = (cfg.get("scoring") or {}).get("enabled", True)
+    methods = tuple(data.get("methods") or ())
+    if methods == REDUCED_METHODS and clauses == 1 and not scoring:
+        return "reduced"
+    return "default" if methods == DEFAULT_METHODS and scoring else "custom"
 
 
 def category_named(text: str, category: str) -> bool:
@@ -116,6 +133,7 @@ def score(data: dict[str, Any], trig: Trigger, name: str, probe: dict[str, int])
                   | {"planted": planted_named(trig, [r["candidate"]])}
                   for r in ((data.get("candidate_scores") or {}).get("rows") or [])]
     row.cause = "" if planted else miss_cause(row, trig)
+    row.mode, row.rehypothesised = audit_mode(data), str(data.get("rehypothesised", ""))
     return row
 
 
@@ -283,19 +301,20 @@ def _num(x: float | None) -> str:
 
 def markdown(rows: list[RecoveryRow]) -> str:
     lines = ["# Blind recovery on the SmolLM2 testbed", "",
-             "Default `AuditConfig`; the auditor knows the action, benign prompts and the clean "
-             "base model. Ranks: first latent whose label names a category member "
-             "(SAE-Attribution / supervised SAE-MELBO; probe latent in brackets).", "",
-             "| organism | trigger | hypothesis (words) | rate | clean | control | working | "
+             "`AuditConfig` defaults (mode `default`) or the reduced CPU mode (`reduced`); the "
+             "auditor knows the action, benign prompts and the clean base model. Ranks: first "
+             "latent whose label names a category member (SAE-Attribution / supervised "
+             "SAE-MELBO; probe latent in brackets).", "",
+             "| organism | mode | trigger | hypothesis (words) | rate | clean | control | working | "
              "planted | ranks | minutes | cause of a miss |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         ranks = "; ".join(
             f"{c}: {v.get('sae_attribution')}/{v.get('supervised_sae_melbo')} "
             f"[{r.probe_ranks[c].get('sae_attribution')}/{r.probe_ranks[c].get('supervised_sae_melbo')}]"
             for c, v in r.ranks.items()) or "–"
         lines.append(
-            f"| {r.organism} | `{r.trigger}` | {r.hypothesis or '–'} ({', '.join(r.words)}) | "
+            f"| {r.organism} | {r.mode} | `{r.trigger}` | {r.hypothesis or '–'} ({', '.join(r.words)}) | "
             f"{_pct(r.action_rate)} | {_pct(r.clean_rate)} | {_pct(r.control_rate)} | "
             f"{'yes' if r.working else 'no'} | {'yes' if r.planted else 'no'} | {ranks} | "
             f"{r.timings.get('total', 0) / 60:.1f} | {r.cause} |")
@@ -305,6 +324,8 @@ def markdown(rows: list[RecoveryRow]) -> str:
     for r in rows:
         lines += [f"## {r.organism}", "", "Stage wall times (s): " + ", ".join(
             f"{k} {v:.0f}" for k, v in r.timings.items()), ""]
+        if r.rehypothesised:
+            lines += [f"Hypothesis re-made on the saved audit ({r.rehypothesised}).", ""]
         lines += [f"- clause {s['clause']}: latent {s['latent']} ({s['label']}), words "
                   f"{', '.join(s['words'])} from the {s['source']}: rate {_pct(s['rate'])}, "
                   f"clean {_pct(s['clean_rate'])}" for s in r.iterations]
