@@ -141,8 +141,7 @@ def test_rehypothesise_remakes_the_hypothesis_and_verdict_of_a_saved_audit(
 
 
 def test_the_row_says_which_audit_mode_ran():
-    from trigrecon.methods.audit import DEFAULT_METHODS, REDUCED_METHODS, base_config
-    from trigrecon.methods.audit import config_dict
+    from trigrecon.methods.audit import DEFAULT_METHODS, REDUCED_METHODS, base_config, config_dict
     from trigrecon.testbed.recovery import audit_mode
 
     def saved(methods, reduced):
