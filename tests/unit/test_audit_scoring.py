@@ -71,6 +71,8 @@ def test_audit_output_carries_the_table(tiny_hooked, planted, tmp_path):
     res.save(tmp_path)
     data = AuditResult.load_json(tmp_path)
     assert data["candidate_scores"]["rows"][0]["candidate"] == rows[0].candidate
+    assert res.hypothesis is not None  # saved with its expression, for reports and agents
+    assert data["hypothesis"]["expression"] == res.hypothesis.expression
     assert "## candidate scoring" in (tmp_path / "latents.md").read_text()
     json.dumps(data)
     cfg.scoring = CandidateScoringConfig(enabled=False)

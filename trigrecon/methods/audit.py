@@ -168,6 +168,8 @@ class AuditResult:
                             if k not in ("steering", "attribution")})
         data["steering"] = {k: _without_tensors(v) for k, v in self.steering.items()}
         data["attribution"] = _without_tensors(self.attribution)
+        if self.hypothesis is not None:
+            data["hypothesis"] = self.hypothesis.to_json()  # with its expression
         data["verdict"] = to_jsonable(self.verdict())
         return data
 

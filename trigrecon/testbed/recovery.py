@@ -125,7 +125,8 @@ def score(data: dict[str, Any], trig: Trigger, name: str, probe: dict[str, int])
     its = [{"clause": s["clause"], "latent": s["chosen"]["latent"], "label": s["chosen"]["label"][:80],
             "words": s["words"], "source": s["source"], "rate": s["action_rate"],
             "clean_rate": s.get("clean_rate")} for s in steps]
-    hyp = (data.get("hypothesis") or {}).get("expression", "")
+    hyp = (data.get("hypothesis") or {}).get("expression") or (
+        v.get("trigger") or "" if v.get("source") == "hypothesis" else "")
     row = RecoveryRow(name, str(trig), hyp, words, rate, clean, control, working, planted,
                       "", ranks, probe_ranks, its, dict(data.get("timings", {})))
     row.timings["total"] = sum(row.timings.values())
