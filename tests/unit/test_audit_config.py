@@ -195,3 +195,5 @@ def test_reduced_mode_drops_supervised_sae_melbo_a_clause_and_scoring(tmp_path):
     assert cfg.scoring.enabled
     spec, _ = specs_from_dict({"run": {"model": "m", "reduced": True, "methods": ["verify"]}})
     assert spec.methods == ["verify"]  # methods given: kept
+    spec, cfg = specs_from_cli(None, {"model": "m", "reduced": True, "methods": None})  # the flag
+    assert spec.methods == list(REDUCED_METHODS) and cfg.conjunctive.max_clauses == 1
