@@ -236,7 +236,7 @@ def rehypothesise(name: str, run_dir: Path, cfg: RecoveryConfig) -> dict[str, An
     hcfg = HypothesisConfig(**(data.get("config") or {}).get("hypothesis", {}))
     t = time.perf_counter()
     hyp = audit_hypothesis(a.hm, a.clean, a.sae, a.labels, conj, ver, a.evals, a.judge, hcfg)
-    data["timings"]["hypothesis"] = time.perf_counter() - t
+    data.setdefault("timings", {})["hypothesis"] = time.perf_counter() - t
     data["hypothesis"] = hyp.to_json()
     data["verdict"] = to_jsonable(verdict_from_json(data))
     data["rehypothesised"] = f"hypothesis re-made with the rule: {hyp.rule}"
