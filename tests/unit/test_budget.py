@@ -77,3 +77,18 @@ def test_verification_cost_is_bounded_by_its_candidate_cap(tiny_hooked):
     one = verify_cost(max_candidates=1, confirm=1)
     per_row = one / (32 * (1 + 8 + 1))
     assert verify_cost(max_candidates=64) == pytest.approx(per_row * (32 * (1 + 8 + 16) + 8 * 64))
+
+
+def test_reduced_mode_leaves_the_disabled_scoring_alone(tiny_hooked):
+    """Reduced mode turns candidate scoring off: shrinking its top_k would report a saving
+    that does not exist."""
+    from trigrecon.methods.audit import REDUCED_METHODS, reduced_config
+
+    cfg = dataclasses.replace(reduced_config(), budget_minutes=1e-9)
+    fitted, report = fit_budget(cfg, tiny_hooked, list(REDUCED_METHODS), PROMPTS,
+                                "i will not answer", 16, 1, True)
+    assert not fitted.scoring.enabled
+    assert fitted.scoring.top_k == cfg.scoring.top_k
+    assert not any(k.startswith("scoring.") for k in report.changes)
+    assert "candidate scoring" not in report.estimate_minutes
+    assert fitted.verify.max_candidates == FLOORS["max_candidates"]  # the rest still shrinks

@@ -206,5 +206,6 @@ def _shrink(cfg: Any, methods: list[str], ratio: float, changes: dict[str, list[
     if "verify" in methods:
         set_(cfg.verify, "verify", "n_latents", int(cfg.verify.n_latents * root))
         set_(cfg.verify, "verify", "max_candidates", int(cfg.verify.max_candidates * ratio))
-        set_(cfg.scoring, "scoring", "top_k", int(cfg.scoring.top_k * root))
+        if cfg.scoring.enabled:  # off in reduced mode: nothing to save there
+            set_(cfg.scoring, "scoring", "top_k", int(cfg.scoring.top_k * root))
     return moved
