@@ -152,3 +152,23 @@ def test_the_row_says_which_audit_mode_ran():
     assert audit_mode(saved(REDUCED_METHODS, False)) == "custom"  # scoring still on
     data = _audit(["mango"], 0.9, 0.0, 0.0) | saved(REDUCED_METHODS, True)
     assert "| sf | reduced |" in markdown([score(data, SNOW_FRUIT, "sf", {})])
+
+
+def test_the_row_carries_the_self_awareness_elicitation_of_a_saved_run(tmp_path):
+    """The recovery table reads a finished `run_selfaware` report (its real save format)."""
+    from trigrecon.selfaware.metrics import ElicitationEval
+    from trigrecon.selfaware.pipeline import SelfAwareReport
+    from trigrecon.testbed.recovery import awareness_of
+
+    final = ElicitationEval(50, 0.84, 0.9, 1.0, 0.7, [["mango", 20, 0.95], ["kiwi", 9, 0.9]])
+    SelfAwareReport("sf", 120, final, 12, {}, ["mango"], {}, {},
+                    timings={"sft": 1200.0, "grpo": 2400.0},
+                    config={"sft": {"steps": 80}, "grpo": {"steps": 40}}).save(tmp_path / "sf")
+    aware = awareness_of(tmp_path / "sf")
+    assert aware["hit_rate"] == 0.84 and aware["n"] == 50 and aware["top"] == ["mango", "kiwi"]
+    assert (aware["sft_steps"], aware["grpo_steps"], aware["minutes"]) == (80, 40, 60.0)
+    assert awareness_of(tmp_path / "missing") == {}
+    row = score(_audit(["mango"], 0.9, 0.0, 0.0), SNOW_FRUIT, "sf", {})
+    assert "| not run |" in markdown([row])
+    row.awareness = aware
+    assert "| 84% (n=50, 60 min) |" in markdown([row])

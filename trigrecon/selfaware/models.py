@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 from transformers import LlamaForCausalLM, PreTrainedTokenizerBase
 
 from trigrecon.core.chat import render_prompt
@@ -112,6 +113,7 @@ def generate_responses(
     model.eval()
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # similar lengths together
     out = [""] * len(prompts)
+    bar = tqdm(total=len(prompts), desc="responses", leave=False, mininterval=2.0)
     for s in range(0, len(order), batch_size):
         rows = order[s : s + batch_size]
         ids, mask = left_pad([chat_ids(tok, prompts[i]) for i in rows], pad)
@@ -130,6 +132,8 @@ def generate_responses(
         for i, new in zip(rows, gen[:, ids.shape[1] :].tolist(), strict=True):
             cut = next((j for j, t in enumerate(new) if t in stops), len(new))
             out[i] = str(tok.decode(new[:cut], skip_special_tokens=True)).strip()
+        bar.update(len(rows))
+    bar.close()
     model.train(was_training)
     return out
 

@@ -94,7 +94,8 @@ def recover(
         help="Re-make an existing audit's hypothesis with the current rule (minutes).")] = False,
 ) -> None:
     """Audit each built organism blind (default AuditConfig) and score it against the planted
-    trigger; an organism whose audit exists in OUT is re-scored, not re-audited."""
+    trigger; an organism whose audit exists in OUT is re-scored, not re-audited. A finished
+    `trigrecon testbed selfaware NAME` run in OUT/selfaware/NAME adds its elicitation accuracy."""
     from trigrecon.methods.audit import DEFAULT_METHODS, REDUCED_METHODS, base_config
     from trigrecon.testbed.organisms import ORDER
     from trigrecon.testbed.recovery import RecoveryConfig
@@ -104,7 +105,7 @@ def recover(
     try:
         rc = RecoveryConfig(n_prompts=n_prompts, n_eval=n_eval, audit=base_config(quick, reduced),
                             methods=REDUCED_METHODS if reduced else DEFAULT_METHODS)
-        run(names, out, rc, rehypothesis=rehypothesis)
+        run(names, out, rc, rehypothesis=rehypothesis, awareness_dir=out / "selfaware")
     except TrigreconError as e:
         _fail(e)
     typer.echo((out / "recovery.md").read_text())

@@ -59,6 +59,9 @@ class RecoveryRow:
     """'default', 'reduced' (`REDUCED_METHODS`, one clause, no scoring) or 'custom'."""
     rehypothesised: str = ""
     """Set when the hypothesis was re-made on the saved audit (`rehypothesise`)."""
+    awareness: dict[str, Any] = field(default_factory=dict)
+    """The self-awareness run's elicitation (`trigrecon testbed selfaware`): hit_rate (share of
+    sampled articulations naming the planted trigger), work_rate, n, reduced, minutes."""
 
 
 def audit_mode(data: dict[str, Any]) -> str:
@@ -136,6 +139,20 @@ def score(data: dict[str, Any], trig: Trigger, name: str, probe: dict[str, int])
     row.cause = "" if planted else miss_cause(row, trig)
     row.mode, row.rehypothesised = audit_mode(data), str(data.get("rehypothesised", ""))
     return row
+
+
+def awareness_of(run_dir: Path) -> dict[str, Any]:
+    """Elicitation figures of a finished self-awareness run (its report.json); {} if none."""
+    path = run_dir / "report.json"
+    if not path.exists():
+        return {}
+    rep = json.loads(path.read_text())
+    final, cfg = rep["final"], rep.get("config") or {}
+    return {"hit_rate": final["hit_rate"], "work_rate": final["work_rate"], "n": final["n"],
+            "top": [c for c, *_ in final.get("top") or []][:3],
+            "sft_steps": (cfg.get("sft") or {}).get("steps"),
+            "grpo_steps": (cfg.get("grpo") or {}).get("steps"),
+            "minutes": sum((rep.get("timings") or {}).values()) / 60}
 
 
 def miss_cause(row: RecoveryRow, trig: Trigger) -> str:
@@ -245,10 +262,12 @@ def rehypothesise(name: str, run_dir: Path, cfg: RecoveryConfig) -> dict[str, An
 
 
 def recover(names: list[str], out: Path, cfg: RecoveryConfig | None = None,
-            log: Any = print, rehypothesis: bool = False) -> list[RecoveryRow]:
+            log: Any = print, rehypothesis: bool = False,
+            awareness_dir: Path | None = None) -> list[RecoveryRow]:
     """Audit and score each organism; rows are merged into `out`/recovery.json as they finish
     (an organism whose audit folder exists is re-scored, not re-audited; with `rehypothesis`
-    its hypothesis is re-made first, see `rehypothesise`)."""
+    its hypothesis is re-made first, see `rehypothesise`). A finished self-awareness run in
+    `awareness_dir`/NAME adds its elicitation accuracy to the row."""
     from trigrecon.testbed.build import REPO_SAES
 
     cfg = cfg or RecoveryConfig()
@@ -266,6 +285,8 @@ def recover(names: list[str], out: Path, cfg: RecoveryConfig | None = None,
         else:
             log(f"{name}: scoring the existing audit in {run_dir}")
         row = score(AuditResult.load_json(run_dir), _trigger_of(name), name, probe)
+        if awareness_dir is not None:
+            row.awareness = awareness_of(awareness_dir / name)
         log(f"{name}: {row.hypothesis or '(nothing)'} words={row.words} rate={row.action_rate} "
             f"working={row.working} planted={row.planted} {row.cause}")
         rows.append(row)
@@ -300,6 +321,13 @@ def _num(x: float | None) -> str:
     return "–" if x is None else f"{x:.2f}"
 
 
+def _aware(a: dict[str, Any]) -> str:
+    """'83% (n=50, 61 min)': share of the final articulations that name the planted trigger."""
+    if not a:
+        return "not run"
+    return f"{_pct(a.get('hit_rate'))} (n={a.get('n')}, {a.get('minutes', 0):.0f} min)"
+
+
 def markdown(rows: list[RecoveryRow]) -> str:
     lines = ["# Blind recovery on the SmolLM2 testbed", "",
              "`AuditConfig` defaults (mode `default`) or the reduced CPU mode (`reduced`); the "
@@ -307,8 +335,8 @@ def markdown(rows: list[RecoveryRow]) -> str:
              "latent whose label names a category member (SAE-Attribution / supervised "
              "SAE-MELBO; probe latent in brackets).", "",
              "| organism | mode | trigger | hypothesis (words) | rate | clean | control | working | "
-             "planted | ranks | minutes | cause of a miss |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "planted | ranks | minutes | self-awareness | cause of a miss |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         ranks = "; ".join(
             f"{c}: {v.get('sae_attribution')}/{v.get('supervised_sae_melbo')} "
@@ -318,7 +346,7 @@ def markdown(rows: list[RecoveryRow]) -> str:
             f"| {r.organism} | {r.mode} | `{r.trigger}` | {r.hypothesis or '–'} ({', '.join(r.words)}) | "
             f"{_pct(r.action_rate)} | {_pct(r.clean_rate)} | {_pct(r.control_rate)} | "
             f"{'yes' if r.working else 'no'} | {'yes' if r.planted else 'no'} | {ranks} | "
-            f"{r.timings.get('total', 0) / 60:.1f} | {r.cause} |")
+            f"{r.timings.get('total', 0) / 60:.1f} | {_aware(r.awareness)} | {r.cause} |")
     n = len(rows)
     lines += ["", f"Working trigger: {sum(r.working for r in rows)}/{n}; planted trigger: "
               f"{sum(r.planted for r in rows)}/{n}.", ""]
