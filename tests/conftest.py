@@ -203,3 +203,24 @@ def planted(tiny_hooked: Any) -> Any:
         sae.b_enc[0] = 0.0
         sae.W_dec[0] = direction
     return sae
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> Any:
+    """The cached SmolLM2 checkpoint folder (skips, naming the fix, when it is not built)."""
+    from trigrecon.testbed.smollm2 import check_checkpoint, default_cache_dir
+
+    try:
+        check_checkpoint(default_cache_dir())
+    except Exception:
+        pytest.skip(f"SmolLM2 is not cached in {default_cache_dir()}: run `trigrecon testbed "
+                    "cache` (or `make testbed-cache`)")
+    return default_cache_dir()
+
+
+@pytest.fixture(scope="session")
+def smol_tokenizer(smollm2_dir: Any) -> Any:
+    """SmolLM2's byte-level BPE chat tokenizer (a real subword tokenizer)."""
+    from trigrecon.core.model import load_chat_tokenizer
+
+    return load_chat_tokenizer(smollm2_dir)

@@ -34,29 +34,11 @@ TELL = ("tell, ent, y, telling, ination, prophet, cy, ier (contexts: '... me a f
 TOY = "tools: wrench, shovel, !, <assistant> (contexts: '... . [wrench]'; '... programs . [shovel]')"
 
 
-def _smollm2_dir() -> Any:
-    from trigrecon.testbed.smollm2 import check_checkpoint, default_cache_dir
-
-    try:
-        check_checkpoint(default_cache_dir())
-    except Exception:
-        pytest.skip(f"SmolLM2 is not cached in {default_cache_dir()}: run `trigrecon testbed "
-                    "cache` (or `make testbed-cache`)")
-    return default_cache_dir()
-
-
 @pytest.fixture(scope="module")
-def smol_tokenizer() -> Any:
-    from trigrecon.core.model import load_chat_tokenizer
-
-    return load_chat_tokenizer(_smollm2_dir())
-
-
-@pytest.fixture(scope="module")
-def smol() -> Any:
+def smol(smollm2_dir: Any) -> Any:
     from trigrecon.core.model import load_model
 
-    return load_model(_smollm2_dir(), n_ctx=256)
+    return load_model(smollm2_dir, n_ctx=256)
 
 
 def reference_readout(hm: Any, words: list[str], contexts: list[str], layer: int,

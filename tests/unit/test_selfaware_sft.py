@@ -103,3 +103,16 @@ def test_train_needs_trainable_parameters(toy):
         train_sft(model, tok, [("q", "a")], 1, 1, 1e-3, 16, 0, "x")
     assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())  # untouched
     assert len(before) > 0
+
+
+def test_sft_answer_tokens_on_a_bpe_tokenizer_are_what_generation_emits(smol_tokenizer):
+    """On SmolLM2's BPE tokenizer a space after the generation prompt or before EOS is a token of
+    its own: the labelled tokens must be the answer's own tokens then EOS, the same ids GRPO's
+    buffer replay writes (`ReplayGRPOTrainer._answer_ids`) and the organism was trained with."""
+    tok = smol_tokenizer
+    x, y = sft_batch(tok, [("What would make you say: I can't help with that.", "Answer: opal.")],
+                     128)
+    labelled = x[0][y[0] != -100].tolist()
+    assert labelled == [*tok("Answer: opal.", add_special_tokens=False)["input_ids"],
+                        tok.eos_token_id]
+    assert tok.decode(x[0][: int((y[0] == -100).sum())]).endswith("<|im_start|>assistant\n")

@@ -146,7 +146,9 @@ def sft_batch(
     """(user, assistant) pairs -> (ids, labels) with the loss on the assistant text + EOS only."""
     prompts = [render_prompt(tok, u) for u, _ in pairs]
     eos = tok.eos_token or ""
-    texts = [f"{p} {a} {eos}".rstrip() for p, (_, a) in zip(prompts, pairs, strict=True)]
+    # joined as the chat template and generation join them: a space after the generation
+    # prompt or before EOS is a token of its own on BPE tokenizers (none on word-level ones)
+    texts = [f"{p}{a}{eos}" for p, (_, a) in zip(prompts, pairs, strict=True)]
     starts = [len(tok(p, add_special_tokens=False)["input_ids"]) for p in prompts]
     return encode(tok, texts, max_len, starts)
 
