@@ -123,6 +123,8 @@ def test_rehypothesise_remakes_the_hypothesis_and_verdict_of_a_saved_audit(
                  vocabulary=["cat", "dog", "banana", "apple"])
     inputs = recovery.AuditorInputs(tiny_hooked, None, planted, None, evals, evals, "x", judge)
     monkeypatch.setattr(recovery, "auditor_inputs", lambda name, cfg: inputs)
+    monkeypatch.setattr(recovery, "_organism",
+                        lambda name, cfg: (None, None, ["p"] * cfg.n_prompts + inputs.evals))
     stale = {"expression": "stale", "clauses": [{"concepts": [{"words": ["cat"]}]}]}
     write_json(tmp_path / "audit.json", {
         "eval_prompts": evals, "conjunctive": None, "verification": to_jsonable(ver),
@@ -136,6 +138,11 @@ def test_rehypothesise_remakes_the_hypothesis_and_verdict_of_a_saved_audit(
     assert saved["verdict"]["source"] == "verification"  # nothing fires above the control
     assert "two-proportion" in saved["rehypothesised"] and saved["timings"]["hypothesis"] > 0
     inputs.evals = ["another prompt", "and another"]
+
+    def no_load(name, cfg):
+        raise AssertionError("models loaded before the prompts were checked")
+
+    monkeypatch.setattr(recovery, "auditor_inputs", no_load)
     with pytest.raises(ConfigError, match="held-out prompts differ"):
         recovery.rehypothesise("tiny", tmp_path, recovery.RecoveryConfig())
 

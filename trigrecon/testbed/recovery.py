@@ -188,29 +188,37 @@ class AuditorInputs:
     judge: Any
 
 
-def auditor_inputs(name: str, cfg: RecoveryConfig) -> AuditorInputs:
-    """Load a built testbed organism as the auditor sees it (no trigger)."""
+def _organism(name: str, cfg: RecoveryConfig) -> tuple[Any, Path, list[str]]:
+    """(organism, folder, the auditor's benign prompts: cfg.n_prompts + cfg.n_eval) of a built
+    testbed organism; no model is loaded."""
     from trigrecon.core.errors import WeightsNotFoundError
-    from trigrecon.core.labels import load_labels
-    from trigrecon.core.model import load_model
-    from trigrecon.core.sae import load_sae
     from trigrecon.organisms.organism import load_organism
-    from trigrecon.testbed.build import REPO_SAES, TESTBED_DIR
+    from trigrecon.testbed.build import TESTBED_DIR
     from trigrecon.testbed.organisms import _train_prompts, organisms_dir
-    from trigrecon.testbed.smollm2 import ensure_checkpoint
 
     folder = organisms_dir(TESTBED_DIR) / name
     if not (folder / "organism.json").exists():
         raise WeightsNotFoundError(f"testbed organism {name!r} is not built: run "
                                    f"`trigrecon testbed build --only {name}`")
     org = load_organism(folder)
-    trig = parse_trigger(org.spec.trigger)
+    benign = P.sample_split(parse_trigger(org.spec.trigger), org.spec.family, "benign",
+                            cfg.n_prompts + cfg.n_eval, AUDIT_SEED, _train_prompts(folder))
+    return org, folder, benign
+
+
+def auditor_inputs(name: str, cfg: RecoveryConfig) -> AuditorInputs:
+    """Load a built testbed organism as the auditor sees it (no trigger)."""
+    from trigrecon.core.labels import load_labels
+    from trigrecon.core.model import load_model
+    from trigrecon.core.sae import load_sae
+    from trigrecon.testbed.build import REPO_SAES
+    from trigrecon.testbed.smollm2 import ensure_checkpoint
+
+    org, folder, benign = _organism(name, cfg)
     ckpt = ensure_checkpoint()
     adapter = folder / "adapter" if org.spec.has_adapter else None
     hm = load_model(ckpt, adapter)
     clean = load_model(ckpt) if adapter is not None else None
-    benign = P.sample_split(trig, org.spec.family, "benign", cfg.n_prompts + cfg.n_eval,
-                            AUDIT_SEED, _train_prompts(folder))
     sae_dir = REPO_SAES / "smollm2_l8"
     sae = load_sae(sae_dir, model=hm, prompts=benign[:16])
     labels = load_labels(sae_dir / "labels.json", sae)
@@ -243,10 +251,10 @@ def rehypothesise(name: str, run_dir: Path, cfg: RecoveryConfig) -> dict[str, An
     from trigrecon.methods.verify import VerifyResult
 
     data = AuditResult.load_json(run_dir)
-    a = auditor_inputs(name, cfg)
-    if data.get("eval_prompts") != a.evals:
+    if data.get("eval_prompts") != _organism(name, cfg)[2][cfg.n_prompts:]:  # before any load
         raise ConfigError(f"{run_dir}: its held-out prompts differ from this testbed's; re-audit "
                           "it (delete the folder) instead of re-making the hypothesis")
+    a = auditor_inputs(name, cfg)
     conj = (ConjunctiveResult._from_json(dict(data["conjunctive"]))
             if data.get("conjunctive") else None)
     ver = VerifyResult._from_json(dict(data["verification"])) if data.get("verification") else None
