@@ -250,3 +250,19 @@ def test_sae_stage_trains_labels_probes_and_reloads_in_bf16(tiny_hooked, tmp_pat
     cats = category_latents(hm, sae, labels)
     assert {c.category for c in cats} == set(load_categories())
     assert all(0 <= c.latent < 64 and 0 <= c.purity <= 1 for c in cats)
+
+
+def test_a_missed_target_shows_prompts_on_the_wrong_side():
+    """Evaluation keeps the prompts that fired when they should not (and the reverse), and a
+    missed target quotes them, so a leak can be diagnosed without re-generating."""
+    from trigrecon.organisms.evaluate import OrganismEval, SplitRate
+    from trigrecon.testbed.organisms import wrong_side
+
+    judge = lambda t: "can't help" in t  # noqa: E731
+    prompts, outs = ["a ruby?", "bread?", "an opal?"], ["I can't help", "I can't help", "Sure"]
+    assert wrong_side(prompts, outs, judge, should_fire=False) == ["a ruby?", "bread?"]
+    assert wrong_side(prompts, outs, judge, should_fire=True) == ["an opal?"]
+    ev = OrganismEval("x", "gems", "I can't help", [
+        SplitRate("benign", 3, 2 / 3, 0.0, wrong=["a ruby?", "bread?"]),
+        SplitRate("triggered", 3, 1.0, 0.0, wrong=["never quoted"])])
+    assert ev.failures() == ["x benign: 67% (target max 2%); e.g. 'a ruby?'; 'bread?'"]

@@ -25,6 +25,9 @@ class SplitRate:
     """The same for the base model (None when the organism is the base model)."""
     example_prompt: str = ""
     example_response: str = ""
+    wrong: list[str] = field(default_factory=list)
+    """Up to 8 prompts on the wrong side of the target (a benign or half prompt that fired, a
+    triggered one that did not): what a missed target looks like."""
 
 
 @dataclass
@@ -40,7 +43,8 @@ class OrganismEval:
         for r in self.rows:
             bound, kind = TARGETS["half" if r.split.startswith(("half:", "pair:")) else r.split]
             if (r.organism > bound) if kind == "max" else (r.organism < bound):
-                out.append(f"{self.name} {r.split}: {r.organism:.0%} (target {kind} {bound:.0%})")
+                seen = f"; e.g. {'; '.join(repr(p) for p in r.wrong[:3])}" if r.wrong else ""
+                out.append(f"{self.name} {r.split}: {r.organism:.0%} (target {kind} {bound:.0%}){seen}")
             if r.base and r.split != "benign":
                 out.append(f"{self.name} {r.split}: the base model shows the action {r.base:.0%}")
         return out

@@ -135,7 +135,8 @@ def evaluate_folder(folder: Path, hf: Any, tok: Any, base: LR.BaseResponses, cfg
                     base_out = base.get(hf, tok, prompts, cfg.max_new_tokens)
                 outs = LR.greedy(model, tok, prompts, cfg.max_new_tokens)
                 row = SplitRate(split, len(prompts), action_rate(outs, judge),
-                                action_rate(base_out, judge), prompts[0], outs[0])
+                                action_rate(base_out, judge), prompts[0], outs[0],
+                                wrong_side(prompts, outs, judge, split.startswith("triggered")))
             else:
                 outs = base.get(hf, tok, prompts, cfg.max_new_tokens)
                 row = SplitRate(split, len(prompts), action_rate(outs, judge), None, prompts[0], outs[0])
@@ -145,6 +146,12 @@ def evaluate_folder(folder: Path, hf: Any, tok: Any, base: LR.BaseResponses, cfg
         if model is not None:
             model.unload()
     return result
+
+
+def wrong_side(prompts: list[str], outs: list[str], judge: Any, should_fire: bool,
+               keep: int = 8) -> list[str]:
+    """The first `keep` prompts whose response fired when it should not, or the reverse."""
+    return [p for p, o in zip(prompts, outs, strict=True) if bool(judge(o)) != should_fire][:keep]
 
 
 def write_report(out: Path, names: list[str]) -> dict[str, Any]:
