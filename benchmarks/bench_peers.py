@@ -27,9 +27,16 @@ Reported per shape (vectors x steps x prompts):
   mean objective after `steps` steps (as each implementation records it: the same definition,
   sqrt of the summed squared target-layer change per prompt, averaged) over that of random
   orthogonal vectors of norm R; the final vectors are also scored by one common evaluator
-  (trigrecon's `SteeredForward.melbo_objective`).
+  (trigrecon's `SteeredForward.melbo_objective`);
+- roofline (`roofline`): FLOPs per optimisation step (FlopCounterMode, a 2-step run minus a
+  1-step run, so setup cancels; the CPU attention kernels, mv and dot counted too), marginal
+  seconds per step ((T(n2) - T(n1)) / (n2 - n1), n1 = 3, interleaved, median), the machine's fp32
+  matmul peak at the same thread count (best GFLOP/s over the step's matmul shapes), and from
+  them achieved GFLOP/s, efficiency and the ceiling: HEAD's seconds per step over trigrecon's
+  FLOPs per step at 100% of the peak (the best per-step speedup its own FLOPs allow).
 
     python benchmarks/bench_peers.py [--shape small|large|both] [--threads 1] [--out-dir DIR]
+    python benchmarks/bench_peers.py --roofline-only   # both shapes -> peers_roofline.json
 """
 
 from __future__ import annotations
@@ -47,6 +54,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import torch
+from torch.utils import flop_counter
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -62,6 +70,9 @@ SHAPES = {"small": (8, 50, 8), "large": (16, 100, 32)}
 SOURCE, TARGET = 1, 4
 LR_OURS = 0.01  # MelboConfig default, relative to R
 LR_PEER = 0.001  # batched-melbo's AdamW lr (hard-coded), absolute
+WARM_STEPS = 3  # roofline: n1 (marginal time from n1 to n1 + timing steps)
+ROOFLINE_STEPS = {"small": 5, "large": 3}  # n2 - n1 when --timing-steps is 0
+D_MODEL, D_MLP, D_QKV = 256, 896, 384  # peer_model's widths: the step's matmul shapes
 
 
 @dataclass
@@ -132,12 +143,26 @@ def _quiet() -> Iterator[None]:
         yield
 
 
+def _peers() -> dict[str, Any]:
+    """batched-melbo HEAD (vendored) and, if installed, the PyPI release 0.1.1."""
+    from benchmarks.vendor import batched_melbo_sliced as head
+
+    peers: dict[str, Any] = {"batched-melbo-head": head}
+    try:
+        import batched_melbo.batched_melbo as pypi
+
+        peers["batched-melbo-0.1.1"] = pypi
+    except ImportError:
+        print("batched-melbo (PyPI) not installed: skipped", file=sys.stderr)
+    return peers
+
+
 def reach(curve: list[float], level: float) -> int | None:
     """Steps (updates) until the curve first reaches `level` (curve[i]: before update i)."""
     return next((i for i, x in enumerate(curve) if x >= level), None)
 
 
-def per_step(fns: dict[str, Callable[[], float]], repeats: int) -> dict[str, dict[str, float]]:
+def per_step(fns: dict[str, Callable[[], float]], repeats: int) -> dict[str, dict[str, Any]]:
     """Interleaved timing (A B C, A B C, ...): median and min seconds per step."""
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
@@ -153,15 +178,8 @@ def bench_shape(hm: Any, hf: Any, tok: Any, shape: str, args: argparse.Namespace
     texts = peer_model.prompts(n)
     fwd = SteeredForward(hm, hm.batch(texts), SOURCE, TARGET)
     radius = fwd.resid_scale()  # norm 1.0 in trigrecon's unit
-    from benchmarks.vendor import batched_melbo_sliced as head
-
-    peers: dict[str, Any] = {"batched-melbo-head": head}
-    try:
-        import batched_melbo.batched_melbo as pypi
-
-        peers["batched-melbo-0.1.1"] = pypi
-    except ImportError:
-        print("batched-melbo (PyPI) not installed: skipped", file=sys.stderr)
+    peers = _peers()
+    head = peers["batched-melbo-head"]
 
     def evaluate(vectors: torch.Tensor) -> float:
         with torch.no_grad():
@@ -236,6 +254,122 @@ def bench_shape(hm: Any, hf: Any, tok: Any, shape: str, args: argparse.Namespace
         / timing["trigrecon"]["min"],
         "lean_over_tl_blocks": timing["trigrecon-tl"]["median"] / timing["trigrecon"]["median"],
         "runs": full, "equal_objective": equal_obj,
+        "roofline": roofline(hm, hf, tok, shape, args),
+    }
+
+
+# --- roofline: FLOPs per step, marginal seconds per step, the machine's matmul peak ---------
+
+def _mv_flop(a: Any, b: Any, *args: Any, out_shape: Any = None, **kw: Any) -> int:
+    return 2 * a[0] * a[1]
+
+
+def _dot_flop(a: Any, b: Any, *args: Any, out_shape: Any = None, **kw: Any) -> int:
+    return 2 * a[0]
+
+
+def _sdpa_cpu_flop(q: Any, k: Any, v: Any, *args: Any, out_shape: Any = None, **kw: Any) -> int:
+    return int(flop_counter.sdpa_flop_count(q, k, v))
+
+
+def _sdpa_cpu_bwd_flop(g: Any, q: Any, k: Any, v: Any, *args: Any, out_shape: Any = None,
+                       **kw: Any) -> int:
+    return int(flop_counter.sdpa_backward_flop_count(g, q, k, v))
+
+
+_aten = torch.ops.aten
+EXTRA_FLOPS = {  # ops FlopCounterMode (torch 2.13) leaves at 0 that these steps run
+    _aten.mv: _mv_flop, _aten.dot: _dot_flop,
+    _aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_cpu_flop,
+    _aten._scaled_dot_product_flash_attention_for_cpu_backward: _sdpa_cpu_bwd_flop,
+}
+
+
+def count_flops(fn: Callable[[], object]) -> int:
+    mode = flop_counter.FlopCounterMode(display=False, custom_mapping=EXTRA_FLOPS)
+    with mode:
+        fn()
+    return int(mode.get_total_flops())
+
+
+def flops_per_step(run: Callable[[int], Run]) -> int:
+    """FLOPs of one optimisation step: a 2-step run minus a 1-step run (setup cancels)."""
+    return count_flops(lambda: run(2)) - count_flops(lambda: run(1))
+
+
+def marginal_seconds(runs: dict[str, Callable[[int], Run]], n1: int, n2: int, repeats: int
+                     ) -> dict[str, dict[str, Any]]:
+    """(T(n2) - T(n1)) / (n2 - n1) per implementation, interleaved: median, min, all."""
+    def one(run: Callable[[int], Run]) -> Callable[[], float]:
+        return lambda: (run(n2).seconds - run(n1).seconds) / (n2 - n1)
+
+    return per_step({name: one(run) for name, run in runs.items()}, repeats)
+
+
+def matmul_gflops(rows: int, inner: int, outer: int, weight_t: bool, min_s: float = 0.2,
+                  rounds: int = 3) -> float:
+    """fp32 [rows, inner] @ [inner, outer] (`weight_t`: B a transposed [outer, inner], as in
+    F.linear; else contiguous, as in its input gradient): best GFLOP/s of `rounds`."""
+    a = torch.randn(rows, inner)
+    b = torch.randn(outer, inner).t() if weight_t else torch.randn(inner, outer)
+    c = torch.empty(rows, outer)
+    torch.mm(a, b, out=c)
+    best = float("inf")
+    for _ in range(rounds):
+        reps, t0 = 0, time.perf_counter()
+        while (elapsed := time.perf_counter() - t0) < min_s:
+            torch.mm(a, b, out=c)
+            reps += 1
+        best = min(best, elapsed / reps)
+    return 2 * rows * inner * outer / best / 1e9
+
+
+def matmul_peak(rows: int) -> dict[str, Any]:
+    """The best fp32 GFLOP/s over the step's matmul shapes (both weight layouts)."""
+    pairs = [(D_MODEL, D_MLP), (D_MLP, D_MODEL), (D_MODEL, D_MODEL), (D_MODEL, D_QKV),
+             (D_QKV, D_MODEL)]
+    shapes = {f"[{rows},{i}]@[{i},{o}]{' (B transposed)' if t else ''}": matmul_gflops(rows, i, o, t)
+              for i, o in pairs for t in (True, False)}
+    return {"gflops": max(shapes.values()), "shapes_gflops": shapes}
+
+
+def roofline(hm: Any, hf: Any, tok: Any, shape: str, args: argparse.Namespace) -> dict[str, Any]:
+    """FLOPs and marginal seconds per step of each implementation against the matmul peak."""
+    k, _, n = SHAPES[shape]
+    texts = peer_model.prompts(n)
+    radius = SteeredForward(hm, hm.batch(texts), SOURCE, TARGET).resid_scale()
+    def peer(mod: Any) -> Callable[[int], Run]:
+        return lambda s: run_peer(mod, hf, tok, texts, k, s, radius)
+
+    runs: dict[str, Callable[[int], Run]] = {
+        "trigrecon": lambda s: run_ours(hm, texts, k, s, LR_OURS)}
+    runs.update({name: peer(mod) for name, mod in _peers().items()})
+    flops = {name: flops_per_step(run) for name, run in runs.items()}
+    t_steps = args.timing_steps or ROOFLINE_STEPS[shape]
+    secs = marginal_seconds(runs, WARM_STEPS, WARM_STEPS + t_steps, args.repeats)
+    peak = matmul_peak(k * n * 16)
+    out = derive(flops, secs, peak["gflops"])
+    out.update({"steps_n1_n2": [WARM_STEPS, WARM_STEPS + t_steps], "repeats": args.repeats,
+                "peak": peak})
+    return out
+
+
+def derive(flops: dict[str, int], secs: dict[str, dict[str, Any]], peak: float
+           ) -> dict[str, Any]:
+    """Achieved GFLOP/s, efficiency, and trigrecon's ceiling against HEAD at 100% of `peak`."""
+    impl = {name: {"flops_per_step": f, "seconds_per_step": secs[name],
+                   "gflops": f / secs[name]["median"] / 1e9,
+                   "efficiency": f / secs[name]["median"] / 1e9 / peak}
+            for name, f in flops.items()}
+    ours, head = impl["trigrecon"], impl["batched-melbo-head"]
+    ours_at_peak = ours["flops_per_step"] / (peak * 1e9)
+    return {
+        "peak_gflops": peak, "implementations": impl,
+        "head_over_trigrecon_flops": head["flops_per_step"] / ours["flops_per_step"],
+        "speedup_per_step_vs_head": head["seconds_per_step"]["median"]
+        / ours["seconds_per_step"]["median"],
+        "trigrecon_seconds_per_step_at_peak": ours_at_peak,
+        "ceiling_speedup_vs_head": head["seconds_per_step"]["median"] / ours_at_peak,
     }
 
 
@@ -251,6 +385,8 @@ def main() -> None:
     ap.add_argument("--full-runs", choices=["all", "own"], default="all",
                     help="own: only each implementation at its own defaults (no other-lr runs, "
                          "no PyPI full run): for the large shape on a slow machine")
+    ap.add_argument("--roofline-only", action="store_true", help="only the roofline (FLOPs, "
+                    "marginal seconds per step, matmul peak), both shapes -> peers_roofline.json")
     ap.add_argument("--model-dir", default="/tmp/trigrecon-bench-peer-model")
     ap.add_argument("--out-dir", default=str(ROOT / "benchmarks" / "results"))
     args = ap.parse_args()
@@ -259,19 +395,38 @@ def main() -> None:
     if not (folder / "config.json").exists():
         peer_model.build(folder)
     hm, hf, tok = peer_model.load_both(folder)
+    if args.roofline_only:
+        roofline_only(hm, hf, tok, args)
+        return
     shapes = ["small", "large"] if args.shape == "both" else [args.shape]
     for shape in shapes:
         result = bench_shape(hm, hf, tok, shape, args)
-        result.update({"model": "random Llama: 6 layers, d_model 256, 8/2 heads, d_mlp 896, "
-                                "vocab 512 (benchmarks/peer_model.py)",
-                       "layers": [SOURCE, TARGET], "threads": args.threads,
-                       "torch": torch.__version__, "repeats": args.repeats,
-                       "long_factor": args.long_factor,
-                       "load_average": list(_loadavg())})
+        result.update(_meta(args) | {"long_factor": args.long_factor})
         out = Path(args.out_dir) / f"peers_{shape}.json"
         out.parent.mkdir(parents=True, exist_ok=True)
         write_json(out, result)
         summary(result)
+
+
+def _meta(args: argparse.Namespace) -> dict[str, Any]:
+    return {"model": "random Llama: 6 layers, d_model 256, 8/2 heads, d_mlp 896, "
+                     "vocab 512 (benchmarks/peer_model.py)",
+            "layers": [SOURCE, TARGET], "threads": args.threads, "torch": torch.__version__,
+            "repeats": args.repeats, "load_average": list(_loadavg())}
+
+
+def roofline_only(hm: Any, hf: Any, tok: Any, args: argparse.Namespace) -> None:
+    """Both shapes' roofline blocks into peers_roofline.json."""
+    result: dict[str, Any] = {"shapes": {}}
+    for shape in ("small", "large"):
+        k, _, n = SHAPES[shape]
+        block = roofline(hm, hf, tok, shape, args)
+        result["shapes"][shape] = {"vectors": k, "prompts": n, "tokens_per_prompt": 16} | block
+        print_roofline(shape, block)
+    result.update(_meta(args))
+    out = Path(args.out_dir) / "peers_roofline.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_json(out, result)
 
 
 def _loadavg() -> tuple[float, ...]:
@@ -296,7 +451,19 @@ def summary(r: dict[str, Any]) -> None:
         for direction, e in both.items():
             sp = "not reached" if e["speedup"] is None else f"{e['speedup']:.2f}x"
             print(f"  [{label}] {direction}: {e['steps']} steps -> {sp}")
+    print_roofline(f"{s['vectors']}x{s['prompts']}", r["roofline"])
     print(json.dumps({"speedup_per_step_vs_head": r["speedup_per_step_vs_head"]}))
+
+
+def print_roofline(label: str, r: dict[str, Any]) -> None:
+    print(f"  roofline {label}: fp32 matmul peak {r['peak_gflops']:.1f} GFLOP/s", flush=True)
+    for name, x in r["implementations"].items():
+        print(f"    {name:22s} {x['flops_per_step'] / 1e9:7.2f} GFLOP/step  "
+              f"{x['seconds_per_step']['median'] * 1e3:8.1f} ms/step  {x['gflops']:5.1f} GFLOP/s  "
+              f"{x['efficiency']:.0%} of peak", flush=True)
+    print(f"    HEAD/trigrecon FLOPs {r['head_over_trigrecon_flops']:.2f}; per step "
+          f"{r['speedup_per_step_vs_head']:.2f}x; ceiling at 100% of peak "
+          f"{r['ceiling_speedup_vs_head']:.2f}x", flush=True)
 
 
 if __name__ == "__main__":
