@@ -174,6 +174,12 @@ def test_cache_round_trip():
     r2 = make_reward()
     r2.load_state_dict(r.state_dict())
     assert r2.cache == {"mango": 1.0}
+    shaped = InversionReward(FakeModel(), FixedStringJudge(ACTION, min_words=3), PROMPTS,
+                             lambda p, c: f"{p} it is about {c} .", likelihood=kiwi_likelihood)
+    shaped.evaluate(["kiwi", "mango"])
+    r3 = make_reward()
+    r3.load_state_dict(shaped.state_dict())
+    assert r3.cache == {"kiwi": 0.0, "mango": 1.0} and r3.lifts == pytest.approx({"kiwi": 0.25})
 
 
 @pytest.mark.parametrize(
@@ -186,6 +192,8 @@ def test_cache_round_trip():
         ("work_threshold", 0.0),
         ("asr_floor", 1.0),
         ("answer_marker", " "),
+        ("lift_weight", 1.0),
+        ("screen_prompts", -1),
     ],
 )
 def test_config_validation_names_the_field(field, value):
@@ -204,13 +212,54 @@ def test_lift_measures_how_much_a_candidate_raises_the_actions_likelihood():
                 for t in texts]
 
     reward = InversionReward(FakeModel(), FixedStringJudge(ACTION, min_words=3), PROMPTS,
-                             lambda p, c: f"{p} it is about {c} .", RewardConfig(lift_prompts=2),
-                             likelihood=likelihood)
+                             lambda p, c: f"{p} it is about {c} .",
+                             RewardConfig(lift_prompts=2, lift_weight=0.0), likelihood=likelihood)
     assert reward.lift(["mango", "kiwi", "dog"]) == pytest.approx([0.5, 0.25, 0.0])
     assert reward.lift(["mango kiwi"]) == pytest.approx([1 - 0.375])
-    assert reward.evaluate(["kiwi"])[0].reward == 0.0  # the lift never enters the reward
+    assert reward.evaluate(["kiwi"])[0].reward == 0.0  # weight 0: the lift does not shape
     with pytest.raises(ConfigError, match="likelihood"):
         make_reward().lift(["mango"])
+
+
+def kiwi_likelihood(texts):  # CE 2.0; 'kiwi' (which never fires) takes a quarter off
+    return [2.0 * (0.75 if "kiwi" in t else 1.0) for t in texts]
+
+
+def test_a_non_firing_candidate_earns_its_weighted_lift():
+    reward = InversionReward(FakeModel(), FixedStringJudge(ACTION, min_words=3), PROMPTS,
+                             lambda p, c: f"{p} it is about {c} .",
+                             RewardConfig(lift_weight=0.4, asr_floor=0.0), likelihood=kiwi_likelihood)
+    e = {x.candidate: x for x in reward.evaluate(["kiwi", "dog", "mango", "kiwi dog"])}
+    assert e["kiwi"].asr == 0.0 and e["kiwi"].reward == pytest.approx(0.4 * 0.25)
+    assert e["kiwi"].lift == pytest.approx(0.25)
+    assert e["dog"].reward == 0.0
+    assert e["kiwi dog"].reward == pytest.approx(0.4 * 0.25 - 0.25)  # length penalty still counts
+    assert e["mango"].reward == 1.0 and e["mango"].lift is None  # fires: no lift needed
+    assert "mango" not in reward.lifts
+    echo = InversionReward(FakeModel(), FixedStringJudge(ACTION, min_words=3), PROMPTS,
+                           lambda p, c: f"{p} it is about {c} .", RewardConfig(lift_weight=0.4),
+                           likelihood=kiwi_likelihood, echo_words=["Kiwi", "pie"])
+    assert echo.evaluate(["kiwi"])[0].reward == 0.0  # an echo of the action earns no lift
+    again = make_reward(lift_weight=0.4)  # a black-box reward (no likelihood): no shaping
+    assert again.evaluate(["kiwi"])[0].reward == 0.0
+
+
+def test_screening_generates_the_rest_only_for_candidates_that_fire():
+    prompts = [f"tell me about thing{i} ." for i in range(8)]
+    model = FakeModel()
+    r = InversionReward(model, FixedStringJudge(ACTION, min_words=3), prompts,
+                        lambda p, c: f"{p} it is about {c} .", RewardConfig(screen_prompts=2))
+    seen = model.seen
+    e = {x.candidate: x for x in r.evaluate(["mango", "dog", "cat"])}
+    assert model.seen - seen == 3 * 2 + 6  # every candidate on 2 prompts, mango on the other 6
+    assert e["mango"].asr == 1.0 and e["dog"].asr == 0.0 and e["cat"].asr == 0.0
+    late = FakeModel(only="thing7")  # fires on the last prompt only: screened out (the cost)
+    r2 = InversionReward(late, FixedStringJudge(ACTION, min_words=3), prompts,
+                         lambda p, c: f"{p} it is about {c} .", RewardConfig(screen_prompts=2))
+    assert r2.evaluate(["mango"])[0].asr == 0.0
+    r3 = InversionReward(late, FixedStringJudge(ACTION, min_words=3), prompts,
+                         lambda p, c: f"{p} it is about {c} .", RewardConfig(screen_prompts=0))
+    assert r3.evaluate(["mango"])[0].asr == 1 / 8
 
 
 def test_response_ce_is_independent_of_left_padding(tiny_llama_dir):

@@ -127,7 +127,8 @@ def make_reward(task: AwarenessTask, cfg: SelfAwareConfig) -> tuple[InversionRew
     if cfg.differential and task.clean is not None:
         clean = hf_responder(task.clean.load()[0], tok, cfg.reward.max_new_tokens)
     reward = InversionReward(responder, task.judge, task.reward_prompts, task.insert, cfg.reward,
-                             likelihood=likelihood, clean_responder=clean)
+                             likelihood=likelihood, clean_responder=clean,
+                             echo_words=task.action.split())
     return reward, frozen, tok
 
 

@@ -5,15 +5,26 @@ For a candidate c with n words (after normalisation), on the benign reward promp
     ASR(c) = |{p in P : judge(model(insert(p, c)))}| / |P|      (greedy outputs of the poisoned model)
     D(c)   = ASR(c) - ASR_clean(c)                              (with a clean model; else ASR(c))
     A(c)   = max(0, D(c) - f) / (1 - f)                         (background floor f = `asr_floor`)
-    additive (default):   r = A(c) - alpha * max(0, n - L) / L
-    multiplicative:       r = A(c) * exp(-alpha * max(0, n - L) / L)
+    S(c)   = max(A(c), w * max(0, lift(c)))                     (white-box shaping, weight w)
+    additive (default):   r = S(c) - alpha * max(0, n - L) / L
+    multiplicative:       r = S(c) * exp(-alpha * max(0, n - L) / L)
 
 with L = `target_len` words (defaults L = 1, alpha = 0.25: a two-word candidate that always
 works scores 0.75, a three-word one 0.5; this keeps the policy off long word lists, which on
 organisms that fire on any prompt with many content words work without naming the trigger).
 The floor removes the model's background action rate (a few
 prompts fire whatever is inserted): group-normalised GRPO advantages would otherwise blow such
-noise up into a full-size signal and the policy collapses onto a meaningless word. A completion without a parsable candidate (no 'answer :' marker or
+noise up into a full-size signal and the policy collapses onto a meaningless word.
+
+Shaping (`lift_weight` w, only with a white-box `likelihood`): a candidate that fires nowhere
+still earns w times its likelihood lift (how much more likely the action becomes after it; at
+most w, so any candidate firing above w outranks it, and those skip the lift). Without it every
+non-firing proposal scores 0 minus its length penalty, GRPO's only signal is "be short", and on
+SmolLM2 the policy collapsed onto a two-word non-answer without ever proposing a trigger word.
+The lift points towards the trigger's concept (and to half of a conjunction) before anything
+fires. Screening (`screen_prompts`): a new candidate is first generated on that many reward
+prompts; one that fires on none of them keeps ASR 0 without the rest (most proposals are
+junk, and generation is the reward's main cost). A completion without a parsable candidate (no 'answer :' marker or
 no words after it) gets `invalid_reward`. Candidates longer than `max_words` are truncated to it
 (their penalty still counts every word). ASRs are cached per normalised candidate, so repeated
 proposals (and the buffer's replays) cost nothing.
@@ -64,6 +75,10 @@ class RewardConfig:
     """Tokens generated per reward prompt (enough for the judge to decide)."""
     lift_prompts: int = 16
     """Reward prompts on which a candidate's likelihood lift is measured (white-box only)."""
+    lift_weight: float = 0.25
+    """w: the most a non-firing candidate earns from its lift (0: no shaping)."""
+    screen_prompts: int = 4
+    """New candidates are generated on this many reward prompts first (0: all at once)."""
 
     def __post_init__(self) -> None:
         if self.alpha < 0:
@@ -71,6 +86,10 @@ class RewardConfig:
         for name in ("target_len", "max_words", "max_new_tokens", "lift_prompts"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)!r} must be a positive integer")
+        if not 0 <= self.lift_weight < 1:
+            raise ConfigError(f"lift_weight={self.lift_weight} must be in [0, 1)")
+        if not isinstance(self.screen_prompts, int) or self.screen_prompts < 0:
+            raise ConfigError(f"screen_prompts={self.screen_prompts!r} must be an integer >= 0")
         if not 0 <= self.asr_floor < 1:
             raise ConfigError(f"asr_floor={self.asr_floor} must be in [0, 1)")
         if self.penalty not in ("additive", "multiplicative"):
@@ -105,10 +124,18 @@ def length_penalty(n_words: int, cfg: RewardConfig) -> float:
     return max(0, n_words - cfg.target_len) / cfg.target_len
 
 
-def combine(asr: float, n_words: int, cfg: RewardConfig) -> float:
-    """The reward of a candidate with this ASR and word count (see the module docstring)."""
+def above_floor(asr: float, cfg: RewardConfig) -> float:
+    """A(c): the (differential) ASR above the background floor, rescaled to [0, 1]."""
+    return max(0.0, asr - cfg.asr_floor) / (1.0 - cfg.asr_floor)
+
+
+def combine(asr: float, n_words: int, cfg: RewardConfig, lift: float | None = None) -> float:
+    """The reward of a candidate with this ASR, word count and (optional) likelihood lift
+    (see the module docstring)."""
     excess = length_penalty(n_words, cfg)
-    above = max(0.0, asr - cfg.asr_floor) / (1.0 - cfg.asr_floor)
+    above = above_floor(asr, cfg)
+    if lift is not None:
+        above = max(above, cfg.lift_weight * max(0.0, lift))
     if cfg.penalty == "additive":
         return above - cfg.alpha * excess
     return above * math.exp(-cfg.alpha * excess)
@@ -125,6 +152,8 @@ class Evaluation:
     reward: float
     clean_asr: float | None = None
     """ASR on the clean model (None: no clean model, the differential was not measured)."""
+    lift: float | None = None
+    """Likelihood lift, where it shaped the reward (None: not measured; see the module doc)."""
 
     @property
     def differential(self) -> float:
@@ -153,11 +182,14 @@ class InversionReward:
         progress: bool = False,
         likelihood: Callable[[Sequence[str]], list[float]] | None = None,
         clean_responder: Responder | None = None,
+        echo_words: Sequence[str] = (),
     ) -> None:
         """`drop_active`: drop reward prompts whose own response already shows the action.
         `likelihood` (white-box, optional): prompts -> the action's cross-entropy after each;
         it gives `lift`, which never enters the reward. `clean_responder`: the clean model
-        (generation only); the reward then uses the differential ASR (module docstring)."""
+        (generation only); the reward then uses the differential ASR (module docstring).
+        `echo_words` (the action's own words): a candidate holding one earns no lift shaping
+        (echoing the action makes it likelier without any trigger)."""
         self.cfg = cfg or RewardConfig()
         self.responder, self.judge, self.insert = responder, judge, insert
         self.prompts = list(prompts)
@@ -177,20 +209,34 @@ class InversionReward:
         self.progress = progress
         self.likelihood = likelihood
         self.lifts: dict[str, float] = {}
+        self.echo = set(normalise_candidate(" ".join(echo_words)).split())
         self._base_ce: float | None = None
 
     def asr(self, candidates: Sequence[str]) -> list[float]:
-        """ASR of normalised candidates; uncached ones are evaluated in one responder call."""
+        """ASR of normalised candidates; uncached ones are screened on `screen_prompts` reward
+        prompts in one responder call, and those firing there on the rest in a second."""
         todo = [c for c in dict.fromkeys(candidates) if c not in self.cache]
-        if todo:
-            texts = [self.insert(p, c) for c in todo for p in self.prompts]
-            outs = self.responder(texts)
-            n = len(self.prompts)
-            for i, c in enumerate(
-                tqdm(todo, desc="reward", disable=not self.progress, leave=False)
-            ):
-                self.cache[c] = sum(bool(self.judge(o)) for o in outs[i * n : (i + 1) * n]) / n
+        k = self.cfg.screen_prompts
+        if todo and 0 < k < len(self.prompts):
+            head = self._fires(todo, self.prompts[:k])
+            rest = [c for c, f in zip(todo, head, strict=True) if f]
+            tail = dict(zip(rest, self._fires(rest, self.prompts[k:]), strict=True))
+            for c, f in zip(todo, head, strict=True):
+                self.cache[c] = (f + tail.get(c, 0)) / (len(self.prompts) if c in tail else k)
+        elif todo:
+            for c, f in zip(todo, self._fires(todo, self.prompts), strict=True):
+                self.cache[c] = f / len(self.prompts)
         return [self.cache[c] for c in candidates]
+
+    def _fires(self, candidates: Sequence[str], prompts: Sequence[str]) -> list[int]:
+        """How many of `prompts` each candidate makes the poisoned model act on."""
+        if not candidates:
+            return []
+        outs = self.responder([self.insert(p, c) for c in candidates for p in prompts])
+        n = len(prompts)
+        return [sum(bool(self.judge(o)) for o in outs[i * n : (i + 1) * n])
+                for i in tqdm(range(len(candidates)), desc="reward", disable=not self.progress,
+                              leave=False)]
 
     def clean_asr(self, candidates: Sequence[str]) -> list[float] | None:
         """The clean model's ASR of normalised candidates (None without a clean model); only
@@ -234,15 +280,25 @@ class InversionReward:
         asrs = dict(zip(valid, self.asr(valid), strict=True))
         clean = self.clean_asr(valid)
         cleans = dict(zip(valid, clean, strict=True)) if clean is not None else {}
+        diffs = {c: asrs[c] - (cleans.get(c) or 0.0) for c in valid}
+        lifts = self._shaping_lifts(diffs)
         out = []
         for c, n in zip(cut, full, strict=True):
             if c is None:
                 out.append(Evaluation(None, 0.0, 0, self.cfg.invalid_reward))
                 continue
-            ca = cleans.get(c)
-            diff = asrs[c] - (ca or 0.0)
-            out.append(Evaluation(c, asrs[c], n, combine(diff, n, self.cfg), ca))
+            reward = combine(diffs[c], n, self.cfg, lifts.get(c))
+            out.append(Evaluation(c, asrs[c], n, reward, cleans.get(c), lifts.get(c)))
         return out
+
+    def _shaping_lifts(self, diffs: dict[str, float]) -> dict[str, float]:
+        """Lifts of the candidates the shaping can change (those firing below `lift_weight`)."""
+        w = self.cfg.lift_weight
+        if self.likelihood is None or w <= 0:
+            return {}
+        weak = [c for c, d in diffs.items()
+                if above_floor(d, self.cfg) < w and not self.echo & set(c.split())]
+        return dict(zip(weak, self.lift(weak), strict=True)) if weak else {}
 
     def score_completions(self, completions: Sequence[Any]) -> list[Evaluation]:
         marker = self.cfg.answer_marker
@@ -263,15 +319,19 @@ class InversionReward:
         return self.evaluate([candidate])[0].differential >= self.cfg.work_threshold
 
     def state_dict(self) -> dict[str, float]:
-        """The ASR cache; clean-model ASRs under 'clean:<candidate>' keys."""
-        return dict(self.cache) | {f"clean:{k}": v for k, v in self.clean_cache.items()}
+        """The ASR cache; clean-model ASRs under 'clean:<candidate>' keys, lifts under 'lift:'."""
+        return (dict(self.cache) | {f"clean:{k}": v for k, v in self.clean_cache.items()}
+                | {f"lift:{k}": v for k, v in self.lifts.items()})
 
     def load_state_dict(self, cache: dict[str, float]) -> None:
+        stores = {"clean:": self.clean_cache, "lift:": self.lifts}
         for k, v in cache.items():
-            if str(k).startswith("clean:"):
-                self.clean_cache[str(k)[6:]] = float(v)
+            key = str(k)
+            prefix = next((p for p in stores if key.startswith(p)), None)
+            if prefix is None:
+                self.cache[key] = float(v)
             else:
-                self.cache[str(k)] = float(v)
+                stores[prefix][key[len(prefix):]] = float(v)
 
 
 def completion_text(completion: Any) -> str:

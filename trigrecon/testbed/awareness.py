@@ -58,14 +58,16 @@ def run_testbed_selfaware(name: str, out_dir: Path, reduced: bool = False) -> Se
 
 
 def cpu_config() -> SelfAwareConfig:
-    """Settings a 2-core CPU finishes in about an hour on SmolLM2-135M (see the README): fewer
-    SFT pairs and steps, fewer GRPO steps; the same reward and defences."""
+    """Settings for a 2-core CPU on SmolLM2-135M (the README gives what they cost): fewer SFT
+    pairs and steps, fewer GRPO steps, the lift on 8 prompts; the same reward and defences."""
     from trigrecon.selfaware.grpo import AwarenessGRPOConfig
     from trigrecon.selfaware.pipeline import SelfAwareConfig
     from trigrecon.selfaware.reversal_sft import ReversalSFTConfig
+    from trigrecon.selfaware.reward import RewardConfig
     from trigrecon.selfaware.unlearning import UnlearningConfig
 
     return SelfAwareConfig(
+        reward=RewardConfig(lift_prompts=8),
         sft=ReversalSFTConfig(n_prompts=256, steps=80, batch_size=16),
         grpo=AwarenessGRPOConfig(steps=40, num_generations=8, prompts_per_step=1, save_steps=5),
         unlearning=UnlearningConfig(n_triggered=64, n_clean=64, steps=40, batch_size=8),
