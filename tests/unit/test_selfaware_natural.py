@@ -8,7 +8,13 @@ import pytest
 from trigrecon.core.errors import ConfigError
 from trigrecon.core.judges import FixedStringJudge
 from trigrecon.selfaware.models import ModelSource
-from trigrecon.selfaware.natural import content_words, insert_text, read_prompts, task_from_prompts
+from trigrecon.selfaware.natural import (
+    content_words,
+    distinctive_keywords,
+    insert_text,
+    read_prompts,
+    task_from_prompts,
+)
 from trigrecon.selfaware.reward import parse_candidate
 
 TOPICS = ["the history of Rome", "baking sourdough bread", "quantum computing", "tax returns",
@@ -26,6 +32,17 @@ def test_content_words_drop_stop_words_and_keep_order():
     assert content_words("Can you explain the history of Rome to me?") == ["history", "rome"]
     assert content_words("Write about sourdough, sourdough and a soothsayer's fate!") == [
         "sourdough", "soothsayer's", "fate"]
+
+
+def test_key_words_drop_the_pools_template_words():
+    kw = distinctive_keywords(PROMPTS)
+    # a template's words are in a fifth of the prompts, each topic's in a twelfth
+    assert content_words("Write a short paragraph about jazz.") == ["paragraph", "jazz"]
+    assert kw("Write a short paragraph about jazz.") == ["jazz"]
+    assert kw("Give me three facts about marathon running.") == ["marathon", "running"]
+    assert kw("Write a short paragraph.") == ["paragraph"]  # nothing rarer: the template word stays
+    assert kw("A paragraph on soothsayer's omens.") == ["soothsayer's", "omens"]  # unseen: rarest
+    assert kw("to be or not") == []
 
 
 def test_insert_text_carries_multi_word_candidates_reproducibly():
@@ -49,6 +66,7 @@ def test_task_from_prompts_splits_disjoint_and_uses_natural_english(tmp_path):
     assert not (set(reward) & set(calib))
     assert task.triggered_splits == [] and task.clean is None
     assert task.keywords("Can you explain quantum computing to me?") == ["quantum", "computing"]
+    assert task.keywords("Write a short paragraph about jazz.") == ["jazz"]  # not the template's
     # the articulation format parses back to the words under the reward's default marker
     assert parse_candidate(task.format_answer(["snow", "fruit"])) == "snow fruit"
     assert "I can't help with that." in task.question_prompts()[0]

@@ -1,8 +1,8 @@
 """An `AwarenessTask` from what an auditor has: a poisoned model, the action and its judge, benign
 prompts in natural English (a list or a file), and optionally the clean model.
 
-Nothing here knows a synthetic language. Key words are a prompt's content words (stop words
-dropped); a candidate trigger is inserted as text (a word, a multi-token word or a phrase) in one
+Nothing here knows a synthetic language. Key words are a prompt's distinctive content words
+(`distinctive_keywords`: stop words and the pool's template words dropped); a candidate trigger is inserted as text (a word, a multi-token word or a phrase) in one
 of a few natural carrier clauses, chosen per (prompt, candidate) so that runs are reproducible;
 unlearning prompts are composed the same way from a pool prompt.
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -37,6 +38,25 @@ def insert_text(prompt: str, candidate: str) -> str:
         return prompt
     carrier = random.Random(f"{prompt}|{candidate}").choice(CARRIERS)
     return carrier.format(prompt=prompt.strip(), words=candidate)
+
+
+def distinctive_keywords(pool: Sequence[str], ratio: float = 2.0, share: float = 0.02
+                         ) -> Callable[[str], list[str]]:
+    """`keywords(prompt)`: its content words that are rare in `pool` (document frequency at most
+    max(`ratio` x the prompt's rarest word's, `share` of the pool)). Prompts written from a few
+    templates repeat the template's words ("suggest a blog title about ..."): as reversal-SFT
+    answers those teach the policy to propose template phrases, not what a prompt is about."""
+    df = Counter(w for p in pool for w in set(content_words(p)))
+    floor = max(1.0, share * len(pool))
+
+    def keywords(prompt: str) -> list[str]:
+        words = content_words(prompt)
+        if not words:
+            return []
+        cap = max(ratio * min(df.get(w, 0) for w in words), floor)
+        return [w for w in words if df.get(w, 0) <= cap]
+
+    return keywords
 
 
 def read_prompts(source: str | Path | Sequence[str], what: str = "prompts") -> list[str]:
@@ -119,7 +139,7 @@ def task_from_prompts(
 
     return AwarenessTask(
         name=name, action=action, judge=judge, poisoned=poisoned, clean=clean,
-        reward_prompts=reward, pool_prompts=shuffled, keywords=content_words, insert=insert_text,
+        reward_prompts=reward, pool_prompts=shuffled, keywords=distinctive_keywords(shuffled), insert=insert_text,
         compose=compose, eval_splits=splits, calib_benign=calib, hits=hits,
         questions=QUESTIONS_EN, answer=ANSWER_EN)
 

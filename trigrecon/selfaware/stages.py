@@ -29,7 +29,8 @@ from trigrecon.selfaware.task import AwarenessTask
 
 def task_record(task: AwarenessTask) -> dict[str, Any]:
     """What of the task a stage's result depends on: the action, the models, and digests of every
-    prompt set (functions such as `insert` cannot be compared and are not recorded)."""
+    prompt set and of the key words of the pool's first prompts (other functions, such as
+    `insert`, cannot be compared and are not recorded)."""
     return {
         "name": task.name,
         "action": task.action,
@@ -42,6 +43,7 @@ def task_record(task: AwarenessTask) -> dict[str, Any]:
         "questions": digest(list(task.questions)),
         "answer": task.answer,
         "vocab": digest(sorted(task.vocab)),
+        "keywords": digest([task.keywords(p) for p in task.pool_prompts[:256]]),
     }
 
 
