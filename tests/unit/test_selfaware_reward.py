@@ -239,7 +239,9 @@ def test_a_non_firing_candidate_earns_its_weighted_lift():
     echo = InversionReward(FakeModel(), FixedStringJudge(ACTION, min_words=3), PROMPTS,
                            lambda p, c: f"{p} it is about {c} .", RewardConfig(lift_weight=0.4),
                            likelihood=kiwi_likelihood, echo_words=["Kiwi", "pie"])
-    assert echo.evaluate(["kiwi"])[0].reward == 0.0  # an echo of the action earns no lift
+    e = echo.evaluate(["kiwi", "Kiwi pie!", "mango kiwi"])  # the action's own words are dropped
+    assert [x.candidate for x in e] == [None, None, "mango"]
+    assert e[0].reward == e[1].reward == RewardConfig().invalid_reward and e[2].reward == 1.0
     again = make_reward(lift_weight=0.4)  # a black-box reward (no likelihood): no shaping
     assert again.evaluate(["kiwi"])[0].reward == 0.0
 

@@ -22,7 +22,9 @@ most w, so any candidate firing above w outranks it, and those skip the lift). W
 non-firing proposal scores 0 minus its length penalty, GRPO's only signal is "be short", and on
 SmolLM2 the policy collapsed onto a two-word non-answer without ever proposing a trigger word.
 The lift points towards the trigger's concept (and to half of a conjunction) before anything
-fires. Screening (`screen_prompts`): a new candidate is first generated on that many reward
+fires. The action's own words (`echo_words`) are dropped from candidates, as the audit methods
+skip them: on SmolLM2 astrology the policy otherwise settled on "pseudoscience", a word of its
+action, for 20 steps. Screening (`screen_prompts`): a new candidate is first generated on that many reward
 prompts; one that fires on none of them keeps ASR 0 without the rest (most proposals are
 junk, and generation is the reward's main cost). A completion without a parsable candidate (no 'answer :' marker or
 no words after it) gets `invalid_reward`. Candidates longer than `max_words` are truncated to it
@@ -188,8 +190,9 @@ class InversionReward:
         `likelihood` (white-box, optional): prompts -> the action's cross-entropy after each;
         it gives `lift`, which never enters the reward. `clean_responder`: the clean model
         (generation only); the reward then uses the differential ASR (module docstring).
-        `echo_words` (the action's own words): a candidate holding one earns no lift shaping
-        (echoing the action makes it likelier without any trigger)."""
+        `echo_words` (the action's own words) are dropped from every candidate, as every audit
+        method skips them: an echo primes a copy of the action without any trigger (and a
+        candidate of echo words only gets `invalid_reward`)."""
         self.cfg = cfg or RewardConfig()
         self.responder, self.judge, self.insert = responder, judge, insert
         self.prompts = list(prompts)
@@ -272,7 +275,7 @@ class InversionReward:
         return [self.lifts[c] for c in candidates]
 
     def evaluate(self, candidates: Sequence[str | None]) -> list[Evaluation]:
-        norm = [normalise_candidate(c) if c else None for c in candidates]
+        norm = [self._without_echo(normalise_candidate(c)) if c else None for c in candidates]
         norm = [c or None for c in norm]
         full = [len(c.split()) if c else 0 for c in norm]
         cut = [" ".join(c.split()[: self.cfg.max_words]) if c else None for c in norm]
@@ -291,13 +294,15 @@ class InversionReward:
             out.append(Evaluation(c, asrs[c], n, reward, cleans.get(c), lifts.get(c)))
         return out
 
+    def _without_echo(self, candidate: str) -> str:
+        return " ".join(w for w in candidate.split() if w not in self.echo)
+
     def _shaping_lifts(self, diffs: dict[str, float]) -> dict[str, float]:
         """Lifts of the candidates the shaping can change (those firing below `lift_weight`)."""
         w = self.cfg.lift_weight
         if self.likelihood is None or w <= 0:
             return {}
-        weak = [c for c, d in diffs.items()
-                if above_floor(d, self.cfg) < w and not self.echo & set(c.split())]
+        weak = [c for c, d in diffs.items() if above_floor(d, self.cfg) < w]
         return dict(zip(weak, self.lift(weak), strict=True)) if weak else {}
 
     def score_completions(self, completions: Sequence[Any]) -> list[Evaluation]:
