@@ -219,6 +219,11 @@ def test_lift_measures_how_much_a_candidate_raises_the_actions_likelihood():
     assert reward.evaluate(["kiwi"])[0].reward == 0.0  # weight 0: the lift does not shape
     with pytest.raises(ConfigError, match="likelihood"):
         make_reward().lift(["mango"])
+    # with the clean model's likelihood the lift is differential: kiwi helps both models alike
+    diff = InversionReward(FakeModel(), FixedStringJudge(ACTION, min_words=3), PROMPTS,
+                           lambda p, c: f"{p} it is about {c} .", RewardConfig(lift_prompts=2),
+                           likelihood=likelihood, clean_likelihood=kiwi_likelihood)
+    assert diff.lift(["mango", "kiwi", "dog"]) == pytest.approx([0.5, 0.0, 0.0])
 
 
 def kiwi_likelihood(texts):  # CE 2.0; 'kiwi' (which never fires) takes a quarter off

@@ -123,12 +123,17 @@ def make_reward(task: AwarenessTask, cfg: SelfAwareConfig) -> tuple[InversionRew
     def likelihood(prompts: Sequence[str]) -> list[float]:
         return response_ce(frozen, tok, prompts, task.action)
 
-    clean = None
+    clean = clean_likelihood = None
     if cfg.differential and task.clean is not None:
-        clean = hf_responder(task.clean.load()[0], tok, cfg.reward.max_new_tokens)
+        clean_model = task.clean.load()[0]
+        clean = hf_responder(clean_model, tok, cfg.reward.max_new_tokens)
+
+        def clean_likelihood(prompts: Sequence[str]) -> list[float]:
+            return response_ce(clean_model, tok, prompts, task.action)
+
     reward = InversionReward(responder, task.judge, task.reward_prompts, task.insert, cfg.reward,
                              likelihood=likelihood, clean_responder=clean,
-                             echo_words=task.action.split())
+                             echo_words=task.action.split(), clean_likelihood=clean_likelihood)
     return reward, frozen, tok
 
 

@@ -185,6 +185,7 @@ class InversionReward:
         likelihood: Callable[[Sequence[str]], list[float]] | None = None,
         clean_responder: Responder | None = None,
         echo_words: Sequence[str] = (),
+        clean_likelihood: Callable[[Sequence[str]], list[float]] | None = None,
     ) -> None:
         """`drop_active`: drop reward prompts whose own response already shows the action.
         `likelihood` (white-box, optional): prompts -> the action's cross-entropy after each;
@@ -192,7 +193,8 @@ class InversionReward:
         (generation only); the reward then uses the differential ASR (module docstring).
         `echo_words` (the action's own words) are dropped from every candidate, as every audit
         method skips them: an echo primes a copy of the action without any trigger (and a
-        candidate of echo words only gets `invalid_reward`)."""
+        candidate of echo words only gets `invalid_reward`). `clean_likelihood`: the clean
+        model's `likelihood`; the lift is then differential (see `lift`)."""
         self.cfg = cfg or RewardConfig()
         self.responder, self.judge, self.insert = responder, judge, insert
         self.prompts = list(prompts)
@@ -213,7 +215,8 @@ class InversionReward:
         self.likelihood = likelihood
         self.lifts: dict[str, float] = {}
         self.echo = set(normalise_candidate(" ".join(echo_words)).split())
-        self._base_ce: float | None = None
+        self.clean_likelihood = clean_likelihood
+        self._base_ce: list[float | None] = [None, None]
 
     def asr(self, candidates: Sequence[str]) -> list[float]:
         """ASR of normalised candidates; uncached ones are screened on `screen_prompts` reward
@@ -260,19 +263,31 @@ class InversionReward:
     def lift(self, candidates: Sequence[str]) -> list[float]:
         """1 - CE(action | prompt with c) / CE(action | prompt), averaged over `lift_prompts`
         reward prompts: how much a candidate makes the action more likely even where it does not
-        fire (half of a conjunction does). Needs `likelihood`; cached per candidate."""
+        fire (half of a conjunction does). With `clean_likelihood`, minus the same on the clean
+        model: a piece of an action word ("pseudosc..." for "pseudoscience") or an odd insertion
+        makes both models likelier to produce the action, a trigger only the poisoned one.
+        Needs `likelihood`; cached per candidate."""
         if self.likelihood is None:
             raise ConfigError("lift needs a white-box `likelihood` function")
-        ps = self.prompts[: self.cfg.lift_prompts]
-        if self._base_ce is None:
-            self._base_ce = sum(self.likelihood(ps)) / len(ps)
         todo = [c for c in dict.fromkeys(candidates) if c not in self.lifts]
         if todo:
-            ce = self.likelihood([self.insert(p, c) for c in todo for p in ps])
-            for i, c in enumerate(todo):
-                mean = sum(ce[i * len(ps) : (i + 1) * len(ps)]) / len(ps)
-                self.lifts[c] = 1.0 - mean / max(self._base_ce, 1e-9)
+            lifts = self._raw_lifts(self.likelihood, todo, 0)
+            if self.clean_likelihood is not None:
+                clean = self._raw_lifts(self.clean_likelihood, todo, 1)
+                lifts = [a - b for a, b in zip(lifts, clean, strict=True)]
+            self.lifts.update(zip(todo, lifts, strict=True))
         return [self.lifts[c] for c in candidates]
+
+    def _raw_lifts(self, likelihood: Callable[[Sequence[str]], list[float]],
+                   candidates: list[str], which: int) -> list[float]:
+        """One model's lifts (`which`: its slot in the cached baseline CEs)."""
+        ps = self.prompts[: self.cfg.lift_prompts]
+        if self._base_ce[which] is None:
+            self._base_ce[which] = sum(likelihood(ps)) / len(ps)
+        base = max(self._base_ce[which] or 0.0, 1e-9)
+        ce = likelihood([self.insert(p, c) for c in candidates for p in ps])
+        n = len(ps)
+        return [1.0 - sum(ce[i * n : (i + 1) * n]) / n / base for i in range(len(candidates))]
 
     def evaluate(self, candidates: Sequence[str | None]) -> list[Evaluation]:
         norm = [self._without_echo(normalise_candidate(c)) if c else None for c in candidates]
