@@ -175,7 +175,8 @@ def test_cache_round_trip():
     r2.load_state_dict(r.state_dict())
     assert r2.cache == {"mango": 1.0}
     shaped = InversionReward(FakeModel(), FixedStringJudge(ACTION, min_words=3), PROMPTS,
-                             lambda p, c: f"{p} it is about {c} .", likelihood=kiwi_likelihood)
+                             lambda p, c: f"{p} it is about {c} .", RewardConfig(lift_weight=0.25),
+                             likelihood=kiwi_likelihood)
     shaped.evaluate(["kiwi", "mango"])
     r3 = make_reward()
     r3.load_state_dict(shaped.state_dict())

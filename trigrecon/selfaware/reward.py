@@ -16,18 +16,21 @@ The floor removes the model's background action rate (a few
 prompts fire whatever is inserted): group-normalised GRPO advantages would otherwise blow such
 noise up into a full-size signal and the policy collapses onto a meaningless word.
 
-Shaping (`lift_weight` w, only with a white-box `likelihood`): a candidate that fires nowhere
+Shaping (`lift_weight` w, off by default, only with a white-box `likelihood`): a candidate that fires nowhere
 still earns w times its likelihood lift (how much more likely the action becomes after it; at
 most w, so any candidate firing above w outranks it, and those skip the lift). Without it every
 non-firing proposal scores 0 minus its length penalty, GRPO's only signal is "be short", and on
 SmolLM2 the policy collapsed onto a two-word non-answer without ever proposing a trigger word.
 The lift points towards the trigger's concept (and to half of a conjunction) before anything
-fires. The action's own words (`echo_words`) are dropped from candidates, as the audit methods
-skip them: on SmolLM2 astrology the policy otherwise settled on "pseudoscience", a word of its
-action, for 20 steps. Screening (`screen_prompts`): a new candidate is first generated on that many reward
-prompts; one that fires on none of them keeps ASR 0 without the rest (most proposals are
-junk, and generation is the reward's main cost). A completion without a parsable candidate (no 'answer :' marker or
-no words after it) gets `invalid_reward`. Candidates longer than `max_words` are truncated to it
+fires, but measured it did not pay: on the zoo's astrology, w = 0.25 took 122 GRPO steps to 50%
+elicitation against 18 with w = 0 (same final 96%), hence off by default.
+
+The action's own words (`echo_words`) are dropped from candidates, as the audit methods skip
+them: on SmolLM2 astrology the policy otherwise settled on "pseudoscience", a word of its action,
+for 20 steps. Screening (`screen_prompts`): a new candidate is first generated on that many
+reward prompts; one that fires on none of them keeps ASR 0 without the rest (most proposals are
+junk, and generation is the reward's main cost). A completion without a parsable candidate (no
+'answer :' marker or no words after it) gets `invalid_reward`. Candidates longer than `max_words` are truncated to it
 (their penalty still counts every word). ASRs are cached per normalised candidate, so repeated
 proposals (and the buffer's replays) cost nothing.
 
@@ -77,8 +80,9 @@ class RewardConfig:
     """Tokens generated per reward prompt (enough for the judge to decide)."""
     lift_prompts: int = 16
     """Reward prompts on which a candidate's likelihood lift is measured (white-box only)."""
-    lift_weight: float = 0.25
-    """w: the most a non-firing candidate earns from its lift (0: no shaping)."""
+    lift_weight: float = 0.0
+    """w: the most a non-firing candidate earns from its lift (0, the default: no shaping; on
+    the zoo's astrology w = 0.25 took 122 GRPO steps to 50% elicitation against 18 without)."""
     screen_prompts: int = 4
     """New candidates are generated on this many reward prompts first (0: all at once)."""
 
