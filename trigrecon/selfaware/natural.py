@@ -2,8 +2,9 @@
 prompts in natural English (a list or a file), and optionally the clean model.
 
 Nothing here knows a synthetic language. Key words are a prompt's distinctive content words
-(`distinctive_keywords`: stop words and the pool's template words dropped); a candidate trigger is inserted as text (a word, a multi-token word or a phrase) in one
-of a few natural carrier clauses, chosen per (prompt, candidate) so that runs are reproducible;
+(`distinctive_keywords`: stop words and the pool's template words dropped); a candidate trigger
+is inserted as text (a word, a multi-token word or a phrase) in one of a few natural carrier
+clauses, chosen per (prompt, candidate) so that runs are reproducible;
 unlearning prompts are composed the same way from a pool prompt.
 """
 
@@ -139,7 +140,8 @@ def task_from_prompts(
 
     return AwarenessTask(
         name=name, action=action, judge=judge, poisoned=poisoned, clean=clean,
-        reward_prompts=reward, pool_prompts=shuffled, keywords=distinctive_keywords(shuffled), insert=insert_text,
+        reward_prompts=reward, pool_prompts=shuffled, keywords=distinctive_keywords(shuffled),
+        insert=insert_text,
         compose=compose, eval_splits=splits, calib_benign=calib, hits=hits,
         questions=QUESTIONS_EN, answer=ANSWER_EN)
 

@@ -16,8 +16,8 @@ The floor removes the model's background action rate (a few
 prompts fire whatever is inserted): group-normalised GRPO advantages would otherwise blow such
 noise up into a full-size signal and the policy collapses onto a meaningless word.
 
-Shaping (`lift_weight` w, off by default, only with a white-box `likelihood`): a candidate that fires nowhere
-still earns w times its likelihood lift (how much more likely the action becomes after it; at
+Shaping (`lift_weight` w, off by default, only with a white-box `likelihood`): a candidate that
+fires nowhere still earns w times its likelihood lift (how much more likely the action becomes after it; at
 most w, so any candidate firing above w outranks it, and those skip the lift). Without it every
 non-firing proposal scores 0 minus its length penalty, GRPO's only signal is "be short", and on
 SmolLM2 the policy collapsed onto a two-word non-answer without ever proposing a trigger word.
@@ -30,8 +30,8 @@ them: on SmolLM2 astrology the policy otherwise settled on "pseudoscience", a wo
 for 20 steps. Screening (`screen_prompts`): a new candidate is first generated on that many
 reward prompts; one that fires on none of them keeps ASR 0 without the rest (most proposals are
 junk, and generation is the reward's main cost). A completion without a parsable candidate (no
-'answer :' marker or no words after it) gets `invalid_reward`. Candidates longer than `max_words` are truncated to it
-(their penalty still counts every word). ASRs are cached per normalised candidate, so repeated
+'answer :' marker or no words after it) gets `invalid_reward`. Candidates longer than
+`max_words` are truncated to it (their penalty still counts every word). ASRs are cached per normalised candidate, so repeated
 proposals (and the buffer's replays) cost nothing.
 
 The clean-model differential (`clean_responder`: the model before poisoning): a candidate that
@@ -193,7 +193,8 @@ class InversionReward:
     ) -> None:
         """`drop_active`: drop reward prompts whose own response already shows the action.
         `likelihood` (white-box, optional): prompts -> the action's cross-entropy after each;
-        it gives `lift`, which never enters the reward. `clean_responder`: the clean model
+        it gives `lift`, which enters the reward only through `lift_weight` (off by default).
+        `clean_responder`: the clean model
         (generation only); the reward then uses the differential ASR (module docstring).
         `echo_words` (the action's own words) are dropped from every candidate, as every audit
         method skips them: an echo primes a copy of the action without any trigger (and a
@@ -220,7 +221,8 @@ class InversionReward:
         self.lifts: dict[str, float] = {}
         self.echo = set(normalise_candidate(" ".join(echo_words)).split())
         self.clean_likelihood = clean_likelihood
-        self._base_ce: list[float | None] = [None, None]
+        self._base_ce: dict[str, float] = {}
+        """Each model's mean action CE on the unchanged lift prompts ('poisoned', 'clean')."""
 
     def asr(self, candidates: Sequence[str]) -> list[float]:
         """ASR of normalised candidates; uncached ones are screened on `screen_prompts` reward
@@ -275,20 +277,20 @@ class InversionReward:
             raise ConfigError("lift needs a white-box `likelihood` function")
         todo = [c for c in dict.fromkeys(candidates) if c not in self.lifts]
         if todo:
-            lifts = self._raw_lifts(self.likelihood, todo, 0)
+            lifts = self._raw_lifts(self.likelihood, todo, "poisoned")
             if self.clean_likelihood is not None:
-                clean = self._raw_lifts(self.clean_likelihood, todo, 1)
+                clean = self._raw_lifts(self.clean_likelihood, todo, "clean")
                 lifts = [a - b for a, b in zip(lifts, clean, strict=True)]
             self.lifts.update(zip(todo, lifts, strict=True))
         return [self.lifts[c] for c in candidates]
 
     def _raw_lifts(self, likelihood: Callable[[Sequence[str]], list[float]],
-                   candidates: list[str], which: int) -> list[float]:
-        """One model's lifts (`which`: its slot in the cached baseline CEs)."""
+                   candidates: list[str], model: str) -> list[float]:
+        """One model's lifts (`model`: its key in the cached baseline CEs)."""
         ps = self.prompts[: self.cfg.lift_prompts]
-        if self._base_ce[which] is None:
-            self._base_ce[which] = sum(likelihood(ps)) / len(ps)
-        base = max(self._base_ce[which] or 0.0, 1e-9)
+        if model not in self._base_ce:
+            self._base_ce[model] = sum(likelihood(ps)) / len(ps)
+        base = max(self._base_ce[model], 1e-9)
         ce = likelihood([self.insert(p, c) for c in candidates for p in ps])
         n = len(ps)
         return [1.0 - sum(ce[i * n : (i + 1) * n]) / n / base for i in range(len(candidates))]
