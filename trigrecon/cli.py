@@ -220,14 +220,20 @@ def selfaware(
     force: Annotated[bool, typer.Option(
         help="Rerun stages saved in OUT with other settings (else the run stops and names "
              "the differing settings).")] = False,
+    seed_audit: Annotated[Path | None, typer.Option(
+        help="Seed GRPO's buffer with this audit's verified candidates (its audit.json or "
+             "folder).")] = None,
 ) -> None:
     """Reversal SFT -> GRPO with inversion reward -> unlearning -> guardrail (resumable)."""
     from trigrecon.organisms.awareness import run_selfaware_for_organism
     from trigrecon.selfaware.pipeline import SelfAwareConfig
+    from trigrecon.selfaware.seeds import audit_seeds
 
     cfg = SelfAwareConfig.reduced() if reduced else SelfAwareConfig()
     folder = out_folder(out, organism)
     try:
+        if seed_audit:
+            cfg.grpo.seeds = audit_seeds(seed_audit)
         run_selfaware_for_organism(organism, folder, cfg, overwrite=force)
     except TrigreconError as e:
         _fail(e)

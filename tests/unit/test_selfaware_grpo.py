@@ -112,6 +112,21 @@ def test_an_empty_buffer_scores_pairs_of_the_likeliest_proposals(toy, tmp_path):
     assert len(trainer.buffer) == 0
 
 
+def test_seeds_enter_the_buffer_before_step_0_and_are_replayed(toy, tmp_path):
+    """An audit's candidates seed the buffer: the firing one is replayed into the first groups
+    (never counted as sampled), the one that does not fire is scored and left out."""
+    task, frozen, tok = toy
+    reward = toy_reward(task, frozen, tok)
+    policy, _ = task.poisoned.load()
+    cfg = small_cfg(seeds=("mango", "horse"))
+    _, curves, buffer = train_awareness(policy, tok, task, reward, cfg, tmp_path)
+    assert {"mango", "horse"} <= set(reward.cache)  # both scored
+    assert "horse" not in buffer.entries
+    seed = buffer.entries["mango"]
+    assert seed.step == 0 and seed.reward > 0.5 and seed.replayed >= 1
+    assert curves.records[0].n_replayed >= 1 and curves.records[0].n == 8
+
+
 def test_training_resumes_from_the_last_checkpoint(toy, tmp_path):
     task, frozen, tok = toy
     reward = toy_reward(task, frozen, tok)
@@ -135,6 +150,7 @@ def test_training_resumes_from_the_last_checkpoint(toy, tmp_path):
         ({"num_generations": 1}, "num_generations"),
         ({"steps": 0}, "steps"),
         ({"buffer": BufferConfig(n_replay=8)}, "n_replay"),
+        ({"seeds": ("mango", " ")}, "seeds"),
     ],
 )
 def test_config_validation_names_the_field(kw, field):

@@ -33,6 +33,17 @@ def test_word_atoms_and_disjunctions():
     assert not planted_named(either, ["tulip"])
 
 
+@pytest.mark.parametrize(("words", "named"), [
+    (["nuts"], True), (["nut"], True),  # the category's own name, either number
+    (["walnut"], True),  # a member
+    (["nutmeg"], False), (["peanuts"], False),  # whole words only
+    (["granite"], False), (["gem"], False),  # another category
+])
+def test_a_category_is_named_by_its_own_name_or_a_member(words, named):
+    assert planted_named(parse_trigger("nuts"), words) is named
+    assert planted_named(SNOW_FRUIT, ["snow sports", "fruit"])
+
+
 def _audit(words, rate, control, clean, rankings=None):
     return {"verdict": {"words": words, "action_rate": rate, "control_rate": control,
                         "clean_rate": clean},

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, cast
@@ -67,6 +68,10 @@ class AwarenessGRPOConfig:
     save_steps: int = 25
     seed: int = 0
     buffer: BufferConfig = field(default_factory=BufferConfig)
+    seeds: tuple[str, ...] = ()
+    """Candidates found another way (an audit's verified triggers: `selfaware.seeds`), scored
+    by the reward and put in the buffer before step 0; those that earn `buffer.min_reward` are
+    replayed like the policy's own finds. Elicitation counts only what the policy samples."""
 
     def __post_init__(self) -> None:
         for name in (
@@ -90,6 +95,10 @@ class AwarenessGRPOConfig:
             raise ConfigError(f"scale_rewards={self.scale_rewards!r}: use group, batch or none")
         if not self.learning_rate > 0 or not self.temperature > 0:
             raise ConfigError("learning_rate and temperature must be positive")
+        self.seeds = tuple(self.seeds)
+        bad = [s for s in self.seeds if not isinstance(s, str) or not s.strip()]
+        if bad:
+            raise ConfigError(f"seeds must be non-empty strings (candidate triggers); got {bad!r}")
 
 
 class ReplayGRPOTrainer(GRPOTrainer):
@@ -240,6 +249,13 @@ def build_trainer(
     return trainer
 
 
+def seed_buffer(buffer: ReplayBuffer, reward: InversionReward, seeds: Sequence[str]) -> None:
+    """Score `seeds` and keep those that earn the buffer's `min_reward` (as found at step 0,
+    never proposed: `seen=0`), so replay offers them to the policy from the first group."""
+    if seeds:
+        buffer.add(reward.evaluate(list(seeds)), step=0, proposed=False)
+
+
 def grpo_done(out_dir: str | Path) -> bool:
     """Did `train_awareness` finish writing adapter/, curves.json and buffer.json there?"""
     return (Path(out_dir) / DONE_FILE).exists()
@@ -280,6 +296,8 @@ def train_awareness(
         trainer.buffer.load_state_dict(state["buffer"])
         reward.load_state_dict(state["cache"])
         trainer.recorder.load_state_dict(state["records"])
+    else:
+        seed_buffer(trainer.buffer, reward, cfg.seeds)
     done_steps = int(ckpt.name.rsplit("-", 1)[1]) if ckpt is not None else 0
     if ckpt is not None and done_steps >= cfg.steps:  # killed after training: only its weights
         trainer._load_from_checkpoint(str(ckpt))  # (TRL would train one step more on resume)

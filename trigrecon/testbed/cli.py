@@ -118,12 +118,18 @@ def selfaware(
     = None,
     reduced: Annotated[bool, typer.Option(help="CPU settings (testbed.awareness.cpu_config).")]
     = False,
+    seed_audit: Annotated[Path | None, typer.Option(
+        help="Seed GRPO's buffer with this audit's verified candidates (its audit.json or "
+             "folder, e.g. out/testbed/audits/NAME).")] = None,
 ) -> None:
     """Reversal SFT -> GRPO -> unlearning -> guardrail on a testbed organism (resumable)."""
+    from trigrecon.selfaware.seeds import audit_seeds
     from trigrecon.testbed.awareness import run_testbed_selfaware
 
     try:
-        report = run_testbed_selfaware(name, out or Path("out/testbed/selfaware") / name, reduced)
+        seeds = audit_seeds(seed_audit) if seed_audit else ()
+        report = run_testbed_selfaware(name, out or Path("out/testbed/selfaware") / name, reduced,
+                                       seeds=seeds)
     except TrigreconError as e:
         _fail(e)
     typer.echo(report.to_markdown())
