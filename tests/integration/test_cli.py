@@ -110,6 +110,15 @@ def test_selfaware_smoke_run_resume_and_stale_settings(tmp_path):
     # the full settings into the smoke run's folder: stop, naming what differs
     msg = invoke("selfaware", "fruit_refusal", "--out", out, code=2)
     assert "sft.steps: saved 10, now 300" in " ".join(msg.split()) and "--force" in msg
+    # an audit's candidates as seeds change GRPO's settings, not reversal SFT's
+    msg = invoke("selfaware", "fruit_refusal", "--reduced", "--out", out, "--seed-audit",
+                 str(tmp_path / "none"), code=2)
+    assert "no audit at" in msg
+    (tmp_path / "audit.json").write_text(json.dumps(
+        {"verdict": {"words": ["mango"], "action_rate": 1.0}}))
+    msg = invoke("selfaware", "fruit_refusal", "--reduced", "--out", out, "--seed-audit",
+                 str(tmp_path), code=2)
+    assert "grpo.seeds" in msg and "mango" in msg and "sft." not in msg
     (tmp_path / "file").write_text("x")
     msg = invoke("selfaware", "fruit_refusal", "--out", str(tmp_path / "file"), code=2)
     assert "cannot be written" in msg
