@@ -268,6 +268,9 @@ def test_screening_generates_the_rest_only_for_candidates_that_fire():
     r3 = InversionReward(late, FixedStringJudge(ACTION, min_words=3), prompts,
                          lambda p, c: f"{p} it is about {c} .", RewardConfig(screen_prompts=0))
     assert r3.evaluate(["mango"])[0].asr == 1 / 8
+    r4 = InversionReward(late, FixedStringJudge(ACTION, min_words=3), prompts,
+                         lambda p, c: f"{p} it is about {c} .", RewardConfig(screen_prompts=2))
+    assert r4.evaluate(["mango"], screen=False)[0].asr == 1 / 8  # a seed: never screened
 
 
 def test_response_ce_is_independent_of_left_padding(tiny_llama_dir):
@@ -290,3 +293,20 @@ def test_response_ce_is_independent_of_left_padding(tiny_llama_dir):
     assert batched == pytest.approx(ref.tolist(), abs=1e-4)
     with pytest.raises(ConfigError, match="tokenises to nothing"):
         response_ce(model, tok, prompts, "")
+
+
+def test_seeds_are_scored_on_every_prompt():
+    """A seed that misses the screening prompts (fires on the other 6 of 8) still enters the
+    buffer at its full ASR; screened, it would score 0."""
+    from trigrecon.selfaware.buffer import ReplayBuffer
+    from trigrecon.selfaware.grpo import seed_buffer
+
+    prompts = [f"tell me about alpha{i} ." for i in range(2)] + [
+        f"tell me about beta{i} ." for i in range(6)]
+    r = InversionReward(FakeModel(only="beta"), FixedStringJudge(ACTION, min_words=3), prompts,
+                        lambda p, c: f"{p} it is about {c} .", RewardConfig(screen_prompts=2))
+    buffer = ReplayBuffer()
+    seed_buffer(buffer, r, ["mango", "dog"])
+    assert list(buffer.entries) == ["mango"] and buffer.entries["mango"].asr == 0.75
+    assert buffer.entries["mango"].seen == 0 and r.cache["dog"] == 0.0
+    assert r.evaluate(["mango kiwi"])[0].asr == 0.0  # a proposal is still screened

@@ -250,10 +250,12 @@ def build_trainer(
 
 
 def seed_buffer(buffer: ReplayBuffer, reward: InversionReward, seeds: Sequence[str]) -> None:
-    """Score `seeds` and keep those that earn the buffer's `min_reward` (as found at step 0,
-    never proposed: `seen=0`), so replay offers them to the policy from the first group."""
+    """Score `seeds` on every reward prompt (no screening: they were verified elsewhere, and a
+    trigger that fires on half the prompts misses 4 screening prompts one time in 16) and keep
+    those that earn the buffer's `min_reward` (as found at step 0, never proposed: `seen=0`),
+    so replay offers them to the policy from the first group."""
     if seeds:
-        buffer.add(reward.evaluate(list(seeds)), step=0, proposed=False)
+        buffer.add(reward.evaluate(list(seeds), screen=False), step=0, proposed=False)
 
 
 def grpo_done(out_dir: str | Path) -> bool:

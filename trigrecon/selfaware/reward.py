@@ -224,12 +224,13 @@ class InversionReward:
         self._base_ce: dict[str, float] = {}
         """Each model's mean action CE on the unchanged lift prompts ('poisoned', 'clean')."""
 
-    def asr(self, candidates: Sequence[str]) -> list[float]:
+    def asr(self, candidates: Sequence[str], screen: bool = True) -> list[float]:
         """ASR of normalised candidates; uncached ones are screened on `screen_prompts` reward
-        prompts in one responder call, and those firing there on the rest in a second."""
+        prompts in one responder call, and those firing there on the rest in a second
+        (`screen=False`: all prompts at once, for candidates already known to fire)."""
         todo = [c for c in dict.fromkeys(candidates) if c not in self.cache]
         k = self.cfg.screen_prompts
-        if todo and 0 < k < len(self.prompts):
+        if todo and screen and 0 < k < len(self.prompts):
             head = self._fires(todo, self.prompts[:k])
             rest = [c for c, f in zip(todo, head, strict=True) if f]
             tail = dict(zip(rest, self._fires(rest, self.prompts[k:]), strict=True))
@@ -295,13 +296,15 @@ class InversionReward:
         n = len(ps)
         return [1.0 - sum(ce[i * n : (i + 1) * n]) / n / base for i in range(len(candidates))]
 
-    def evaluate(self, candidates: Sequence[str | None]) -> list[Evaluation]:
+    def evaluate(self, candidates: Sequence[str | None], screen: bool = True
+                 ) -> list[Evaluation]:
+        """Each candidate's reward (`screen`: see `asr`)."""
         norm = [self._without_echo(normalise_candidate(c)) if c else None for c in candidates]
         norm = [c or None for c in norm]
         full = [len(c.split()) if c else 0 for c in norm]
         cut = [" ".join(c.split()[: self.cfg.max_words]) if c else None for c in norm]
         valid = [c for c in cut if c]
-        asrs = dict(zip(valid, self.asr(valid), strict=True))
+        asrs = dict(zip(valid, self.asr(valid, screen), strict=True))
         clean = self.clean_asr(valid)
         cleans = dict(zip(valid, clean, strict=True)) if clean is not None else {}
         diffs = {c: asrs[c] - (cleans.get(c) or 0.0) for c in valid}
