@@ -6,6 +6,7 @@ One file per stage (imports are left to the caller: these modules pull in trl/pe
     reversal_sft.py  reversal SFT from benign behaviour only
     reward.py        InversionReward: ASR of a candidate on benign prompts + length penalty
     buffer.py        ReplayBuffer: top-N candidates replayed into later GRPO groups
+    seeds.py         audit_seeds: an audit's verified candidates as GRPO seeds
     grpo.py          train_awareness: TRL GRPOTrainer (+ replay subclass), LoRA, resumable
     metrics.py       elicitation accuracy, TrainingCurves (steps-to-50%, emergence)
     plots.py         plotly figures of TrainingCurves
