@@ -190,3 +190,8 @@ def test_the_row_carries_the_self_awareness_elicitation_of_a_saved_run(tmp_path)
     assert "| not run |" in markdown([row])
     row.awareness = aware
     assert "| 84% (n=50, 60 min) |" in markdown([row])
+    SelfAwareReport("sf", 120, final, 12, {}, ["mango"], {}, {}, timings={"grpo": 60.0},
+                    config={"grpo": {"steps": 40, "seeds": ["mango", "kiwi"]}}
+                    ).save(tmp_path / "seeded")
+    row.awareness = awareness_of(tmp_path / "seeded")
+    assert "| 84% (n=50, 2 audit seeds, 1 min) |" in markdown([row])

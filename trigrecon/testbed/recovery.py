@@ -163,6 +163,7 @@ def awareness_of(run_dir: Path) -> dict[str, Any]:
             "top": [c for c, *_ in final.get("top") or []][:3],
             "sft_steps": (cfg.get("sft") or {}).get("steps"),
             "grpo_steps": (cfg.get("grpo") or {}).get("steps"),
+            "seeds": len((cfg.get("grpo") or {}).get("seeds") or []),
             "minutes": sum((rep.get("timings") or {}).values()) / 60}
 
 
@@ -341,10 +342,12 @@ def _num(x: float | None) -> str:
 
 
 def _aware(a: dict[str, Any]) -> str:
-    """'83% (n=50, 61 min)': share of the final articulations that name the planted trigger."""
+    """'83% (n=50, 61 min)': share of the final articulations that name the planted trigger
+    ('83% (n=50, 8 audit seeds, 61 min)' for a run seeded with the audit's candidates)."""
     if not a:
         return "not run"
-    return f"{_pct(a.get('hit_rate'))} (n={a.get('n')}, {a.get('minutes', 0):.0f} min)"
+    seeded = f", {a['seeds']} audit seeds" if a.get("seeds") else ""
+    return f"{_pct(a.get('hit_rate'))} (n={a.get('n')}{seeded}, {a.get('minutes', 0):.0f} min)"
 
 
 def markdown(rows: list[RecoveryRow]) -> str:
