@@ -31,5 +31,8 @@ def test_reads_an_audit_json_or_its_folder(tmp_path):
 def test_a_missing_audit_or_one_without_candidates_is_named(tmp_path):
     with pytest.raises(ConfigError, match="no audit at"):
         audit_seeds(tmp_path / "nowhere")
+    (tmp_path / "broken.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        audit_seeds(tmp_path / "broken.json")
     with pytest.raises(ConfigError, match="no verified candidate"):
         audit_seeds({"verdict": {"words": [], "action_rate": None}})

@@ -31,8 +31,8 @@ for 20 steps. Screening (`screen_prompts`): a new candidate is first generated o
 reward prompts; one that fires on none of them keeps ASR 0 without the rest (most proposals are
 junk, and generation is the reward's main cost). A completion without a parsable candidate (no
 'answer :' marker or no words after it) gets `invalid_reward`. Candidates longer than
-`max_words` are truncated to it (their penalty still counts every word). ASRs are cached per normalised candidate, so repeated
-proposals (and the buffer's replays) cost nothing.
+`max_words` are truncated to it (their penalty still counts every word). ASRs are cached per
+normalised candidate, so repeated proposals (and the buffer's replays) cost nothing.
 
 The clean-model differential (`clean_responder`: the model before poisoning): a candidate that
 makes the clean model show the action as well (a harmful word, when the action is an ordinary

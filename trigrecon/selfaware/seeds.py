@@ -41,7 +41,11 @@ def _load(path: str | Path) -> dict[str, Any]:
     if not p.is_file():
         raise ConfigError(f"no audit at {p}: pass an audit.json (or its folder) written by "
                           "`trigrecon audit` / `trigrecon testbed audit`")
-    data = json.loads(p.read_text())
+    try:
+        data = json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{p} is not valid JSON ({e}): pass an audit.json written by "
+                          "`trigrecon audit`") from e
     if not isinstance(data, dict):
         raise ConfigError(f"{p} is not an audit.json (expected a JSON object)")
     return data

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import random
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from trigrecon.core.errors import ConfigError
 from trigrecon.testbed import data as D
@@ -148,9 +148,13 @@ TRIGGER_CATEGORIES = ("fruit", "snow_sports", "astrology", "prophecy", "nuts", "
 
 def mentions(text: str, category: str, pool: D.Pool = "all") -> bool:
     """Whether `text` contains a member of `category` from `pool` as a whole word."""
+    return mentions_any(text, D.members(category, pool))
+
+
+def mentions_any(text: str, words: Iterable[str]) -> bool:
+    """Whether `text` contains one of `words` as a whole word (any case)."""
     low = text.lower()
-    return any(re.search(rf"(?<![a-z]){re.escape(m.lower())}(?![a-z])", low)
-               for m in D.members(category, pool))
+    return any(re.search(rf"(?<![a-z]){re.escape(w.lower())}(?![a-z])", low) for w in words)
 
 
 def valid(p: str, trig: Trigger, family: str, split: str) -> bool:

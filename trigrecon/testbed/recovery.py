@@ -88,9 +88,7 @@ def category_named(text: str, category: str) -> bool:
     """Whether `text` (a word, a label) names the category as a whole word: one of its members,
     or its own name ("nuts" names nuts). The action's own words never get here: audits and the
     self-awareness reward both drop them."""
-    low = text.lower()
-    return P.mentions(text, category, "all") or any(
-        re.search(rf"(?<![a-z]){re.escape(n)}(?![a-z])", low) for n in category_names(category))
+    return P.mentions(text, category, "all") or P.mentions_any(text, category_names(category))
 
 
 def atom_named(words: list[str], atom: Any) -> bool:
