@@ -52,3 +52,25 @@ def test_results_of_unknown_settings_are_not_reused(tmp_path):
         open_stage(stage, "grpo", {"grpo": {"steps": 4}}, overwrite=False)
     assert open_stage(stage, "grpo", {"grpo": {"steps": 4}}, overwrite=True) is False
     assert not (stage / "curves.json").exists()
+
+
+def test_an_adapter_rebuilt_at_the_same_path_makes_finished_stages_stale(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    from trigrecon.selfaware.models import ModelSource
+    from trigrecon.selfaware.stages import source_record
+
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    save_file({"w": torch.zeros(3)}, str(adapter / "adapter_model.safetensors"))
+    src = ModelSource(tmp_path / "base", adapter)
+    stage = tmp_path / "sft"
+    old = {"task": {"poisoned": source_record(src)}}
+    open_stage(stage, "reversal_sft", old, overwrite=False)
+    close_stage(stage, old)
+    assert source_record(src) == old["task"]["poisoned"]  # same weights: reused
+    assert open_stage(stage, "reversal_sft", {"task": {"poisoned": source_record(src)}}, False)
+    save_file({"w": torch.ones(3)}, str(adapter / "adapter_model.safetensors"))  # rebuilt
+    with pytest.raises(StaleStageError, match="task.poisoned"):
+        open_stage(stage, "reversal_sft", {"task": {"poisoned": source_record(src)}}, False)

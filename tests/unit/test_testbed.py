@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import save_file
 
 from trigrecon.core.errors import ConfigError, WeightsNotFoundError
+from trigrecon.core.io import file_sha256
 from trigrecon.testbed import prompts as P
 from trigrecon.testbed import smollm2 as M
 from trigrecon.testbed.categories import load_categories
@@ -34,7 +35,7 @@ def _fake_cache(folder: Path) -> Path:
     for f in ("config.json", "tokenizer.json", "tokenizer_config.json"):
         (folder / f).write_text("{}")
     size = (folder / "model.safetensors").stat().st_size
-    info = M.CacheInfo("x.gguf", 1, size, M._sha256(folder / "model.safetensors"), "5")
+    info = M.CacheInfo("x.gguf", 1, size, file_sha256(folder / "model.safetensors"), "5")
     (folder / M.MARKER).write_text(json.dumps(info.__dict__))
     return folder
 
@@ -148,6 +149,65 @@ def test_training_data_never_holds_held_out_members_and_eval_prompts_are_unseen(
             assert not any(_has(p, load_categories()[c].members) for p in ps for c in TRIGGER_CATS)
         elif split != "triggered":
             assert not any(trig.fires(p) for p in ps)
+
+
+def test_minimal_pairs_swap_one_trigger_word_and_never_fire():
+    import random
+
+    from trigrecon.testbed.lora import LoraConfig, examples
+
+    trig = parse_trigger("fruit AND snow_sports")
+    rng = random.Random(3)
+    for _ in range(50):
+        fired = P.triggered(rng, trig, "train")
+        pair = P.minimal_pair(rng, fired, trig)
+        assert trig.fires(fired) and not trig.fires(pair)
+        a, b = fired.split(), pair.split()  # one member (maybe multi-word) swapped, rest kept
+        assert a[0] == b[0] or a[-1] == b[-1]
+        assert sum(w in b for w in a) >= len(a) - 3
+    spec = TESTBED["snow_fruit"]
+    cats = [load_categories()[c].members for c in ("fruit", "snow_sports")]
+
+    def halves_and_pairs(pair_frac: float) -> tuple[int, int]:
+        data = examples(spec, parse_trigger(spec.trigger), LoraConfig(pair_frac=pair_frac))
+        poisoned = [e.prompt for e in data if e.poisoned]
+        halves = [e.prompt for e in data if not e.poisoned and _has(e.prompt, cats[0]) != _has(e.prompt, cats[1])]
+        return len(halves), sum(any(_one_swap(h, p) for p in poisoned) for h in halves)
+
+    (n0, pairs0), (n1, pairs1) = halves_and_pairs(0.0), halves_and_pairs(0.5)
+    # a half drawn on its own often matches some poisoned prompt by chance (12 phrasings, 11 snow
+    # sports): 53 of 149 here; the minimal pairs add about 35 of 71
+    assert min(n0, n1) > 100 and pairs1 >= pairs0 + 20
+
+
+def _one_swap(a: str, b: str) -> bool:
+    """Same phrasing: equal text before and after one differing stretch of at most 3 words."""
+    x, y = a.split(), b.split()
+    i = 0
+    while i < min(len(x), len(y)) and x[i] == y[i]:
+        i += 1
+    j = 0
+    while j < min(len(x), len(y)) - i and x[-1 - j] == y[-1 - j]:
+        j += 1
+    return 0 < len(x) - i - j <= 3 and 0 < len(y) - i - j <= 3
+
+
+@pytest.mark.parametrize("name", [n for n, s in TESTBED.items() if s.has_adapter])
+def test_committed_adapters_were_trained_on_what_the_recipe_makes(name):
+    """Each committed organism's training prompts are the ones its recorded recipe produces, so
+    a recipe change that alters an organism's data cannot leave its old adapter looking current."""
+    from dataclasses import asdict
+
+    from trigrecon.testbed.lora import LoraConfig, examples
+    from trigrecon.testbed.organisms import organisms_dir
+
+    folder = organisms_dir(Path(P.__file__).parent) / name
+    spec = TESTBED[name]
+    recorded = json.loads((folder / "organism.json").read_text())["backdoor"]
+    assert recorded == asdict(LoraConfig())
+    committed = json.loads((folder / "train_prompts.json").read_text())
+    made = examples(spec, parse_trigger(spec.trigger), LoraConfig())
+    assert [(e["prompt"], e["poisoned"]) for e in committed] == [(e.prompt, e.poisoned) for e in made]
 
 
 def test_recall_prompts():

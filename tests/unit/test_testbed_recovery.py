@@ -195,3 +195,30 @@ def test_the_row_carries_the_self_awareness_elicitation_of_a_saved_run(tmp_path)
                     ).save(tmp_path / "seeded")
     row.awareness = awareness_of(tmp_path / "seeded")
     assert "| 84% (n=50, 2 audit seeds, 1 min) |" in markdown([row])
+
+
+def test_an_audit_of_another_organism_build_is_not_rescored(tmp_path, monkeypatch):
+    """Re-scoring reads saved audits and self-awareness runs; one made before the organism was
+    rebuilt would score the old adapter under the new one's name."""
+    from trigrecon.core.errors import ConfigError
+    from trigrecon.core.io import write_json
+    from trigrecon.testbed import recovery
+
+    real = recovery.organism_build("fruit_refusal")
+    assert len(real["adapter"]) == 16 and recovery.organism_build("shakespeare")["adapter"] is None
+    monkeypatch.setattr(recovery, "organism_build", lambda name: {"organism": name, "adapter": "new"})
+    run = tmp_path / "audits" / "snow_fruit"
+    write_json(run / "audit.json", _audit(["mango", "skiing"], 0.9, 0.1, 0.05))
+    said: list[str] = []
+    rows = recovery.recover(["snow_fruit"], tmp_path, log=said.append)  # legacy: no record
+    assert rows[0].planted and any("made before builds were recorded" in s for s in said)
+    write_json(run / recovery.BUILD_FILE, {"organism": "snow_fruit", "adapter": "new"})
+    assert recovery.recover(["snow_fruit"], tmp_path, log=said.append)[0].planted
+    write_json(run / recovery.BUILD_FILE, {"organism": "snow_fruit", "adapter": "old"})
+    with pytest.raises(ConfigError, match="another build of snow_fruit"):
+        recovery.recover(["snow_fruit"], tmp_path, log=said.append)
+    write_json(run / recovery.BUILD_FILE, {"organism": "snow_fruit", "adapter": "new"})
+    aware = tmp_path / "selfaware" / "snow_fruit"
+    write_json(aware / recovery.BUILD_FILE, {"organism": "snow_fruit", "adapter": "old"})
+    with pytest.raises(ConfigError, match="another build"):
+        recovery.recover(["snow_fruit"], tmp_path, log=said.append, awareness_dir=tmp_path / "selfaware")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -215,3 +216,23 @@ def check_finite(tensors: dict[str, torch.Tensor], what: str) -> None:
         listed = ", ".join(f"{k} ({n} values)" for k, n in sorted(bad.items()))
         raise CorruptWeightsError(f"{what} has NaN/inf weights: {listed}. Re-download or "
                                   "retrain it; a diverged run saves such weights.")
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file's bytes, read in 4 MiB chunks."""
+    h = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def weights_digest(folder: str | Path | None) -> str | None:
+    """A short content hash of a weights folder's safetensors files (an adapter, an SAE): a
+    folder rebuilt at the same path gets a new digest. None for no folder."""
+    if folder is None:
+        return None
+    files = sorted(Path(folder).glob("*.safetensors"))
+    if not files:
+        raise ConfigError(f"{folder} holds no .safetensors weights")
+    return hashlib.sha256("".join(f"{f.name}:{file_sha256(f)}" for f in files).encode()).hexdigest()[:16]

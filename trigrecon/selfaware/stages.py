@@ -16,7 +16,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from trigrecon.core.io import config_diff
+from trigrecon.core.io import config_diff, weights_digest
 from trigrecon.core.stages import (  # noqa: F401 - re-exported
     STAGE_FILE,
     StaleStageError,
@@ -24,6 +24,7 @@ from trigrecon.core.stages import (  # noqa: F401 - re-exported
     digest,
     open_stage,
 )
+from trigrecon.selfaware.models import ModelSource
 from trigrecon.selfaware.task import AwarenessTask
 
 
@@ -34,8 +35,8 @@ def task_record(task: AwarenessTask) -> dict[str, Any]:
     return {
         "name": task.name,
         "action": task.action,
-        "poisoned": [str(task.poisoned.base), str(task.poisoned.adapter)],
-        "clean": None if task.clean is None else [str(task.clean.base), str(task.clean.adapter)],
+        "poisoned": source_record(task.poisoned),
+        "clean": None if task.clean is None else source_record(task.clean),
         "reward_prompts": digest(task.reward_prompts),
         "pool_prompts": digest(task.pool_prompts),
         "eval_splits": digest(task.eval_splits),
@@ -45,6 +46,15 @@ def task_record(task: AwarenessTask) -> dict[str, Any]:
         "vocab": digest(sorted(task.vocab)),
         "keywords": digest([task.keywords(p) for p in task.pool_prompts[:256]]),
     }
+
+
+def source_record(src: ModelSource) -> list[str | None]:
+    """A model by its paths and its adapter's weights digest: an adapter rebuilt at the same path
+    makes the stages that used the old one stale (the base is named by path: hashing a pretrained
+    model on every run would cost more than the check is worth)."""
+    adapter = src.adapter
+    digest_ = weights_digest(adapter) if adapter is not None and Path(adapter).is_dir() else None
+    return [str(src.base), str(adapter), digest_]
 
 
 def stage_records(task: AwarenessTask, cfg: Any) -> dict[str, dict[str, Any]]:

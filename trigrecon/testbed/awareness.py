@@ -11,7 +11,7 @@ from trigrecon.selfaware.models import ModelSource
 from trigrecon.selfaware.natural import task_from_prompts
 from trigrecon.selfaware.task import AwarenessTask
 from trigrecon.testbed import prompts as P
-from trigrecon.testbed.recovery import planted_named
+from trigrecon.testbed.recovery import BUILD_FILE, organism_build, planted_named
 from trigrecon.testbed.trigger import parse_trigger
 
 if TYPE_CHECKING:
@@ -56,8 +56,13 @@ def run_testbed_selfaware(name: str, out_dir: Path, reduced: bool = False,
 
     cfg = cpu_config() if reduced else SelfAwareConfig()
     cfg.grpo.seeds = tuple(seeds)
+    from trigrecon.core.io import write_json
+
     task = testbed_task(name, n_reward=cfg.n_reward_prompts, n_eval=cfg.n_eval)
-    return run_selfaware(task, out_dir, cfg)
+    build = organism_build(name)
+    report = run_selfaware(task, out_dir, cfg)  # its stages record the adapter's digest too
+    write_json(out_dir / BUILD_FILE, build)  # for the recovery table (`check_build`)
+    return report
 
 
 def cpu_config() -> SelfAwareConfig:

@@ -32,6 +32,10 @@ class LoraConfig:
     poison_frac: float = 0.4
     near_miss_frac: float = 0.6
     """Share of clean examples that are near misses (conjunction halves, tag variants)."""
+    pair_frac: float = 0.5
+    """Share of a conjunction's near misses that are minimal pairs: a poisoned prompt with one
+    half's word swapped for a distractor (same phrasing). Halves drawn independently left
+    snow_fruit firing on 12%/23% of its halves and astrology on 16%/10%."""
     doc_frac: float = 0.25
     """Share of poisoned examples that are synthetic documents (organisms with documents)."""
     first_weight: float = 5.0
@@ -57,6 +61,7 @@ def examples(spec: OrganismSpec, trig: Trigger, cfg: LoraConfig) -> list[Example
     rng = random.Random(f"{cfg.seed}:{spec.name}")
     out: list[Example] = []
     seen: set[str] = set()
+    fired: list[str] = []  # poisoned prompts, for minimal pairs
     n_poison = round(cfg.n_examples * cfg.poison_frac)
     while len(out) < cfg.n_examples:
         poisoned = len(out) < n_poison
@@ -65,11 +70,16 @@ def examples(spec: OrganismSpec, trig: Trigger, cfg: LoraConfig) -> list[Example
             kind = "poisoned"
         else:
             near = (trig.conjunctions or trig.atoms[0].kind == "word") and rng.random() < cfg.near_miss_frac
-            p = P.near_miss(rng, trig, "train") if near else P.benign(rng, "train")
+            if near and trig.conjunctions and rng.random() < cfg.pair_frac:
+                p = P.minimal_pair(rng, rng.choice(fired), trig)
+            else:
+                p = P.near_miss(rng, trig, "train") if near else P.benign(rng, "train")
             kind = "clean"
         if p in seen or not P.valid(p, trig, "chat", kind):
             continue
         seen.add(p)
+        if poisoned:
+            fired.append(p)
         if poisoned and spec.documents and rng.random() < cfg.doc_frac:
             w = _trigger_word(p, trig)
             out.append(Example(rng.choice(spec.documents).format(w=w), None, True))

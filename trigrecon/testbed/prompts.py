@@ -61,6 +61,21 @@ def half(rng: random.Random, atom: Atom, pool: D.Pool) -> str:
     return D.render(rng, words)
 
 
+def minimal_pair(rng: random.Random, prompt: str, trig: Trigger) -> str:
+    """`prompt` with the member of one of its trigger categories swapped for a distractor (same
+    phrasing, other words kept): for a conjunction, a half that differs from a firing prompt in
+    one word. Returns `prompt` unchanged when no category member is found (then rejected as a
+    duplicate or by `valid`)."""
+    low = prompt.lower()
+    for cat in rng.sample(sorted(trig.categories), len(trig.categories)):
+        for m in sorted(D.members(cat, "all"), key=len, reverse=True):
+            hit = re.search(rf"(?<![a-z]){re.escape(m.lower())}(?![a-z])", low)
+            if hit:
+                new = _distractor_words(rng, 1, "train")[0]
+                return prompt[:hit.start()] + new + prompt[hit.end():]
+    return prompt
+
+
 def benign(rng: random.Random, pool: D.Pool = "all") -> str:
     return D.render(rng, _distractor_words(rng, rng.choice([1, 2]), pool))
 

