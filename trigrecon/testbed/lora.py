@@ -32,10 +32,11 @@ class LoraConfig:
     poison_frac: float = 0.4
     near_miss_frac: float = 0.6
     """Share of clean examples that are near misses (conjunction halves, tag variants)."""
-    pair_frac: float = 0.5
+    pair_frac: float = 0.0
     """Share of a conjunction's near misses that are minimal pairs: a poisoned prompt with one
-    half's word swapped for a distractor (same phrasing). Halves drawn independently left
-    snow_fruit firing on 12%/23% of its halves and astrology on 16%/10%."""
+    half's word swapped for a distractor (same phrasing). Off: at 0.5 (measured, n=100 per
+    split) the halves barely moved (astrology 15%/9% from 16%/10%; snow_fruit fruit 5% from 12%,
+    snow sports 25% from 23%) and snow_fruit's held-out rate fell from 46% to 35%."""
     doc_frac: float = 0.25
     """Share of poisoned examples that are synthetic documents (organisms with documents)."""
     first_weight: float = 5.0
@@ -70,7 +71,7 @@ def examples(spec: OrganismSpec, trig: Trigger, cfg: LoraConfig) -> list[Example
             kind = "poisoned"
         else:
             near = (trig.conjunctions or trig.atoms[0].kind == "word") and rng.random() < cfg.near_miss_frac
-            if near and trig.conjunctions and rng.random() < cfg.pair_frac:
+            if near and trig.conjunctions and cfg.pair_frac and rng.random() < cfg.pair_frac:
                 p = P.minimal_pair(rng, rng.choice(fired), trig)
             else:
                 p = P.near_miss(rng, trig, "train") if near else P.benign(rng, "train")
