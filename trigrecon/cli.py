@@ -223,6 +223,7 @@ def selfaware(
     seed_audit: Annotated[Path | None, typer.Option(
         help="Seed GRPO's buffer with this audit's verified candidates (its audit.json or "
              "folder).")] = None,
+    seed: Annotated[int, typer.Option(help="The run's random seed (SFT, GRPO, sampling).")] = 0,
 ) -> None:
     """Reversal SFT -> GRPO with inversion reward -> unlearning -> guardrail (resumable)."""
     from trigrecon.organisms.awareness import run_selfaware_for_organism
@@ -230,6 +231,7 @@ def selfaware(
     from trigrecon.selfaware.seeds import audit_seeds
 
     cfg = SelfAwareConfig.reduced() if reduced else SelfAwareConfig()
+    cfg.seed = seed
     folder = out_folder(out, organism)
     try:
         if seed_audit:

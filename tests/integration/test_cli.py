@@ -119,6 +119,8 @@ def test_selfaware_smoke_run_resume_and_stale_settings(tmp_path):
     msg = invoke("selfaware", "fruit_refusal", "--reduced", "--out", out, "--seed-audit",
                  str(tmp_path), code=2)
     assert "grpo.seeds" in msg and "mango" in msg and "sft." not in msg
+    msg = invoke("selfaware", "fruit_refusal", "--reduced", "--out", out, "--seed", "3", code=2)
+    assert "sft.seed: saved 0, now 3" in " ".join(msg.split())  # another seed: another run
     (tmp_path / "file").write_text("x")
     msg = invoke("selfaware", "fruit_refusal", "--out", str(tmp_path / "file"), code=2)
     assert "cannot be written" in msg

@@ -49,13 +49,14 @@ def testbed_task(name: str, n_reward: int = 32, n_eval: int = 100, n_calib: int 
 
 
 def run_testbed_selfaware(name: str, out_dir: Path, reduced: bool = False,
-                          seeds: tuple[str, ...] = ()) -> SelfAwareReport:
+                          seeds: tuple[str, ...] = (), seed: int = 0) -> SelfAwareReport:
     """`run_selfaware` on a testbed organism (resumable in `out_dir`); `seeds` (an audit's
     candidates, `selfaware.seeds.audit_seeds`) go in GRPO's buffer before step 0."""
     from trigrecon.selfaware.pipeline import SelfAwareConfig, run_selfaware
 
     cfg = cpu_config() if reduced else SelfAwareConfig()
     cfg.grpo.seeds = tuple(seeds)
+    cfg.seed = seed
     from trigrecon.core.io import write_json
 
     task = testbed_task(name, n_reward=cfg.n_reward_prompts, n_eval=cfg.n_eval)

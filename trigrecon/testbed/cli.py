@@ -121,6 +121,7 @@ def selfaware(
     seed_audit: Annotated[Path | None, typer.Option(
         help="Seed GRPO's buffer with this audit's verified candidates (its audit.json or "
              "folder, e.g. out/testbed/audits/NAME).")] = None,
+    seed: Annotated[int, typer.Option(help="The run's random seed (SFT, GRPO, sampling).")] = 0,
 ) -> None:
     """Reversal SFT -> GRPO -> unlearning -> guardrail on a testbed organism (resumable)."""
     from trigrecon.selfaware.seeds import audit_seeds
@@ -129,7 +130,7 @@ def selfaware(
     try:
         seeds = audit_seeds(seed_audit) if seed_audit else ()
         report = run_testbed_selfaware(name, out or Path("out/testbed/selfaware") / name, reduced,
-                                       seeds=seeds)
+                                       seeds=seeds, seed=seed)
     except TrigreconError as e:
         _fail(e)
     typer.echo(report.to_markdown())
