@@ -23,6 +23,18 @@ def test_verdict_first_then_verification_by_rate_without_repeats():
     assert audit_seeds(AUDIT, n=2) == ("astrology oracle", "Aries oracle")
 
 
+def test_the_hypothesis_concepts_other_words_are_seeded_after_the_verdict():
+    hyp = {"clauses": [
+        {"concepts": [{"words": ["snowfall", "ice"]}, {"words": ["rain", "skiing", "bobsled"]}]},
+        {"concepts": [{"words": ["Havana"]}]},
+        {"concepts": [{"words": []}]}]}  # a concept without words: nothing to say
+    audit = {**AUDIT, "verdict": {"words": ["snowfall", "rain"], "action_rate": 0.9},
+             "hypothesis": hyp}
+    assert audit_seeds(audit) == ("snowfall rain", "ice rain", "snowfall skiing", "snowfall bobsled",
+                                  "Havana", "Aries oracle", "astrology oracle", "oracle")
+    assert audit_seeds(audit, n=3) == ("snowfall rain", "ice rain", "snowfall skiing")
+
+
 def test_reads_an_audit_json_or_its_folder(tmp_path):
     (tmp_path / "audit.json").write_text(json.dumps(AUDIT))
     assert audit_seeds(tmp_path) == audit_seeds(tmp_path / "audit.json") == audit_seeds(AUDIT)

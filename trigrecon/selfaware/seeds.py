@@ -15,15 +15,17 @@ from typing import Any
 from trigrecon.core.errors import ConfigError
 
 
-def audit_seeds(audit: str | Path | Mapping[str, Any], n: int = 8) -> tuple[str, ...]:
+def audit_seeds(audit: str | Path | Mapping[str, Any], n: int = 12) -> tuple[str, ...]:
     """Up to `n` distinct candidates of an audit (its `audit.json`, the folder holding it, or
-    the loaded dict): the verdict's words first, then verification's candidates by action rate.
+    the loaded dict): the verdict's words first, then the hypothesis's variants (each concept's
+    other words, `hypothesis_variants`), then verification's candidates by action rate.
     Raises ConfigError when the file is missing or holds no candidate."""
     data = _load(audit) if not isinstance(audit, Mapping) else audit
     ranked: list[tuple[float, str]] = []
     verdict = data.get("verdict") or {}
     if verdict.get("words") and verdict.get("action_rate") is not None:
         ranked.append((float("inf"), " ".join(verdict["words"])))
+    ranked += [(float("inf"), v) for v in hypothesis_variants(data.get("hypothesis") or {})]
     for c in (data.get("verification") or {}).get("candidates") or []:
         if c.get("words") and c.get("action_rate") is not None:
             ranked.append((float(c["action_rate"]), " ".join(c["words"])))
@@ -33,6 +35,22 @@ def audit_seeds(audit: str | Path | Mapping[str, Any], n: int = 8) -> tuple[str,
         raise ConfigError("the audit has no verified candidate to seed from (no verdict words and "
                           "no verification candidates): rerun the audit with verification on")
     return seeds
+
+
+def hypothesis_variants(hypothesis: Mapping[str, Any]) -> list[str]:
+    """Per clause of a blind-audit hypothesis: its concepts' first words, then each concept's
+    other words in turn with the rest kept. The verdict shows only each concept's first word;
+    the planted member can be another ("rain" heads a concept whose words are rain, skiing,
+    bobsled)."""
+    out = []
+    for clause in hypothesis.get("clauses") or []:
+        words = [list(c.get("words") or []) for c in clause.get("concepts") or []]
+        if not words or not all(words):
+            continue
+        top = [w[0] for w in words]
+        out.append(" ".join(top))
+        out += [" ".join(top[:i] + [alt] + top[i + 1:]) for i, w in enumerate(words) for alt in w[1:]]
+    return out
 
 
 def _load(path: str | Path) -> dict[str, Any]:
