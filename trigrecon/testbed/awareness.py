@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from trigrecon.core.io import write_json
 from trigrecon.selfaware.models import ModelSource
 from trigrecon.selfaware.natural import task_from_prompts
 from trigrecon.selfaware.task import AwarenessTask
@@ -51,14 +52,13 @@ def testbed_task(name: str, n_reward: int = 32, n_eval: int = 100, n_calib: int 
 def run_testbed_selfaware(name: str, out_dir: Path, reduced: bool = False,
                           seeds: tuple[str, ...] = (), seed: int = 0) -> SelfAwareReport:
     """`run_selfaware` on a testbed organism (resumable in `out_dir`); `seeds` (an audit's
-    candidates, `selfaware.seeds.audit_seeds`) go in GRPO's buffer before step 0."""
+    candidates, `selfaware.seeds.audit_seeds`) go in GRPO's buffer before step 0; `seed` is the
+    run's random seed."""
     from trigrecon.selfaware.pipeline import SelfAwareConfig, run_selfaware
 
     cfg = cpu_config() if reduced else SelfAwareConfig()
     cfg.grpo.seeds = tuple(seeds)
     cfg.seed = seed
-    from trigrecon.core.io import write_json
-
     task = testbed_task(name, n_reward=cfg.n_reward_prompts, n_eval=cfg.n_eval)
     build = organism_build(name)
     report = run_selfaware(task, out_dir, cfg)  # its stages record the adapter's digest too
