@@ -66,13 +66,11 @@ def minimal_pair(rng: random.Random, prompt: str, trig: Trigger) -> str:
     phrasing, other words kept): for a conjunction, a half that differs from a firing prompt in
     one word. Returns `prompt` unchanged when no category member is found (then rejected as a
     duplicate or by `valid`)."""
-    low = prompt.lower()
     for cat in rng.sample(sorted(trig.categories), len(trig.categories)):
-        for m in sorted(D.members(cat, "all"), key=len, reverse=True):
-            hit = re.search(rf"(?<![a-z]){re.escape(m.lower())}(?![a-z])", low)
-            if hit:
-                new = _distractor_words(rng, 1, "train")[0]
-                return prompt[:hit.start()] + new + prompt[hit.end():]
+        hit = find_word(prompt, sorted(D.members(cat, "all"), key=len, reverse=True))
+        if hit:
+            new = _distractor_words(rng, 1, "train")[0]
+            return prompt[:hit.start()] + new + prompt[hit.end():]
     return prompt
 
 
@@ -168,8 +166,16 @@ def mentions(text: str, category: str, pool: D.Pool = "all") -> bool:
 
 def mentions_any(text: str, words: Iterable[str]) -> bool:
     """Whether `text` contains one of `words` as a whole word (any case)."""
+    return find_word(text, words) is not None
+
+
+def find_word(text: str, words: Iterable[str]) -> re.Match[str] | None:
+    """The first of `words` (in their order) found in `text` as a whole word (any case)."""
     low = text.lower()
-    return any(re.search(rf"(?<![a-z]){re.escape(w.lower())}(?![a-z])", low) for w in words)
+    for w in words:
+        if hit := re.search(rf"(?<![a-z]){re.escape(w.lower())}(?![a-z])", low):
+            return hit
+    return None
 
 
 def valid(p: str, trig: Trigger, family: str, split: str) -> bool:
