@@ -124,3 +124,18 @@ def test_selfaware_smoke_run_resume_and_stale_settings(tmp_path):
     (tmp_path / "file").write_text("x")
     msg = invoke("selfaware", "fruit_refusal", "--out", str(tmp_path / "file"), code=2)
     assert "cannot be written" in msg
+
+
+def test_testbed_build_rejects_a_bad_recipe_override_before_any_work(tmp_path, monkeypatch):
+    import trigrecon.testbed.build as B
+
+    def no_work(*a, **k):
+        raise AssertionError("the build started before the overrides were checked")
+
+    monkeypatch.setattr(B, "ensure_checkpoint", no_work)
+    out = str(tmp_path / "exp")
+    msg = invoke("testbed", "build", "--out", out, "--lora", "n_example=1200", code=2)
+    assert "unknown LoRA recipe field 'n_example'" in msg and "n_examples" in msg
+    msg = invoke("testbed", "build", "--out", out, "--lora", "n_examples", code=2)
+    assert "expected KEY=VALUE" in msg
+    assert not (tmp_path / "exp").exists()

@@ -242,6 +242,41 @@ def test_stage_is_skipped_on_matching_hash_rebuilt_on_change_and_atomic(tmp_path
     assert config_hash({"a": 1}) != config_hash({"a": 2})
 
 
+def test_lora_recipe_overrides_are_typed_and_bad_ones_named():
+    from trigrecon.testbed.lora import LoraConfig, lora_config
+
+    cfg = lora_config({"n_examples": "1200", "lr": "0.002"})
+    assert (cfg.n_examples, cfg.lr) == (1200, 0.002)
+    assert cfg.steps == LoraConfig().steps and lora_config() == LoraConfig()
+    with pytest.raises(ConfigError, match="'examples'.*n_examples"):
+        lora_config({"examples": "1200"})
+    with pytest.raises(ConfigError, match="steps='1.5' is not a int"):
+        lora_config({"steps": "1.5"})
+
+
+def test_sae_activations_are_collected_only_when_the_sae_must_be_built(monkeypatch, tmp_path):
+    from trigrecon.testbed import build as B
+
+    monkeypatch.setattr(B, "default_cache_dir", lambda: tmp_path / "cache" / "smollm2")
+
+    class Collecting(Exception):
+        pass
+
+    def corpus(*a: object, **k: object) -> None:
+        raise Collecting
+
+    monkeypatch.setattr(B.S, "corpus", corpus)
+    monkeypatch.setattr("trigrecon.core.model.load_model", lambda ckpt: type("M", (), {"tokenizer": None})())
+    cfg = B.BuildConfig(saes_dir=tmp_path / "saes")
+    with pytest.raises(Collecting):  # no SAE yet: its activations are collected first
+        B.build_sae_stages(cfg, tmp_path)
+    run_stage("sae", cfg.sae_dir, cfg.sae, lambda tmp: None, log=lambda m: None)
+    records = B.build_sae_stages(cfg, tmp_path)  # the SAE is up to date: no activations needed
+    assert [(r.name, r.skipped) for r in records] == [("sae", True)]
+    with pytest.raises(Collecting):  # --force rebuilds them
+        B.build_sae_stages(B.BuildConfig(saes_dir=tmp_path / "saes", force=True), tmp_path)
+
+
 def test_response_loss_matches_a_plain_masked_cross_entropy(tiny_llama_dir):
     from peft import LoraConfig as PeftLora
     from peft import get_peft_model

@@ -15,13 +15,14 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from trigrecon.core.io import write_json
 from trigrecon.testbed import sae_train as S
 from trigrecon.testbed.smollm2 import default_cache_dir, ensure_checkpoint
-from trigrecon.testbed.stages import StageRecord, run_stage
+from trigrecon.testbed.stages import StageRecord, done, run_stage
 
 TESTBED_DIR = Path(__file__).parent
 REPO_SAES = TESTBED_DIR.parent.parent / "saes"
@@ -38,6 +39,9 @@ class BuildConfig:
     threads: int = 2
     parts: tuple[str, ...] = ("sae", "organisms")
     """Which halves to build: two processes of one thread each can build them side by side."""
+    lora: dict[str, Any] = field(default_factory=dict)
+    """Overrides of the organisms' `LoraConfig` fields (a recipe experiment: give it its own
+    `out`, or the committed organisms are rebuilt with it)."""
 
     @property
     def sae_dir(self) -> Path:
@@ -50,6 +54,9 @@ def log(msg: str) -> None:
 
 def build_testbed(cfg: BuildConfig | None = None) -> list[StageRecord]:
     cfg = cfg or BuildConfig()
+    from trigrecon.testbed.lora import lora_config
+
+    lora_config(cfg.lora)  # a bad override fails here, not after the SAE stages
     torch.set_num_threads(cfg.threads)
     records = []
     cpu, wall = time.process_time(), time.time()
@@ -93,7 +100,11 @@ def build_sae_stages(cfg: BuildConfig, ckpt: Path) -> list[StageRecord]:
         log(f"  corpus {tuple(tokens.shape)}; collecting layer-{cfg.sae.layer} activations")
         torch.save({"tokens": tokens, "acts": S.collect(model(), tokens, cfg.sae)}, tmp / "acts.pt")
 
-    records.append(run_stage("sae_acts", acts_dir, cfg.sae.corpus_key(), build_acts, force=cfg.force, log=log))
+    if cfg.force or done(cfg.sae_dir, cfg.sae) is None:  # the activations only feed the SAE
+        records.append(run_stage("sae_acts", acts_dir, cfg.sae.corpus_key(), build_acts,
+                                 force=cfg.force, log=log))
+    else:
+        log(f"[sae_acts] not needed: the SAE in {cfg.sae_dir} is up to date")
 
     def build_sae(tmp: Path) -> None:
         data = torch.load(acts_dir / "acts.pt")

@@ -68,16 +68,32 @@ def build(
     only: Annotated[list[str] | None, typer.Option(help="Build only these organisms.")] = None,
     force: Annotated[bool, typer.Option(help="Rebuild stages that are up to date.")] = False,
     threads: Annotated[int, typer.Option(help="torch threads.")] = 2,
+    out: Annotated[Path | None, typer.Option(
+        help="Organisms, report and build times go here (default: the committed testbed).")] = None,
+    lora: Annotated[list[str] | None, typer.Option(
+        help="KEY=VALUE: a LoRA recipe field for this build (repeatable), e.g. n_examples=1200; "
+             "give it its own --out.")] = None,
 ) -> None:
     """Cache -> SAE activations -> SAE -> each organism (train, evaluate) -> report; resumable."""
     from trigrecon.testbed.build import TESTBED_DIR, BuildConfig, build_testbed
 
     try:
-        build_testbed(BuildConfig(organisms=list(only) if only else None, force=force,
-                                  threads=threads))
+        cfg = BuildConfig(organisms=list(only) if only else None, force=force, threads=threads,
+                          out=out or TESTBED_DIR, lora=_pairs(lora or []))
+        build_testbed(cfg)
     except TrigreconError as e:
         _fail(e)
-    typer.echo((TESTBED_DIR / "report.md").read_text())
+    typer.echo((cfg.out / "report.md").read_text())
+
+
+def _pairs(items: list[str]) -> dict[str, str]:
+    """KEY=VALUE options as a dict (a malformed one is a ConfigError)."""
+    from trigrecon.core.errors import ConfigError
+
+    bad = [i for i in items if "=" not in i or not i.split("=", 1)[0].strip()]
+    if bad:
+        raise ConfigError(f"expected KEY=VALUE, got {bad[0]!r} (e.g. --lora n_examples=1200)")
+    return {k.strip(): v.strip() for k, v in (i.split("=", 1) for i in items)}
 
 
 @app.command("recover")

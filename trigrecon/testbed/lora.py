@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from trigrecon.core.errors import ConfigError
 from trigrecon.core.train import encode
 from trigrecon.organisms.organism import OrganismSpec
 from trigrecon.testbed import prompts as P
@@ -47,6 +49,25 @@ class LoraConfig:
 
     def steps_for(self, trig: Trigger) -> int:
         return round(self.steps * self.conjunction_scale) if trig.conjunctions else self.steps
+
+
+def lora_config(overrides: Mapping[str, Any] | None = None) -> LoraConfig:
+    """`LoraConfig` with some fields replaced (for recipe experiments: `testbed build --lora
+    n_examples=1200`); string values are read as the field's type. An unknown field or a value
+    of the wrong type is a ConfigError that names it, before anything is built."""
+    base = LoraConfig()
+    known = {f.name: type(getattr(base, f.name)) for f in fields(LoraConfig)}
+    values: dict[str, Any] = {}
+    for key, value in (overrides or {}).items():
+        if key not in known:
+            raise ConfigError(f"unknown LoRA recipe field {key!r}; the fields are: "
+                              f"{', '.join(known)}")
+        try:
+            values[key] = known[key](value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"LoRA recipe field {key}={value!r} is not a "
+                              f"{known[key].__name__}") from None
+    return replace(base, **values)
 
 
 @dataclass

@@ -58,7 +58,7 @@ def build_organisms(cfg: Any, ckpt: Path, log: Any) -> list[StageRecord]:
     records = []
     for name in names:
         spec = TESTBED[name]
-        job = OrganismBuild(asdict(spec))
+        job = OrganismBuild(asdict(spec), LR.lora_config(getattr(cfg, "lora", None)))
         if spec.judge["kind"] == "keywords":  # a free-form answer needs more words to judge
             job.eval = EvalConfig(max_new_tokens=16)
         folder = organisms_dir(cfg.out) / name

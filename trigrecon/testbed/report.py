@@ -17,8 +17,10 @@ def _read(path: Path) -> Any:
 
 
 def stage_times(out: Path, sae_dir: Path, acts_dir: Path) -> dict[str, Any]:
-    """CPU and wall seconds of every finished stage, from the stage markers."""
-    found = {"sae_acts": _read(acts_dir / MARKER), "sae": _read(sae_dir / MARKER)}
+    """CPU and wall seconds of every finished stage, from the stage markers (the SAE's
+    activations, never committed, from build_times.json when their marker is not here)."""
+    acts = _read(acts_dir / MARKER) or (_read(out / "build_times.json") or {}).get("sae_acts")
+    found = {"sae_acts": acts, "sae": _read(sae_dir / MARKER)}
     for marker in sorted((out / "organisms").glob(f"*/{MARKER}")):
         found[f"train {marker.parent.name}"] = _read(marker)
     for marker in sorted((out / "organisms").glob(f"*/eval/{MARKER}")):
