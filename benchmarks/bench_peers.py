@@ -4,6 +4,8 @@ Same model, prompts, layers, norm, exponents and step count for every implementa
 - `trigrecon`: `trigrecon.methods.melbo` (cached source residual, only blocks source+1..target,
   the lean functional blocks of `steering/lean.py`, exact Gram-Schmidt orthogonality);
 - `trigrecon-tl`: the same with the HookedTransformer's own blocks (the path before issue 16);
+- `trigrecon-compiled`: `trigrecon` with `compile=True` (the lean blocks through torch.compile;
+  compiled once before the timings);
 - `batched-melbo-head`: batched-melbo's sliced variant (GitHub HEAD: it runs only blocks
   source+1..target+1), vendored under `benchmarks/vendor/` (Apache-2.0, see its header);
 - `batched-melbo-0.1.1`: the PyPI release (a full forward every step), if installed
@@ -113,8 +115,10 @@ def peer_lr(module: Any, lr: float | None) -> Iterator[None]:
         module.optim = old
 
 
-def run_ours(hm: Any, texts: list[str], k: int, steps: int, lr: float, tl: bool = False) -> Run:
-    cfg = MelboConfig(n_vectors=k, steps=steps, layer=SOURCE, target_layer=TARGET, lr=lr)
+def run_ours(hm: Any, texts: list[str], k: int, steps: int, lr: float, tl: bool = False,
+             compiled: bool = False) -> Run:
+    cfg = MelboConfig(n_vectors=k, steps=steps, layer=SOURCE, target_layer=TARGET, lr=lr,
+                      compile=compiled)
     with tl_blocks() if tl else contextlib.nullcontext():
         t0 = time.perf_counter()
         res = melbo(hm, texts, cfg)
@@ -194,7 +198,10 @@ def bench_shape(hm: Any, hf: Any, tok: Any, shape: str, args: argparse.Namespace
     fns: dict[str, Callable[[], float]] = {
         "trigrecon": lambda: run_ours(hm, texts, k, t_steps, LR_OURS).seconds / t_steps,
         "trigrecon-tl": lambda: run_ours(hm, texts, k, t_steps, LR_OURS, tl=True).seconds / t_steps,
+        "trigrecon-compiled": lambda: run_ours(hm, texts, k, t_steps, LR_OURS,
+                                               compiled=True).seconds / t_steps,
     }
+    run_ours(hm, texts, k, 2, LR_OURS, compiled=True)  # compile once, outside the timings
     for name, mod in peers.items():
         fns[name] = (lambda m=mod: run_peer(m, hf, tok, texts, k, t_steps, radius).seconds / t_steps)
     timing = per_step(fns, args.repeats)
@@ -253,6 +260,8 @@ def bench_shape(hm: Any, hf: Any, tok: Any, shape: str, args: argparse.Namespace
         "speedup_per_step_vs_head_min": timing["batched-melbo-head"]["min"]
         / timing["trigrecon"]["min"],
         "lean_over_tl_blocks": timing["trigrecon-tl"]["median"] / timing["trigrecon"]["median"],
+        "speedup_per_step_vs_head_compiled": timing["batched-melbo-head"]["median"]
+        / timing["trigrecon-compiled"]["median"],
         "runs": full, "equal_objective": equal_obj,
         "roofline": roofline(hm, hf, tok, shape, args),
     }
@@ -342,9 +351,13 @@ def roofline(hm: Any, hf: Any, tok: Any, shape: str, args: argparse.Namespace) -
         return lambda s: run_peer(mod, hf, tok, texts, k, s, radius)
 
     runs: dict[str, Callable[[int], Run]] = {
-        "trigrecon": lambda s: run_ours(hm, texts, k, s, LR_OURS)}
+        "trigrecon": lambda s: run_ours(hm, texts, k, s, LR_OURS),
+        "trigrecon-compiled": lambda s: run_ours(hm, texts, k, s, LR_OURS, compiled=True)}
     runs.update({name: peer(mod) for name, mod in _peers().items()})
-    flops = {name: flops_per_step(run) for name, run in runs.items()}
+    flops = {name: flops_per_step(run) for name, run in runs.items() if name != "trigrecon-compiled"}
+    flops["trigrecon-compiled"] = flops["trigrecon"]  # the same computation, fused (inductor's
+    # kernels are not seen by FlopCounterMode)
+    runs["trigrecon-compiled"](2)  # compile once, outside the timings
     t_steps = args.timing_steps or ROOFLINE_STEPS[shape]
     secs = marginal_seconds(runs, WARM_STEPS, WARM_STEPS + t_steps, args.repeats)
     peak = matmul_peak(k * n * 16)
@@ -368,6 +381,8 @@ def derive(flops: dict[str, int], secs: dict[str, dict[str, Any]], peak: float
         "head_over_trigrecon_flops": head["flops_per_step"] / ours["flops_per_step"],
         "speedup_per_step_vs_head": head["seconds_per_step"]["median"]
         / ours["seconds_per_step"]["median"],
+        "speedup_per_step_vs_head_compiled": head["seconds_per_step"]["median"]
+        / impl["trigrecon-compiled"]["seconds_per_step"]["median"],
         "trigrecon_seconds_per_step_at_peak": ours_at_peak,
         "ceiling_speedup_vs_head": head["seconds_per_step"]["median"] / ours_at_peak,
     }
@@ -442,7 +457,8 @@ def summary(r: dict[str, Any]) -> None:
     for name, t in r["per_step_seconds"].items():
         print(f"  {name:22s} {t['median'] * 1e3:8.1f} ms/step (min {t['min'] * 1e3:.1f})")
     print(f"  per step, trigrecon vs batched-melbo HEAD: {r['speedup_per_step_vs_head']:.2f}x "
-          f"(min/min {r['speedup_per_step_vs_head_min']:.2f}x); lean vs TL blocks "
+          f"(min/min {r['speedup_per_step_vs_head_min']:.2f}x; compiled "
+          f"{r['speedup_per_step_vs_head_compiled']:.2f}x); lean vs TL blocks "
           f"{r['lean_over_tl_blocks']:.2f}x")
     for name, f in r["runs"].items():
         print(f"  {name:34s} obj@{s['steps']} {f['objective_after_steps']:.3f}  "
@@ -462,7 +478,8 @@ def print_roofline(label: str, r: dict[str, Any]) -> None:
               f"{x['seconds_per_step']['median'] * 1e3:8.1f} ms/step  {x['gflops']:5.1f} GFLOP/s  "
               f"{x['efficiency']:.0%} of peak", flush=True)
     print(f"    HEAD/trigrecon FLOPs {r['head_over_trigrecon_flops']:.2f}; per step "
-          f"{r['speedup_per_step_vs_head']:.2f}x; ceiling at 100% of peak "
+          f"{r['speedup_per_step_vs_head']:.2f}x (compiled "
+          f"{r['speedup_per_step_vs_head_compiled']:.2f}x); ceiling at 100% of peak "
           f"{r['ceiling_speedup_vs_head']:.2f}x", flush=True)
 
 

@@ -191,6 +191,45 @@ def test_lean_blocks_match_the_hooked_blocks(model, system, request):
     torch.testing.assert_close(fast.target_resid(v), plain.target_resid(v), atol=1e-4, rtol=1e-5)
 
 
+def test_compiled_lean_blocks_match_the_hooked_blocks(llama31_hooked):
+    """compile=True (torch.compile of the lean blocks) keeps values and gradients within 1e-4."""
+    from torch._dynamo.utils import counters
+
+    hm = llama31_hooked
+    b = hm.batch(PROMPTS, RESPONSE, system="you are a helpful assistant")
+    fast = SteeredForward(hm, b, source=1, target=2, compile=True)
+    plain = SteeredForward(hm, b, source=1, target=2, lean=False)
+    v = torch.randn(3, hm.d_model, generator=torch.Generator().manual_seed(2))
+    before = counters["stats"]["unique_graphs"]
+    xs = [v.clone().requires_grad_(True) for _ in range(2)]
+    outs = [f.melbo_objective(x) for f, x in zip((fast, plain), xs, strict=True)]
+    assert counters["stats"]["unique_graphs"] > before  # the blocks were compiled
+    torch.testing.assert_close(outs[0], outs[1], atol=1e-4, rtol=1e-5)
+    for out in outs:
+        out.sum().backward()
+    torch.testing.assert_close(xs[0].grad, xs[1].grad, atol=1e-4, rtol=1e-4)
+    w = hm.model.blocks[2].mlp.W_in
+    old = w.detach().clone()
+    try:  # other weights, same shapes: the compiled code must read them, not reuse the old
+        with torch.no_grad():
+            w.mul_(1.5)
+        again = SteeredForward(hm, b, source=1, target=2, compile=True)
+        plain = SteeredForward(hm, b, source=1, target=2, lean=False)
+        torch.testing.assert_close(again.melbo_objective(v), plain.melbo_objective(v),
+                                   atol=1e-4, rtol=1e-5)
+    finally:
+        with torch.no_grad():
+            w.copy_(old)
+
+
+def test_compile_needs_the_lean_blocks_and_a_compiler(tiny_hooked, batch, monkeypatch):
+    with pytest.raises(ConfigError, match="needs the lean blocks"):
+        SteeredForward(tiny_hooked, batch, source=1, target=2, lean=False, compile=True)
+    monkeypatch.setenv("CXX", "no-such-compiler-xyz")
+    with pytest.raises(ConfigError, match="'no-such-compiler-xyz' not found"):
+        SteeredForward(tiny_hooked, batch, source=1, target=2, compile=True)
+
+
 def test_hooks_take_the_hooked_path(tiny_hooked, batch):
     """A hook attached to the model sees its activation: the lean path steps aside."""
     fwd = SteeredForward(tiny_hooked, batch, source=1, target=2)

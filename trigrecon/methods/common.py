@@ -88,6 +88,9 @@ class VectorConfig:
     seed: int = 0
     max_norm: float = 100.0
     """Divergence threshold on a vector's norm, in units of the residual scale."""
+    compile: bool = False
+    """Run the steered blocks through `torch.compile` (lean blocks only): ~1.2x per step on
+    CPU once compiled, after ~20 s per input shape; worth it for long runs on real models."""
 
     def __post_init__(self) -> None:
         for name in ("n_vectors", "steps"):

@@ -83,7 +83,7 @@ def melbo(hm: Any, prompts: Sequence[str], cfg: MelboConfig | None = None, *, sa
     cfg = cfg or MelboConfig()
     layer = resolve_layer(hm, cfg.layer, sae)
     target = resolve_target(hm, layer, cfg.target_layer)
-    fwd = SteeredForward(hm, make_batch(hm, prompts), layer, target)
+    fwd = SteeredForward(hm, make_batch(hm, prompts), layer, target, compile=cfg.compile)
     scale = fwd.resid_scale()
     radius = cfg.norm * scale
     q = cfg.q if cfg.q is not None else cfg.p

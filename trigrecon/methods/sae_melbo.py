@@ -96,7 +96,7 @@ def sae_melbo(hm: Any, sae: Any, prompts: Sequence[str], response: str | None = 
     layer = resolve_layer(hm, cfg.layer, sae)
     target = None if supervised else resolve_target(hm, layer, cfg.target_layer)
     fwd = SteeredForward(hm, make_batch(hm, prompts, response if supervised else None),
-                         layer, target)
+                         layer, target, compile=cfg.compile)
     scale = fwd.resid_scale()
     W = sae.W_dec.detach().to(fwd.resid)
     row_norm = W.norm(dim=-1)

@@ -46,7 +46,7 @@ def supervised_melbo(hm: Any, prompts: Sequence[str], response: str,
     """Train `cfg.n_vectors` orthogonal vectors minimising the response CE + L2 penalty."""
     cfg = cfg or SupervisedMelboConfig()
     layer = resolve_layer(hm, cfg.layer, sae)
-    fwd = SteeredForward(hm, make_batch(hm, prompts, response), layer)
+    fwd = SteeredForward(hm, make_batch(hm, prompts, response), layer, compile=cfg.compile)
     fwd.response_ce(torch.zeros(1, fwd.d_model, device=fwd.resid.device))  # validates targets
     scale = fwd.resid_scale()
 

@@ -29,6 +29,8 @@ Layer convention: "layer L" is the residual stream at `hm.hook_name(L)` (Transfo
 
 from __future__ import annotations
 
+import os
+import shutil
 from dataclasses import dataclass
 from typing import Any
 
@@ -125,8 +127,8 @@ class SteeredForward:
     """
 
     def __init__(self, hm: Any, batch: ChatBatch, source: int, target: int | None = None,
-                 max_buckets: int = 4, cache_prefix: bool = True, lean: bool | None = None
-                 ) -> None:
+                 max_buckets: int = 4, cache_prefix: bool = True, lean: bool | None = None,
+                 compile: bool = False) -> None:
         if len(batch) == 0:
             raise ConfigError("no prompts: the batch is empty")
         self.hm, self.source, self.target = hm, source, target
@@ -140,6 +142,9 @@ class SteeredForward:
         if lean and not _lean.supported(model):
             raise ConfigError("lean=True needs a plain Llama-style model (see steering/lean.py)")
         self.lean = _lean.supported(model) if lean is None else bool(lean)
+        if compile:
+            _check_compile(self.lean, next(model.parameters()).device)
+        self.compile = compile
         self._lean_runs: dict[int, _lean.LeanBlocks] = {}
         self.batch = batch.to(next(model.parameters()).device)
         am = self.batch.attention_mask
@@ -217,7 +222,7 @@ class SteeredForward:
         end = self.hm.model.cfg.n_layers if stop is None else stop
         if end not in self._lean_runs:
             self._lean_runs[end] = _lean.LeanBlocks(self.hm.model, self.start, end,
-                                                    self._prefix_kv or None)
+                                                    self._prefix_kv or None, self.compile)
         return self._lean_runs[end]
 
     def _steer(self, b: Bucket, vectors: Tensor) -> Tensor:
@@ -327,3 +332,14 @@ def full_forward_with_vector(
     with steering(hm, layer, vector, batch.user_mask) as model:
         return model(batch.tokens, attention_mask=batch.attention_mask.long(),
                      stop_at_layer=stop_at_layer)
+
+
+def _check_compile(lean: bool, device: torch.device) -> None:
+    """compile=True needs the lean blocks and, on CPU, a C++ compiler (inductor's backend)."""
+    if not lean:
+        raise ConfigError("compile=True needs the lean blocks (a plain Llama-style model, "
+                          "lean not False); set compile=False")
+    cxx = os.environ.get("CXX", "g++")
+    if device.type == "cpu" and shutil.which(cxx) is None:
+        raise ConfigError(f"compile=True on CPU needs a C++ compiler ({cxx!r} not found): "
+                          "install one (e.g. apt install g++) or set compile=False")
