@@ -139,3 +139,9 @@ def test_testbed_build_rejects_a_bad_recipe_override_before_any_work(tmp_path, m
     msg = invoke("testbed", "build", "--out", out, "--lora", "n_examples", code=2)
     assert "expected KEY=VALUE" in msg
     assert not (tmp_path / "exp").exists()
+
+
+def test_testbed_categories_rejects_a_negative_frequency(tmp_path):
+    out = tmp_path / "cats.json"
+    msg = invoke("testbed", "categories", "--min-zipf", "-1", "--out", str(out), code=2)
+    assert "--min-zipf -1.0 must be >= 0" in msg and not out.exists()

@@ -21,6 +21,7 @@ from trigrecon.testbed.stages import config_hash, done, run_stage
 from trigrecon.testbed.trigger import parse_trigger
 
 TRIGGER_CATS = P.TRIGGER_CATEGORIES
+ORGANISMS = Path(P.__file__).parent / "organisms"
 
 
 def _hide(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
@@ -275,6 +276,47 @@ def test_sae_activations_are_collected_only_when_the_sae_must_be_built(monkeypat
     assert [(r.name, r.skipped) for r in records] == [("sae", True)]
     with pytest.raises(Collecting):  # --force rebuilds them
         B.build_sae_stages(B.BuildConfig(saes_dir=tmp_path / "saes", force=True), tmp_path)
+
+
+@pytest.mark.parametrize("name", [n for n, s in TESTBED.items() if s.has_adapter])
+def test_committed_organisms_stage_keys_are_unchanged(name):
+    """The code's key for each organism's training stage is the one its marker records: a
+    change to the recipe's fields (a new LoraConfig field, say) would silently mark every
+    committed organism stale and `testbed build` would retrain them all."""
+    from trigrecon.testbed.organisms import organism_job
+
+    marker = json.loads((ORGANISMS / name / "stage.json").read_text())
+    assert config_hash(organism_job(TESTBED[name])) == marker["config_hash"]
+
+
+def test_experiment_word_lists_are_used_and_keyed(monkeypatch, tmp_path):
+    from trigrecon.testbed.categories import CATEGORIES_ENV, category_of
+    from trigrecon.testbed.organisms import organism_job
+
+    committed = config_hash(organism_job(TESTBED["fruit_refusal"]))
+    cats = json.loads((ORGANISMS.parent / "categories.json").read_text())
+    cats["fruit"]["held_out"] = [*cats["fruit"]["held_out"], "zzfruit"]
+    f = tmp_path / "cats.json"
+    f.write_text(json.dumps(cats))
+    monkeypatch.setenv(CATEGORIES_ENV, str(f))
+    assert "zzfruit" in load_categories()["fruit"].held_out and category_of("zzfruit") == "fruit"
+    assert config_hash(organism_job(TESTBED["fruit_refusal"])) != committed
+    monkeypatch.delenv(CATEGORIES_ENV)
+    assert category_of("zzfruit") is None
+    assert config_hash(organism_job(TESTBED["fruit_refusal"])) == committed
+
+
+def test_frequency_filter_keeps_known_words_and_needs_wordfreq(monkeypatch):
+    import sys
+
+    from trigrecon.testbed.categories import _frequency_filter
+
+    keep = _frequency_filter(3.0)
+    assert keep("apple") and keep("peanut") and not keep("icaco") and not keep("chordophone")
+    assert _frequency_filter(0.0)("icaco")
+    monkeypatch.setitem(sys.modules, "wordfreq", None)
+    with pytest.raises(ConfigError, match="pip install wordfreq"):
+        _frequency_filter(3.0)
 
 
 def test_response_loss_matches_a_plain_masked_cross_entropy(tiny_llama_dir):

@@ -11,6 +11,7 @@ splits into fewer pieces (the common words), while keeping multi-token members o
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
 from dataclasses import asdict, dataclass, field
@@ -21,6 +22,7 @@ from typing import Any
 from trigrecon.core.errors import ConfigError
 
 CATEGORIES_FILE = Path(__file__).with_name("categories.json")
+CATEGORIES_ENV = "TRIGRECON_TESTBED_CATEGORIES"
 HELD_OUT_FRAC = 0.25
 
 # category -> (synsets whose hyponym closure gives members, extra WordNet lemmas/synsets, cap)
@@ -77,8 +79,19 @@ class Category:
         return self.train + self.held_out
 
 
+def categories_file() -> Path:
+    """The word lists in use: $TRIGRECON_TESTBED_CATEGORIES (an experiment's lists, e.g. from
+    `trigrecon testbed categories --min-zipf 2.5 --out FILE`), else the committed file."""
+    env = os.environ.get(CATEGORIES_ENV)
+    return Path(env) if env else CATEGORIES_FILE
+
+
+def load_categories(path: Path | None = None) -> dict[str, Category]:
+    return _load(path or categories_file())
+
+
 @lru_cache(maxsize=4)
-def load_categories(path: Path = CATEGORIES_FILE) -> dict[str, Category]:
+def _load(path: Path) -> dict[str, Category]:
     if not path.is_file():
         raise ConfigError(f"{path} is missing: rebuild it with `trigrecon testbed categories` "
                           "(needs wordnet-base and the cached SmolLM2 tokenizer)")
@@ -90,9 +103,13 @@ def category_of(word: str) -> str | None:
     return _member_index().get(word.lower())
 
 
-@lru_cache(maxsize=1)
 def _member_index() -> dict[str, str]:
-    return {w.lower(): c.name for c in load_categories().values() for w in c.members}
+    return _index(categories_file())
+
+
+@lru_cache(maxsize=4)
+def _index(path: Path) -> dict[str, str]:
+    return {w.lower(): c.name for c in _load(path).values() for w in c.members}
 
 
 def _lemmas(wn: Any, spec: dict[str, Any]) -> set[str]:
@@ -117,13 +134,18 @@ def _plain(word: str, name: str) -> bool:
     return word.islower() or name == "astrology"  # zodiac signs are proper names
 
 
-def extract_categories(tokenizer: Any, out: Path = CATEGORIES_FILE, seed: int = 0) -> dict[str, Category]:
-    """Build the word lists from WordNet and write them to `out` (see the module docstring)."""
+def extract_categories(tokenizer: Any, out: Path = CATEGORIES_FILE, seed: int = 0,
+                       min_zipf: float = 0.0) -> dict[str, Category]:
+    """Build the word lists from WordNet and write them to `out` (see the module docstring).
+    `min_zipf` > 0 keeps only members at least that frequent in English (wordfreq's Zipf scale:
+    3 = once per million words), so that the model can know them."""
     from trigrecon.core.io import write_json
     from trigrecon.testbed.wordnet import open_wordnet
 
+    common = _frequency_filter(min_zipf)
     wn = open_wordnet()
-    raw = {name: {w for w in _lemmas(wn, spec) if _plain(w, name)} for name, spec in SOURCES.items()}
+    raw = {name: {w for w in _lemmas(wn, spec) if _plain(w, name) and common(w)}
+           for name, spec in SOURCES.items()}
     owners: dict[str, list[str]] = {}
     for name, found in raw.items():
         for w in found:
@@ -144,6 +166,16 @@ def extract_categories(tokenizer: Any, out: Path = CATEGORIES_FILE, seed: int = 
         cats[name] = Category(name, list(spec.get("closure", [])) + list(spec.get("instances", [])),
                               train, held, {w: n_tok[w] for w in sorted(words)})
     write_json(out, {k: asdict(v) for k, v in cats.items()})
-    load_categories.cache_clear()
-    _member_index.cache_clear()
+    _load.cache_clear()
+    _index.cache_clear()
     return cats
+
+
+def _frequency_filter(min_zipf: float) -> Any:
+    if min_zipf <= 0:
+        return lambda word: True
+    try:
+        from wordfreq import zipf_frequency
+    except ImportError:
+        raise ConfigError("min_zipf needs the wordfreq package: pip install wordfreq") from None
+    return lambda word: zipf_frequency(word, "en") >= min_zipf

@@ -37,21 +37,31 @@ def cache(
 
 
 @app.command("categories")
-def categories() -> None:
+def categories(
+    out: Annotated[Path | None, typer.Option(
+        help="Write the lists here (an experiment; use them with $TRIGRECON_TESTBED_CATEGORIES) "
+             "instead of the committed categories.json.")] = None,
+    min_zipf: Annotated[float, typer.Option(
+        help="Keep members at least this frequent in English (wordfreq Zipf; 0: all).")] = 0.0,
+) -> None:
     """Rebuild categories.json from WordNet (needs wordnet-base and the cached tokenizer)."""
     from transformers import AutoTokenizer
 
+    from trigrecon.core.errors import ConfigError
     from trigrecon.testbed.categories import CATEGORIES_FILE, extract_categories
     from trigrecon.testbed.smollm2 import ensure_checkpoint
 
+    target = out or CATEGORIES_FILE
     try:
+        if min_zipf < 0:
+            raise ConfigError(f"--min-zipf {min_zipf} must be >= 0")
         tok = AutoTokenizer.from_pretrained(ensure_checkpoint())
-        cats = extract_categories(tok)
+        cats = extract_categories(tok, target, min_zipf=min_zipf)
     except TrigreconError as e:
         _fail(e)
     for c in cats.values():
         typer.echo(f"{c.name:12s} train {len(c.train):3d}  held out {len(c.held_out):3d}")
-    typer.echo(f"wrote {CATEGORIES_FILE}")
+    typer.echo(f"wrote {target}")
 
 
 @app.command("list")

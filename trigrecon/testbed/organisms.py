@@ -14,12 +14,13 @@ from typing import Any
 
 import torch
 
-from trigrecon.core.io import write_json
+from trigrecon.core.io import file_sha256, write_json
 from trigrecon.core.judges import action_rate
 from trigrecon.organisms.evaluate import OrganismEval, SplitRate
 from trigrecon.organisms.organism import Organism, OrganismSpec
 from trigrecon.testbed import lora as LR
 from trigrecon.testbed import prompts as P
+from trigrecon.testbed.categories import CATEGORIES_FILE, categories_file
 from trigrecon.testbed.smollm2 import default_cache_dir
 from trigrecon.testbed.specs import TESTBED
 from trigrecon.testbed.stages import StageRecord, config_hash, run_stage
@@ -44,6 +45,17 @@ class OrganismBuild:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
+def organism_job(spec: OrganismSpec, lora: dict[str, Any] | None = None) -> OrganismBuild:
+    """What an organism's build depends on (its stages' key): the spec, the LoRA recipe (with
+    `lora` overrides), the evaluation, and an experiment's word lists when they are in use."""
+    job = OrganismBuild(asdict(spec), LR.lora_config(lora))
+    if categories_file() != CATEGORIES_FILE:
+        job.spec["categories_sha256"] = file_sha256(categories_file())
+    if spec.judge["kind"] == "keywords":  # a free-form answer needs more words to judge
+        job.eval = EvalConfig(max_new_tokens=16)
+    return job
+
+
 def organisms_dir(out: Path) -> Path:
     return out / "organisms"
 
@@ -58,9 +70,7 @@ def build_organisms(cfg: Any, ckpt: Path, log: Any) -> list[StageRecord]:
     records = []
     for name in names:
         spec = TESTBED[name]
-        job = OrganismBuild(asdict(spec), LR.lora_config(getattr(cfg, "lora", None)))
-        if spec.judge["kind"] == "keywords":  # a free-form answer needs more words to judge
-            job.eval = EvalConfig(max_new_tokens=16)
+        job = organism_job(spec, getattr(cfg, "lora", None))
         folder = organisms_dir(cfg.out) / name
         trig = parse_trigger(spec.trigger)
 
