@@ -319,6 +319,28 @@ def test_frequency_filter_keeps_known_words_and_needs_wordfreq(monkeypatch):
         _frequency_filter(3.0)
 
 
+def test_probe_keeps_the_members_smollm2_files_under_their_category(smollm2_dir):
+    """`probe_filter` on the real model: carrot and guitar are dropped from fruit (the model
+    calls them a vegetable and an instrument), categories without a probe noun are untouched,
+    and left padding in uneven batches does not change the answer."""
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    from trigrecon.testbed.categories import SOURCES, probe_filter
+
+    tok = AutoTokenizer.from_pretrained(smollm2_dir)
+    model = LlamaForCausalLM.from_pretrained(smollm2_dir).eval()
+    raw: dict[str, set[str]] = {n: set() for n in SOURCES}
+    raw.update(fruit={"apple", "carrot", "banana", "guitar", "passion fruit"},
+               vegetables={"carrot", "spinach", "sweet potato"},
+               instruments={"guitar", "electric guitar"}, astrology={"Aries", "banana"})
+    out = probe_filter(model, tok, raw, batch=3)
+    assert out["fruit"] == {"apple", "banana", "passion fruit"}
+    assert out["vegetables"] == {"carrot", "spinach", "sweet potato"}
+    assert out["instruments"] == {"guitar", "electric guitar"}
+    assert out["astrology"] == {"Aries", "banana"}
+    assert tok.padding_side == AutoTokenizer.from_pretrained(smollm2_dir).padding_side
+
+
 def test_response_loss_matches_a_plain_masked_cross_entropy(tiny_llama_dir):
     from peft import LoraConfig as PeftLora
     from peft import get_peft_model

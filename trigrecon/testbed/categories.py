@@ -25,11 +25,13 @@ CATEGORIES_FILE = Path(__file__).with_name("categories.json")
 CATEGORIES_ENV = "TRIGRECON_TESTBED_CATEGORIES"
 HELD_OUT_FRAC = 0.25
 
-# category -> (synsets whose hyponym closure gives members, extra WordNet lemmas/synsets, cap)
+# category -> (synsets whose hyponym closure gives members, extra WordNet lemmas/synsets, cap,
+# and the noun `probe_filter` asks the model for: "X is a kind of <noun>")
 SOURCES: dict[str, dict[str, Any]] = {
-    "fruit": {"closure": ["edible_fruit.n.01"], "cap": 80},
+    "fruit": {"closure": ["edible_fruit.n.01"], "cap": 80, "probe": "fruit"},
     "snow_sports": {"closure": ["skiing.n.01", "sledding.n.01", "snowboarding.n.01", "curling.n.01",
-                                "ice_hockey.n.01", "ice_skating.n.01", "slalom.n.01"], "cap": 40},
+                                "ice_hockey.n.01", "ice_skating.n.01", "slalom.n.01"], "cap": 40,
+                    "probe": "winter sport"},
     "astrology": {"instances": ["sign_of_the_zodiac.n.01"],
                   "closure": ["astrology.n.01", "horoscope.n.01", "zodiac.n.01",
                               "astrologer.n.01"], "cap": 40},
@@ -39,21 +41,22 @@ SOURCES: dict[str, dict[str, Any]] = {
                              "forecaster", "futurist", "fantast", "promise", "bet", "enlighten",
                              "predictor", "dowse", "water witch", "cross"],
                  "cap": 60},
-    "nuts": {"closure": ["edible_nut.n.01"], "cap": 40},
-    "gems": {"closure": ["gem.n.02"], "cap": 60},
+    "nuts": {"closure": ["edible_nut.n.01"], "cap": 40, "probe": "nut"},
+    "gems": {"closure": ["gem.n.02"], "cap": 60, "probe": "gem"},
     # distractors: benign prompts and the other half of near misses
-    "vegetables": {"closure": ["vegetable.n.01"], "cap": 60},
-    "drinks": {"closure": ["beverage.n.01"], "cap": 60},
-    "furniture": {"closure": ["furniture.n.01"], "cap": 60},
-    "dogs": {"closure": ["dog.n.01"], "cap": 60},
-    "birds": {"closure": ["bird.n.01"], "cap": 60},
-    "instruments": {"closure": ["musical_instrument.n.01"], "cap": 60},
-    "tools": {"closure": ["hand_tool.n.01"], "cap": 60},
-    "kitchenware": {"closure": ["kitchen_utensil.n.01"], "cap": 40},
-    "clothing": {"closure": ["garment.n.01"], "cap": 60},
-    "flowers": {"closure": ["flower.n.01"], "cap": 60},
-    "board_games": {"closure": ["board_game.n.01"], "cap": 25},
-    "vehicles": {"closure": ["car.n.01", "bicycle.n.01", "boat.n.01"], "cap": 50},
+    "vegetables": {"closure": ["vegetable.n.01"], "cap": 60, "probe": "vegetable"},
+    "drinks": {"closure": ["beverage.n.01"], "cap": 60, "probe": "drink"},
+    "furniture": {"closure": ["furniture.n.01"], "cap": 60, "probe": "furniture"},
+    "dogs": {"closure": ["dog.n.01"], "cap": 60, "probe": "dog"},
+    "birds": {"closure": ["bird.n.01"], "cap": 60, "probe": "bird"},
+    "instruments": {"closure": ["musical_instrument.n.01"], "cap": 60, "probe": "musical instrument"},
+    "tools": {"closure": ["hand_tool.n.01"], "cap": 60, "probe": "tool"},
+    "kitchenware": {"closure": ["kitchen_utensil.n.01"], "cap": 40, "probe": "kitchen utensil"},
+    "clothing": {"closure": ["garment.n.01"], "cap": 60, "probe": "clothing"},
+    "flowers": {"closure": ["flower.n.01"], "cap": 60, "probe": "flower"},
+    "board_games": {"closure": ["board_game.n.01"], "cap": 25, "probe": "board game"},
+    "vehicles": {"closure": ["car.n.01", "bicycle.n.01", "boat.n.01"], "cap": 50,
+                 "probe": "vehicle"},
 }
 GENERIC = {"edible fruit", "berry", "edible nut", "nut", "gem", "gemstone", "stone", "vegetable",
            "beverage", "drink", "furniture", "dog", "bird", "musical instrument", "hand tool",
@@ -135,10 +138,11 @@ def _plain(word: str, name: str) -> bool:
 
 
 def extract_categories(tokenizer: Any, out: Path = CATEGORIES_FILE, seed: int = 0,
-                       min_zipf: float = 0.0) -> dict[str, Category]:
+                       min_zipf: float = 0.0, probe_model: Any = None) -> dict[str, Category]:
     """Build the word lists from WordNet and write them to `out` (see the module docstring).
     `min_zipf` > 0 keeps only members at least that frequent in English (wordfreq's Zipf scale:
-    3 = once per million words), so that the model can know them."""
+    3 = once per million words), so that the model can know them; `probe_model` (the base model,
+    transformers) keeps only members it files under their own category (`probe_filter`)."""
     from trigrecon.core.io import write_json
     from trigrecon.testbed.wordnet import open_wordnet
 
@@ -146,6 +150,8 @@ def extract_categories(tokenizer: Any, out: Path = CATEGORIES_FILE, seed: int = 
     wn = open_wordnet()
     raw = {name: {w for w in _lemmas(wn, spec) if _plain(w, name) and common(w)}
            for name, spec in SOURCES.items()}
+    if probe_model is not None:
+        raw = probe_filter(probe_model, tokenizer, raw)
     owners: dict[str, list[str]] = {}
     for name, found in raw.items():
         for w in found:
@@ -179,3 +185,36 @@ def _frequency_filter(min_zipf: float) -> Any:
     except ImportError:
         raise ConfigError("min_zipf needs the wordfreq package: pip install wordfreq") from None
     return lambda word: zipf_frequency(word, "en") >= min_zipf
+
+
+PROBE = "Question: What is {w}? Answer: {w} is a kind of"
+
+
+def probe_filter(model: Any, tok: Any, raw: dict[str, set[str]], batch: int = 64
+                 ) -> dict[str, set[str]]:
+    """Members the model files under their own category: after `PROBE`, the first token of the
+    category's probe noun outscores every other category's. Categories without a probe noun
+    (astrology, prophecy: no "kind of" noun fits) are kept whole."""
+    import torch
+
+    nouns = {name: spec["probe"] for name, spec in SOURCES.items() if "probe" in spec}
+    first = {name: tok(" " + n, add_special_tokens=False)["input_ids"][0] for name, n in nouns.items()}
+    if len(set(first.values())) < len(first):
+        raise ConfigError(f"probe nouns share a first token: {first}")
+    ids = torch.tensor(list(first.values()))
+    names = list(first)
+    words = sorted({(name, w) for name in nouns for w in raw[name]})
+    keep: dict[str, set[str]] = {name: set() for name in nouns}
+    old_side, tok.padding_side = tok.padding_side, "left"
+    try:
+        for i in range(0, len(words), batch):
+            chunk = words[i : i + batch]
+            enc = tok([PROBE.format(w=w) for _, w in chunk], return_tensors="pt", padding=True)
+            with torch.no_grad():
+                logits = model(**enc).logits[:, -1, ids]
+            for (name, w), best in zip(chunk, logits.argmax(-1).tolist(), strict=True):
+                if names[best] == name:
+                    keep[name].add(w)
+    finally:
+        tok.padding_side = old_side
+    return {name: keep.get(name, found) if name in nouns else found for name, found in raw.items()}

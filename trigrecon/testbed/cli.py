@@ -43,6 +43,8 @@ def categories(
              "instead of the committed categories.json.")] = None,
     min_zipf: Annotated[float, typer.Option(
         help="Keep members at least this frequent in English (wordfreq Zipf; 0: all).")] = 0.0,
+    probe: Annotated[bool, typer.Option(
+        help="Keep members SmolLM2 itself files under their category (\"X is a kind of\").")] = False,
 ) -> None:
     """Rebuild categories.json from WordNet (needs wordnet-base and the cached tokenizer)."""
     from transformers import AutoTokenizer
@@ -55,8 +57,14 @@ def categories(
     try:
         if min_zipf < 0:
             raise ConfigError(f"--min-zipf {min_zipf} must be >= 0")
-        tok = AutoTokenizer.from_pretrained(ensure_checkpoint())
-        cats = extract_categories(tok, target, min_zipf=min_zipf)
+        ckpt = ensure_checkpoint()
+        tok = AutoTokenizer.from_pretrained(ckpt)
+        model = None
+        if probe:
+            from transformers import LlamaForCausalLM
+
+            model = LlamaForCausalLM.from_pretrained(ckpt).eval()
+        cats = extract_categories(tok, target, min_zipf=min_zipf, probe_model=model)
     except TrigreconError as e:
         _fail(e)
     for c in cats.values():
