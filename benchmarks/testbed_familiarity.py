@@ -10,7 +10,7 @@ hyponyms), not at the training recipe.
 
     python benchmarks/testbed_familiarity.py fruit_refusal cant_help --n 300 --out FILE.json
 
-Needs `pip install wordfreq` (analysis only, not a trigrecon dependency).
+Needs wordfreq (in the `testbed` extra).
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ def main() -> None:
     try:
         from wordfreq import zipf_frequency
     except ImportError:
-        sys.exit("this analysis needs wordfreq: pip install wordfreq")
+        sys.exit("this analysis needs wordfreq: pip install -e '.[testbed]' (or pip install wordfreq)")
     from transformers import AutoTokenizer, LlamaForCausalLM
 
     ckpt = ensure_checkpoint()

@@ -320,9 +320,9 @@ def test_frequency_filter_keeps_known_words_and_needs_wordfreq(monkeypatch):
 
 
 def test_probe_keeps_the_members_smollm2_files_under_their_category(smollm2_dir):
-    """`probe_filter` on the real model: carrot and guitar are dropped from fruit (the model
-    calls them a vegetable and an instrument), categories without a probe noun are untouched,
-    and left padding in uneven batches does not change the answer."""
+    """`probe_filter` on the real model, in batches of uneven lengths: carrot and guitar are
+    dropped from fruit (the model calls them a vegetable and an instrument), categories without a
+    probe noun are untouched, and the tokenizer's padding side is restored."""
     from transformers import AutoTokenizer, LlamaForCausalLM
 
     from trigrecon.testbed.categories import SOURCES, probe_filter

@@ -220,7 +220,7 @@ class LeanBlocks:
         if n not in self._rope:
             self._rope[n] = self._tables(self.prefix, n)
         cos, sin = self._rope[n]
-        if n > 1 and (self.group > 1 or self.prefix):
+        if n > 1:
             self._mask(n, self.prefix)  # cached before the blocks run (no recompile for it)
         return self._blocks_fn(x, cos, sin)
 

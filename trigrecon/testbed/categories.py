@@ -217,4 +217,4 @@ def probe_filter(model: Any, tok: Any, raw: dict[str, set[str]], batch: int = 64
                     keep[name].add(w)
     finally:
         tok.padding_side = old_side
-    return {name: keep.get(name, found) if name in nouns else found for name, found in raw.items()}
+    return {name: keep[name] if name in nouns else found for name, found in raw.items()}
