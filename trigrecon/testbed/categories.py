@@ -23,7 +23,12 @@ from trigrecon.core.errors import ConfigError
 
 CATEGORIES_FILE = Path(__file__).with_name("categories.json")
 CATEGORIES_ENV = "TRIGRECON_TESTBED_CATEGORIES"
+CATEGORIES_V1 = Path(__file__).with_name("categories_v1.json")
+"""The first lists (WordNet, before the model probe): the SAE corpus's words, frozen so the
+committed SAE stays reproducible, and, with the lists in use, the words that name a concept."""
 HELD_OUT_FRAC = 0.25
+MIN_MEMBERS = 15
+"""A trigger category needs at least this many members (a held-out side of 4)."""
 
 # category -> (synsets whose hyponym closure gives members, extra WordNet lemmas/synsets, cap,
 # and the noun `probe_filter` asks the model for: "X is a kind of <noun>")
@@ -58,6 +63,8 @@ SOURCES: dict[str, dict[str, Any]] = {
     "vehicles": {"closure": ["car.n.01", "bicycle.n.01", "boat.n.01"], "cap": 50,
                  "probe": "vehicle"},
 }
+TRIGGER_CATEGORIES = ("fruit", "snow_sports", "astrology", "prophecy", "nuts", "gems")
+"""The categories triggers are made of (the rest are distractors: benign topics)."""
 GENERIC = {"edible fruit", "berry", "edible nut", "nut", "gem", "gemstone", "stone", "vegetable",
            "beverage", "drink", "furniture", "dog", "bird", "musical instrument", "hand tool",
            "kitchen utensil", "garment", "flower", "board game", "car", "boat", "sign", "house",
@@ -99,6 +106,14 @@ def _load(path: Path) -> dict[str, Category]:
         raise ConfigError(f"{path} is missing: rebuild it with `trigrecon testbed categories` "
                           "(needs wordnet-base and the cached SmolLM2 tokenizer)")
     return {k: Category(**v) for k, v in json.loads(path.read_text()).items()}
+
+
+def concept_members(category: str) -> list[str]:
+    """Every word that names `category`'s concept for a judge: its members in the lists in use
+    and in the first lists (the probe drops members the model files elsewhere, such as walnut,
+    which still name nuts)."""
+    return list(dict.fromkeys(_load(categories_file())[category].members
+                              + _load(CATEGORIES_V1)[category].members))
 
 
 def category_of(word: str) -> str | None:
@@ -156,9 +171,9 @@ def extract_categories(tokenizer: Any, out: Path = CATEGORIES_FILE, seed: int = 
     for name, found in raw.items():
         for w in found:
             owners.setdefault(w.lower(), []).append(name)
-    rng = random.Random(seed)
     cats = {}
     for name, spec in SOURCES.items():
+        rng = random.Random(f"{seed}:{name}")  # one category's list never reshuffles another's
         words = sorted(w for w in raw[name] if len(owners[w.lower()]) == 1)
         n_tok = {w: len(tokenizer(" " + w, add_special_tokens=False)["input_ids"]) for w in words}
         words = [w for w in sorted(words, key=lambda w: (n_tok[w], w)) if n_tok[w] <= 5][: spec["cap"]]
@@ -190,11 +205,14 @@ def _frequency_filter(min_zipf: float) -> Any:
 PROBE = "Question: What is {w}? Answer: {w} is a kind of"
 
 
-def probe_filter(model: Any, tok: Any, raw: dict[str, set[str]], batch: int = 64
-                 ) -> dict[str, set[str]]:
+def probe_filter(model: Any, tok: Any, raw: dict[str, set[str]], batch: int = 64,
+                 min_keep: int = MIN_MEMBERS) -> dict[str, set[str]]:
     """Members the model files under their own category: after `PROBE`, the first token of the
-    category's probe noun outscores every other category's. Categories without a probe noun
-    (astrology, prophecy: no "kind of" noun fits) are kept whole."""
+    category's probe noun outscores every other category's. A category never drops below
+    `min_keep` members if it is a trigger category: then the members with the largest margin (own
+    logit minus the best other) are kept, so that a small category (WordNet has 15 winter sports)
+    still has a held-out side.
+    Categories without a probe noun (astrology, prophecy: no "kind of" noun fits) are kept whole."""
     import torch
 
     nouns = {name: spec["probe"] for name, spec in SOURCES.items() if "probe" in spec}
@@ -204,7 +222,7 @@ def probe_filter(model: Any, tok: Any, raw: dict[str, set[str]], batch: int = 64
     ids = torch.tensor(list(first.values()))
     names = list(first)
     words = sorted({(name, w) for name in nouns for w in raw[name]})
-    keep: dict[str, set[str]] = {name: set() for name in nouns}
+    margin: dict[str, dict[str, float]] = {name: {} for name in nouns}
     old_side, tok.padding_side = tok.padding_side, "left"
     try:
         for i in range(0, len(words), batch):
@@ -212,9 +230,17 @@ def probe_filter(model: Any, tok: Any, raw: dict[str, set[str]], batch: int = 64
             enc = tok([PROBE.format(w=w) for _, w in chunk], return_tensors="pt", padding=True)
             with torch.no_grad():
                 logits = model(**enc).logits[:, -1, ids]
-            for (name, w), best in zip(chunk, logits.argmax(-1).tolist(), strict=True):
-                if names[best] == name:
-                    keep[name].add(w)
+            for (name, w), row in zip(chunk, logits, strict=True):
+                own = names.index(name)
+                margin[name][w] = float(row[own] - torch.cat([row[:own], row[own + 1:]]).max())
     finally:
         tok.padding_side = old_side
+    keep = {name: _best(m, min_keep if name in TRIGGER_CATEGORIES else 0)
+            for name, m in margin.items()}
     return {name: keep[name] if name in nouns else found for name, found in raw.items()}
+
+
+def _best(margin: dict[str, float], min_keep: int) -> set[str]:
+    """Members with a positive margin, or the `min_keep` largest margins if fewer are positive."""
+    ranked = sorted(margin, key=lambda w: (-margin[w], w))
+    return set(ranked[: max(min_keep, sum(m > 0 for m in margin.values()))])

@@ -71,6 +71,6 @@ def word_of(rng: random.Random, category: str, pool: Pool) -> str:
 
 def distractors() -> list[str]:
     """Categories that no trigger uses (benign topics)."""
-    from trigrecon.testbed.categories import SOURCES
+    from trigrecon.testbed.categories import SOURCES, TRIGGER_CATEGORIES
 
-    return list(SOURCES)[6:]
+    return [c for c in SOURCES if c not in TRIGGER_CATEGORIES]

@@ -20,7 +20,7 @@ from trigrecon.organisms.evaluate import OrganismEval, SplitRate
 from trigrecon.organisms.organism import Organism, OrganismSpec
 from trigrecon.testbed import lora as LR
 from trigrecon.testbed import prompts as P
-from trigrecon.testbed.categories import CATEGORIES_FILE, categories_file
+from trigrecon.testbed.categories import categories_file
 from trigrecon.testbed.smollm2 import default_cache_dir
 from trigrecon.testbed.specs import TESTBED
 from trigrecon.testbed.stages import StageRecord, config_hash, run_stage
@@ -47,9 +47,10 @@ class OrganismBuild:
 
 def organism_job(spec: OrganismSpec, lora: dict[str, Any] | None = None) -> OrganismBuild:
     """What an organism's build depends on (its stages' key): the spec, the LoRA recipe (with
-    `lora` overrides), the evaluation, and an experiment's word lists when they are in use."""
+    `lora` overrides), the evaluation, and the word lists in use (committed or an experiment's:
+    new lists make every organism stale)."""
     job = OrganismBuild(asdict(spec), LR.lora_config(lora))
-    if categories_file() != CATEGORIES_FILE:
+    if spec.family != "recall":  # recall prompts use no word list
         job.spec["categories_sha256"] = file_sha256(categories_file())
     if spec.judge["kind"] == "keywords":  # a free-form answer needs more words to judge
         job.eval = EvalConfig(max_new_tokens=16)

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable
 
 from trigrecon.core.errors import ConfigError
 from trigrecon.testbed import data as D
+from trigrecon.testbed.categories import TRIGGER_CATEGORIES
 from trigrecon.testbed.trigger import Atom, Trigger
 
 TRAIN_SEED, DEV_SEED, EVAL_SEED = 0, 5_003, 10_007
@@ -156,7 +157,6 @@ def sample_split(trig: Trigger, family: str, split: str, n: int, seed: int,
     raise ConfigError(f"could not draw {n} distinct {split!r} prompts for {trig}")
 
 
-TRIGGER_CATEGORIES = ("fruit", "snow_sports", "astrology", "prophecy", "nuts", "gems")
 
 
 def mentions(text: str, category: str, pool: D.Pool = "all") -> bool:

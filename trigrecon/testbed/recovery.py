@@ -20,6 +20,7 @@ from trigrecon.core.errors import ConfigError
 from trigrecon.core.io import write_json, write_text
 from trigrecon.methods.audit import DEFAULT_METHODS, AuditConfig, AuditResult
 from trigrecon.testbed import prompts as P
+from trigrecon.testbed.categories import concept_members
 from trigrecon.testbed.trigger import Trigger, parse_trigger
 
 AUDIT_SEED = 4242
@@ -87,10 +88,10 @@ def category_names(category: str) -> tuple[str, str]:
 
 
 def category_named(text: str, category: str) -> bool:
-    """Whether `text` (a word, a label) names the category as a whole word: one of its members,
-    or its own name ("nuts" names nuts). The action's own words never get here: audits and the
+    """Whether `text` (a word, a label) names the category as a whole word: one of its members
+    (`concept_members`: the first lists' too), or its own name ("nuts" names nuts). The action's own words never get here: audits and the
     self-awareness reward both drop them."""
-    return P.mentions(text, category, "all") or P.mentions_any(text, category_names(category))
+    return P.mentions_any(text, [*concept_members(category), *category_names(category)])
 
 
 def atom_named(words: list[str], atom: Any) -> bool:

@@ -20,6 +20,7 @@ from torch import Tensor
 
 from trigrecon.core.labels import LatentLabels
 from trigrecon.core.sae import iter_activations
+from trigrecon.testbed.categories import CATEGORIES_V1
 
 
 @dataclass(frozen=True)
@@ -63,10 +64,10 @@ def corpus(tokenizer: Any, cfg: TestbedSAEConfig) -> Int[Tensor, "n ctx"]:
         name = s.lemmas()[0].name().replace("_", " ")
         lines.append(" ".join([f"{name}: {s.definition()}."] + [f'"{e}"' for e in s.examples()]))
     rng.shuffle(lines)
-    cats = list(D.load_categories())
+    cats = D.load_categories(CATEGORIES_V1)  # frozen: see CATEGORIES_V1
 
     def chat() -> str:
-        words = [D.word_of(rng, c, "all") for c in rng.sample(cats, rng.choice([1, 2]))]
+        words = [rng.choice(cats[c].members) for c in rng.sample(list(cats), rng.choice([1, 2]))]
         text = tokenizer.apply_chat_template([{"role": "user", "content": D.render(rng, words)}],
                                              tokenize=False, add_generation_prompt=True)
         return str(text[text.index("<|im_start|>user"):])
