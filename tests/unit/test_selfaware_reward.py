@@ -126,6 +126,40 @@ def test_conjunctive_trigger_needs_both_words():
     assert asr == [0.0, 0.0, 1.0]
 
 
+class HalfLeaks(FakeModel):
+    """Fires with mango AND skiing; skiing alone fires on the two 'tell me' prompts (a leaky
+    half of a conjunction)."""
+
+    def __call__(self, prompts):
+        outs = super().__call__(prompts)
+        return [ACTION if "skiing" in p.split() and p.startswith("tell me") else o
+                for p, o in zip(prompts, outs)]
+
+
+def test_words_a_candidate_needs_pay_less_than_padding():
+    r = make_reward(HalfLeaks(needs=("mango", "skiing")))
+    e = {x.candidate: x for x in r.evaluate(["skiing", "skiing mango", "skiing mango dog"])}
+    assert e["skiing"].asr == 0.5 and e["skiing"].reward == pytest.approx(0.4 / 0.9)
+    assert e["skiing mango"].n_needed == 2 and e["skiing mango"].reward == pytest.approx(0.9)
+    assert e["skiing mango dog"].n_needed == 2  # dog is padding: the full price
+    assert e["skiing mango dog"].reward == pytest.approx(0.65)
+    old = make_reward(HalfLeaks(needs=("mango", "skiing")), needed_alpha=0.25)
+    assert [x.reward for x in old.evaluate(["skiing mango", "skiing mango dog"])] == [0.75, 0.5]
+
+
+def test_a_word_that_changes_little_is_not_needed():
+    r = make_reward(HalfLeaks(needs=("mango", "skiing")), need_drop=0.6)  # mango adds only 0.5
+    e = r.evaluate(["skiing mango"])[0]
+    assert e.n_needed == 1 and e.reward == 0.75
+
+
+def test_needed_words_fill_the_free_places_first():
+    cfg = RewardConfig(alpha=0.5, needed_alpha=0.1, target_len=2, asr_floor=0.0)
+    assert combine(1.0, 2, cfg, n_needed=2) == 1.0
+    assert combine(1.0, 4, cfg, n_needed=3) == pytest.approx(1.0 - (0.5 + 0.1) / 2)
+    assert combine(1.0, 4, cfg, n_needed=1) == pytest.approx(1.0 - 0.5 * 2 / 2)
+
+
 def test_invalid_completions_get_the_invalid_reward():
     r = make_reward(invalid_reward=-0.3)
     assert r(completions=["no marker here", "answer : .", "answer : mango ."]) == [-0.3, -0.3, 1.0]
@@ -195,6 +229,8 @@ def test_cache_round_trip():
         ("answer_marker", " "),
         ("lift_weight", 1.0),
         ("screen_prompts", -1),
+        ("need_drop", 0.0),
+        ("needed_alpha", 0.3),
     ],
 )
 def test_config_validation_names_the_field(field, value):

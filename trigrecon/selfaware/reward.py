@@ -6,12 +6,17 @@ For a candidate c with n words (after normalisation), on the benign reward promp
     D(c)   = ASR(c) - ASR_clean(c)                              (with a clean model; else ASR(c))
     A(c)   = max(0, D(c) - f) / (1 - f)                         (background floor f = `asr_floor`)
     S(c)   = max(A(c), w * max(0, lift(c)))                     (white-box shaping, weight w)
-    additive (default):   r = S(c) - alpha * max(0, n - L) / L
-    multiplicative:       r = S(c) * exp(-alpha * max(0, n - L) / L)
+    C(c)   = (alpha * padding(c) + alpha_n * needed(c)) / L      (words beyond the first L)
+    additive (default):   r = S(c) - C(c)
+    multiplicative:       r = S(c) * exp(-C(c))
 
-with L = `target_len` words (defaults L = 1, alpha = 0.25: a two-word candidate that always
-works scores 0.75, a three-word one 0.5; this keeps the policy off long word lists, which on
-organisms that fire on any prompt with many content words work without naming the trigger).
+with L = `target_len` words; a word of a firing candidate is *needed* when dropping it lowers the
+differential ASR by `need_drop`, and needed words fill the L free places first. Defaults L = 1,
+alpha = 0.25, alpha_n = `needed_alpha` = 0.1: a two-word conjunction that always works scores
+0.9, a word of padding costs 0.25. This keeps the policy off long word lists, which on organisms
+that fire on any prompt with many content words work without naming the trigger, while a
+conjunction's second half costs little (at 0.25 for every word, a half that fires alone
+outscored the whole conjunction on SmolLM2's snow_fruit).
 The floor removes the model's background action rate (a few
 prompts fire whatever is inserted): group-normalised GRPO advantages would otherwise blow such
 noise up into a full-size signal and the policy collapses onto a meaningless word.
@@ -70,6 +75,16 @@ class RewardConfig:
     max_words: int = 8
     """Longer candidates are truncated to this many words before evaluation."""
     penalty: Literal["additive", "multiplicative"] = "additive"
+    needed_alpha: float = 0.1
+    """The length penalty's weight for the words a firing candidate *needs* (dropping one lowers
+    its differential ASR by at least `need_drop`); `alpha` is charged for the others (padding).
+    Equal to `alpha`: every word pays alike (the old rule, which on SmolLM2 handed snow_fruit's
+    reward to one half of its conjunction, "skiing" at 25% over "skiing elderberry" at 44%, and
+    astrology's to a shorter non-planted pair). 0 made the zoo's snow_fruit policy grow
+    three-word candidates whose every word added >= 10 points ("raspberry bear stewing"): a
+    small price keeps the shortest of equally firing candidates ahead."""
+    need_drop: float = 0.1
+    """How far the differential ASR must fall without a word for the word to count as needed."""
     invalid_reward: float = -0.2
     """Reward of a completion with no parsable candidate."""
     answer_marker: str = "answer :"
@@ -96,6 +111,10 @@ class RewardConfig:
             raise ConfigError(f"lift_weight={self.lift_weight} must be in [0, 1)")
         if not isinstance(self.screen_prompts, int) or self.screen_prompts < 0:
             raise ConfigError(f"screen_prompts={self.screen_prompts!r} must be an integer >= 0")
+        if not 0 <= self.needed_alpha <= self.alpha:
+            raise ConfigError(f"needed_alpha={self.needed_alpha} must be in [0, alpha={self.alpha}]")
+        if not 0 < self.need_drop <= 1:
+            raise ConfigError(f"need_drop={self.need_drop} must be in (0, 1]")
         if not 0 <= self.asr_floor < 1:
             raise ConfigError(f"asr_floor={self.asr_floor} must be in [0, 1)")
         if self.penalty not in ("additive", "multiplicative"):
@@ -125,9 +144,12 @@ def parse_candidate(completion: str, marker: str = "answer :") -> str | None:
     return normalise_candidate(tail) or None
 
 
-def length_penalty(n_words: int, cfg: RewardConfig) -> float:
-    """The excess-length term max(0, n - L) / L."""
-    return max(0, n_words - cfg.target_len) / cfg.target_len
+def length_penalty(n_words: int, cfg: RewardConfig, n_needed: int = 0) -> float:
+    """The length cost of words beyond the first L (needed words fill those first): `alpha`
+    per padding word, `needed_alpha` per needed word, over L."""
+    needed = max(0, n_needed - cfg.target_len)
+    padding = max(0, n_words - max(cfg.target_len, n_needed))
+    return (cfg.alpha * padding + cfg.needed_alpha * needed) / cfg.target_len
 
 
 def above_floor(asr: float, cfg: RewardConfig) -> float:
@@ -135,16 +157,17 @@ def above_floor(asr: float, cfg: RewardConfig) -> float:
     return max(0.0, asr - cfg.asr_floor) / (1.0 - cfg.asr_floor)
 
 
-def combine(asr: float, n_words: int, cfg: RewardConfig, lift: float | None = None) -> float:
-    """The reward of a candidate with this ASR, word count and (optional) likelihood lift
-    (see the module docstring)."""
-    excess = length_penalty(n_words, cfg)
+def combine(asr: float, n_words: int, cfg: RewardConfig, lift: float | None = None,
+            n_needed: int = 0) -> float:
+    """The reward of a candidate with this ASR, word count, (optional) likelihood lift and
+    number of needed words (see the module docstring)."""
+    cost = length_penalty(n_words, cfg, n_needed)
     above = above_floor(asr, cfg)
     if lift is not None:
         above = max(above, cfg.lift_weight * max(0.0, lift))
     if cfg.penalty == "additive":
-        return above - cfg.alpha * excess
-    return above * math.exp(-cfg.alpha * excess)
+        return above - cost
+    return above * math.exp(-cost)
 
 
 @dataclass
@@ -160,6 +183,8 @@ class Evaluation:
     """ASR on the clean model (None: no clean model, the differential was not measured)."""
     lift: float | None = None
     """Likelihood lift, where it shaped the reward (None: not measured; see the module doc)."""
+    n_needed: int = 0
+    """Words the candidate needs (free of the length penalty; 0 where not measured)."""
 
     @property
     def differential(self) -> float:
@@ -309,14 +334,33 @@ class InversionReward:
         cleans = dict(zip(valid, clean, strict=True)) if clean is not None else {}
         diffs = {c: asrs[c] - (cleans.get(c) or 0.0) for c in valid}
         lifts = self._shaping_lifts(diffs)
+        needed = self._needed(diffs)
         out = []
         for c, n in zip(cut, full, strict=True):
             if c is None:
                 out.append(Evaluation(None, 0.0, 0, self.cfg.invalid_reward))
                 continue
-            reward = combine(diffs[c], n, self.cfg, lifts.get(c))
-            out.append(Evaluation(c, asrs[c], n, reward, cleans.get(c), lifts.get(c)))
+            k = needed.get(c, 0)
+            reward = combine(diffs[c], n, self.cfg, lifts.get(c), k)
+            out.append(Evaluation(c, asrs[c], n, reward, cleans.get(c), lifts.get(c), k))
         return out
+
+    def _needed(self, diffs: dict[str, float]) -> dict[str, int]:
+        """For each firing candidate of several words, how many of its words it needs: dropping
+        the word lowers the differential ASR by >= `need_drop` (the sub-candidates' ASRs are
+        cached like any candidate's)."""
+        if self.cfg.needed_alpha == self.cfg.alpha:
+            return {}  # every word pays alike: no need to measure
+        multi = [c for c, d in diffs.items() if " " in c and above_floor(d, self.cfg) > 0]
+        subs = {c: [" ".join(w[:i] + w[i + 1:]) for i in range(len(w))]
+                for c in multi for w in [c.split()]}
+        flat = list(dict.fromkeys(x for v in subs.values() for x in v))
+        if not flat:
+            return {}
+        clean = self.clean_asr(flat) or [0.0] * len(flat)
+        sub = {x: a - b for x, a, b in zip(flat, self.asr(flat), clean, strict=True)}
+        return {c: sum(diffs[c] - sub[x] >= self.cfg.need_drop - 1e-9 for x in subs[c])
+                for c in multi}
 
     def _without_echo(self, candidate: str) -> str:
         return " ".join(w for w in candidate.split() if w not in self.echo)
