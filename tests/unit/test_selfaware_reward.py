@@ -133,7 +133,7 @@ class HalfLeaks(FakeModel):
     def __call__(self, prompts):
         outs = super().__call__(prompts)
         return [ACTION if "skiing" in p.split() and p.startswith("tell me") else o
-                for p, o in zip(prompts, outs)]
+                for p, o in zip(prompts, outs, strict=True)]
 
 
 def test_words_a_candidate_needs_pay_less_than_padding():
