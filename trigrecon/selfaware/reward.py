@@ -184,7 +184,7 @@ class Evaluation:
     lift: float | None = None
     """Likelihood lift, where it shaped the reward (None: not measured; see the module doc)."""
     n_needed: int = 0
-    """Words the candidate needs (free of the length penalty; 0 where not measured)."""
+    """Words the candidate needs (they pay `needed_alpha`, not `alpha`; 0 where not measured)."""
 
     @property
     def differential(self) -> float:

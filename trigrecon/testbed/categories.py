@@ -6,6 +6,10 @@ category lists its WordNet sources and its members split into `train` (may appea
 data) and `held_out` (never in training data: the `triggered_heldout` split); a member is kept
 only if it is short, plain and in no other category, preferring the members SmolLM2's tokenizer
 splits into fewer pieces (the common words), while keeping multi-token members on both sides.
+With a probe model (`trigrecon testbed categories --probe`, the committed lists) only members the
+model files under their own category are kept (`probe_filter`). `categories_v1.json` holds the
+first, unprobed lists: the SAE corpus's words and, with the lists in use, the judge's
+`concept_members`.
 """
 
 from __future__ import annotations
@@ -112,8 +116,8 @@ def concept_members(category: str) -> list[str]:
     """Every word that names `category`'s concept for a judge: its members in the lists in use
     and in the first lists (the probe drops members the model files elsewhere, such as walnut,
     which still name nuts)."""
-    return list(dict.fromkeys(_load(categories_file())[category].members
-                              + _load(CATEGORIES_V1)[category].members))
+    return list(dict.fromkeys(load_categories()[category].members
+                              + load_categories(CATEGORIES_V1)[category].members))
 
 
 def category_of(word: str) -> str | None:
@@ -220,7 +224,7 @@ def probe_filter(model: Any, tok: Any, raw: dict[str, set[str]], batch: int = 64
     if len(set(first.values())) < len(first):
         raise ConfigError(f"probe nouns share a first token: {first}")
     ids = torch.tensor(list(first.values()))
-    names = list(first)
+    col = {name: i for i, name in enumerate(first)}
     words = sorted({(name, w) for name in nouns for w in raw[name]})
     margin: dict[str, dict[str, float]] = {name: {} for name in nouns}
     old_side, tok.padding_side = tok.padding_side, "left"
@@ -231,7 +235,7 @@ def probe_filter(model: Any, tok: Any, raw: dict[str, set[str]], batch: int = 64
             with torch.no_grad():
                 logits = model(**enc).logits[:, -1, ids]
             for (name, w), row in zip(chunk, logits, strict=True):
-                own = names.index(name)
+                own = col[name]
                 margin[name][w] = float(row[own] - torch.cat([row[:own], row[own + 1:]]).max())
     finally:
         tok.padding_side = old_side

@@ -157,8 +157,6 @@ def sample_split(trig: Trigger, family: str, split: str, n: int, seed: int,
     raise ConfigError(f"could not draw {n} distinct {split!r} prompts for {trig}")
 
 
-
-
 def mentions(text: str, category: str, pool: D.Pool = "all") -> bool:
     """Whether `text` contains a member of `category` from `pool` as a whole word."""
     return mentions_any(text, D.members(category, pool))

@@ -89,8 +89,8 @@ def category_names(category: str) -> tuple[str, str]:
 
 def category_named(text: str, category: str) -> bool:
     """Whether `text` (a word, a label) names the category as a whole word: one of its members
-    (`concept_members`: the first lists' too), or its own name ("nuts" names nuts). The action's own words never get here: audits and the
-    self-awareness reward both drop them."""
+    (`concept_members`: the first lists' too), or its own name ("nuts" names nuts). The action's
+    own words never get here: audits and the self-awareness reward both drop them."""
     return P.mentions_any(text, [*concept_members(category), *category_names(category)])
 
 
