@@ -46,11 +46,74 @@ def test_a_category_is_named_by_its_own_name_or_a_member(words, named):
 
 def test_members_the_probe_dropped_still_name_their_concept():
     """The word lists in use keep the members SmolLM2 files under their category; the judge
-    also takes the first lists' members (walnut names nuts whatever the model calls it)."""
+    also takes the first lists' members (pecan names nuts whatever the model calls it)."""
     from trigrecon.testbed.categories import load_categories
 
-    assert "walnut" not in load_categories()["nuts"].members
-    assert planted_named(parse_trigger("nuts"), ["walnut"])
+    assert "pecan" not in load_categories()["nuts"].members
+    assert planted_named(parse_trigger("nuts"), ["pecan"])
+
+
+@pytest.mark.parametrize(("trigger", "words", "named"), [
+    ("gems", ["gemstone"], True),  # WordNet's other name for the concept (gem.n.02)
+    ("fruit AND snow_sports", ["skiing", "berry"], True),  # a sub-category of edible fruit
+    ("gems", ["stone"], False),  # a lemma of gem.n.02 whose first sense is a rock
+    ("fruit", ["delicious"], False),  # Delicious (an apple) is a proper name
+    ("nuts", ["berry"], False),  # another category's sub-category
+])
+def test_wordnet_names_of_a_concept_and_its_sub_categories_name_it(trigger, words, named):
+    assert planted_named(parse_trigger(trigger), words) is named
+
+
+def _fake_wordnet():  # type: ignore[no-untyped-def]
+    """root -> {sub (has a hyponym) -> leaf, leaf2}; 'rock' is first a synset outside the tree."""
+    class Syn:
+        def __init__(self, name, lemmas, kids=(), pos="n"):  # type: ignore[no-untyped-def]
+            self.n, self.words, self.kids, self.p = name, lemmas, list(kids), pos
+
+        def lemmas(self):  # type: ignore[no-untyped-def]
+            return [type("L", (), {"name": lambda _, w=w: w})() for w in self.words]
+
+        def hyponyms(self):  # type: ignore[no-untyped-def]
+            return self.kids
+
+        def instance_hyponyms(self):  # type: ignore[no-untyped-def]
+            return []
+
+        def pos(self):  # type: ignore[no-untyped-def]
+            return self.p
+
+        def closure(self, f):  # type: ignore[no-untyped-def]
+            for k in f(self):
+                yield k
+                yield from k.closure(f)
+
+    leaf = Syn("leaf", ["leafling"])
+    sub = Syn("sub", ["subkind", "Propername", "banned"], [leaf])
+    root = Syn("root", ["rootword", "rock"], [sub, Syn("leaf2", ["otherleaf"])])
+    stone = Syn("stone", ["rock"])
+    senses = {"rock": [stone, root]}
+    return type("WN", (), {"synset": lambda self, n: root,
+                           "synsets": lambda self, w, pos=None: senses.get(w, [
+                               s for s in (root, sub, leaf) if w in s.words])})()
+
+
+def test_concept_names_are_roots_and_sub_categories_in_their_first_sense():
+    from trigrecon.testbed.categories import concept_names
+
+    names = concept_names(_fake_wordnet(), {"closure": ["root"], "exclude": ["banned"]})
+    assert names == ["rootword", "subkind"]  # no leaves, no rock, no proper name, no excluded
+
+
+def test_committed_concept_names_are_wordnets():
+    from trigrecon.testbed.categories import CONCEPT_NAMES, SOURCES, concept_names
+    from trigrecon.testbed.wordnet import WORDNET_DIR, open_wordnet
+
+    if not (WORDNET_DIR / "data.noun").is_file():
+        pytest.skip("wordnet-base is not installed")
+    committed = json.loads(CONCEPT_NAMES.read_text())
+    wn = open_wordnet()
+    assert committed == {c: concept_names(wn, SOURCES[c]) for c in committed}
+    assert set(committed) == {"fruit", "snow_sports", "astrology", "prophecy", "nuts", "gems"}
 
 
 def _audit(words, rate, control, clean, rankings=None):

@@ -9,7 +9,8 @@ splits into fewer pieces (the common words), while keeping multi-token members o
 With a probe model (`trigrecon testbed categories --probe`, the committed lists) only members the
 model files under their own category are kept (`probe_filter`). `categories_v1.json` holds the
 first, unprobed lists: the SAE corpus's words and, with the lists in use, the judge's
-`concept_members`.
+`concept_words`, with `concept_names.json` (`extract_concept_names`: WordNet's own words for a
+concept and its sub-categories, such as gemstone and berry, which are not members).
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ CATEGORIES_ENV = "TRIGRECON_TESTBED_CATEGORIES"
 CATEGORIES_V1 = Path(__file__).with_name("categories_v1.json")
 """The first lists (WordNet, before the model probe): the SAE corpus's words, frozen so the
 committed SAE stays reproducible, and, with the lists in use, the words that name a concept."""
+CONCEPT_NAMES = Path(__file__).with_name("concept_names.json")
+"""Per trigger category, the words WordNet has for the concept and its sub-categories
+(`extract_concept_names`): the judge's words besides the members."""
 HELD_OUT_FRAC = 0.25
 MIN_MEMBERS = 15
 """A trigger category needs at least this many members (a held-out side of 4)."""
@@ -112,12 +116,46 @@ def _load(path: Path) -> dict[str, Category]:
     return {k: Category(**v) for k, v in json.loads(path.read_text()).items()}
 
 
-def concept_members(category: str) -> list[str]:
+def concept_words(category: str) -> list[str]:
     """Every word that names `category`'s concept for a judge: its members in the lists in use
     and in the first lists (the probe drops members the model files elsewhere, such as walnut,
-    which still name nuts)."""
+    which still name nuts), and WordNet's names for it and its sub-categories (`CONCEPT_NAMES`:
+    gemstone names gems, berry names fruit)."""
+    names = json.loads(CONCEPT_NAMES.read_text()).get(category, [])
     return list(dict.fromkeys(load_categories()[category].members
-                              + load_categories(CATEGORIES_V1)[category].members))
+                              + load_categories(CATEGORIES_V1)[category].members + names))
+
+
+def concept_names(wn: Any, spec: dict[str, Any]) -> list[str]:
+    """The lemmas of a category's WordNet source synsets and of the noun sub-categories below
+    them (hyponyms that have hyponyms: berry under edible fruit), keeping a lemma only if its
+    most common sense is in the category's tree ("stone" is first a rock, so it never names
+    gems; "gemstone" does), it is not a proper name (Delicious, an apple) and not excluded."""
+    tree: set[Any] = set()
+    heads: list[Any] = []
+    for root in map(wn.synset, spec.get("closure", [])):
+        below = list(root.closure(lambda x: x.hyponyms() + x.instance_hyponyms()))
+        tree |= {root, *below}
+        heads += [root, *(t for t in below if t.pos() == "n" and t.hyponyms())]
+    out = set()
+    for head in heads:
+        for lemma in head.lemmas():
+            word = lemma.name().replace("_", " ")
+            if (word.islower() and wn.synsets(lemma.name(), pos=head.pos())[0] in tree
+                    and word not in spec.get("exclude", ())):
+                out.add(word)
+    return sorted(out)
+
+
+def extract_concept_names(out: Path = CONCEPT_NAMES) -> dict[str, list[str]]:
+    """Write `concept_names` of every trigger category to `out` (needs wordnet-base)."""
+    from trigrecon.core.io import write_json
+    from trigrecon.testbed.wordnet import open_wordnet
+
+    wn = open_wordnet()
+    names = {name: concept_names(wn, SOURCES[name]) for name in TRIGGER_CATEGORIES}
+    write_json(out, names)
+    return names
 
 
 def category_of(word: str) -> str | None:

@@ -46,11 +46,17 @@ def categories(
     probe: Annotated[bool, typer.Option(
         help="Keep members SmolLM2 itself files under their category (\"X is a kind of\").")] = False,
 ) -> None:
-    """Rebuild categories.json from WordNet (needs wordnet-base and the cached tokenizer)."""
+    """Rebuild categories.json, and with it the judge's concept_names.json, from WordNet (needs
+    wordnet-base and the cached tokenizer)."""
     from transformers import AutoTokenizer
 
     from trigrecon.core.errors import ConfigError
-    from trigrecon.testbed.categories import CATEGORIES_FILE, extract_categories
+    from trigrecon.testbed.categories import (
+        CATEGORIES_FILE,
+        CONCEPT_NAMES,
+        extract_categories,
+        extract_concept_names,
+    )
     from trigrecon.testbed.smollm2 import ensure_checkpoint
 
     target = out or CATEGORIES_FILE
@@ -65,11 +71,13 @@ def categories(
 
             model = LlamaForCausalLM.from_pretrained(ckpt).eval()
         cats = extract_categories(tok, target, min_zipf=min_zipf, probe_model=model)
+        if out is None:
+            extract_concept_names()
     except TrigreconError as e:
         _fail(e)
     for c in cats.values():
         typer.echo(f"{c.name:12s} train {len(c.train):3d}  held out {len(c.held_out):3d}")
-    typer.echo(f"wrote {target}")
+    typer.echo(f"wrote {target}" + (f" and {CONCEPT_NAMES}" if out is None else ""))
 
 
 @app.command("list")
