@@ -206,7 +206,7 @@ def test_rehypothesise_remakes_the_hypothesis_and_verdict_of_a_saved_audit(
                  vocabulary=["cat", "dog", "banana", "apple"])
     inputs = recovery.AuditorInputs(tiny_hooked, None, planted, None, evals, evals, "x", judge)
     monkeypatch.setattr(recovery, "auditor_inputs", lambda name, cfg: inputs)
-    monkeypatch.setattr(recovery, "_organism",
+    monkeypatch.setattr(recovery, "built_organism",
                         lambda name, cfg: (None, None, ["p"] * cfg.n_prompts + inputs.evals))
     stale = {"expression": "stale", "clauses": [{"concepts": [{"words": ["cat"]}]}]}
     write_json(tmp_path / "audit.json", {

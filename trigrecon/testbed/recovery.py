@@ -202,7 +202,7 @@ class AuditorInputs:
     judge: Any
 
 
-def _organism(name: str, cfg: RecoveryConfig) -> tuple[Any, Path, list[str]]:
+def built_organism(name: str, cfg: RecoveryConfig) -> tuple[Any, Path, list[str]]:
     """(organism, folder, the auditor's benign prompts: cfg.n_prompts + cfg.n_eval) of a built
     testbed organism; no model is loaded."""
     from trigrecon.core.errors import WeightsNotFoundError
@@ -228,7 +228,7 @@ def auditor_inputs(name: str, cfg: RecoveryConfig) -> AuditorInputs:
     from trigrecon.testbed.build import REPO_SAES
     from trigrecon.testbed.smollm2 import ensure_checkpoint
 
-    org, folder, benign = _organism(name, cfg)
+    org, folder, benign = built_organism(name, cfg)
     ckpt = ensure_checkpoint()
     adapter = folder / "adapter" if org.spec.has_adapter else None
     hm = load_model(ckpt, adapter)
@@ -265,7 +265,7 @@ def rehypothesise(name: str, run_dir: Path, cfg: RecoveryConfig) -> dict[str, An
     from trigrecon.methods.verify import VerifyResult
 
     data = AuditResult.load_json(run_dir)
-    if data.get("eval_prompts") != _organism(name, cfg)[2][cfg.n_prompts:]:  # before any load
+    if data.get("eval_prompts") != built_organism(name, cfg)[2][cfg.n_prompts:]:  # before any load
         raise ConfigError(f"{run_dir}: its held-out prompts differ from this testbed's; re-audit "
                           "it (delete the folder) instead of re-making the hypothesis")
     a = auditor_inputs(name, cfg)
