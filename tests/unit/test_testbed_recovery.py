@@ -240,6 +240,9 @@ def test_the_row_says_which_audit_mode_ran():
     assert audit_mode(saved(DEFAULT_METHODS, False)) == "default"
     assert audit_mode(saved(REDUCED_METHODS, True)) == "reduced"
     assert audit_mode(saved(REDUCED_METHODS, False)) == "custom"  # scoring still on
+    with_words = saved(REDUCED_METHODS, True)
+    with_words["config"]["words"] = ["|PROD|"]  # the auditor's guesses: not blind to them
+    assert audit_mode(with_words) == "reduced + auditor's words"
     data = _audit(["mango"], 0.9, 0.0, 0.0) | saved(REDUCED_METHODS, True)
     assert "| sf | reduced |" in markdown([score(data, SNOW_FRUIT, "sf", {})])
 

