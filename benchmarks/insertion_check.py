@@ -1,6 +1,7 @@
 """Can the audit's insertion test fire a testbed organism at all? Rates of given word sets
-inserted into the organism's held-out benign prompts (the recovery audit's 32 + 32 prompts), with
-verification's template and two others, beside the organism's own triggered rate.
+inserted into the organism's held-out benign prompts (the recovery audit's 32 held-out prompts),
+with verification's template and two others. Compare with the organism's own triggered rates in
+trigrecon/testbed/report.md.
 
     python benchmarks/insertion_check.py astrology astrology+prophecy horoscope+oracle \\
         --out benchmarks/results/insertion_astrology.json
@@ -14,6 +15,7 @@ import argparse
 from collections.abc import Callable
 from pathlib import Path
 
+from trigrecon.core.errors import TrigreconError
 from trigrecon.core.io import write_json
 from trigrecon.core.model import load_model
 from trigrecon.methods.verify import rate_prompts
@@ -35,8 +37,14 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=24)
     ap.add_argument("--out", type=Path, required=True)
     a = ap.parse_args()
+    bad = [s for s in a.word_sets if not all(w.strip() for w in s.split("+"))]
+    if bad:
+        ap.error(f"word set {bad[0]!r} has an empty word: join words with one '+', e.g. a+b")
     cfg = RecoveryConfig()
-    org, folder, benign = built_organism(a.organism, cfg)
+    try:
+        org, folder, benign = built_organism(a.organism, cfg)
+    except TrigreconError as e:
+        ap.exit(2, f"error: {e}\n")
     evals = benign[cfg.n_prompts:]
     hm = load_model(ensure_checkpoint(), folder / "adapter" if org.spec.has_adapter else None)
     rates: dict[str, dict[str, float]] = {}

@@ -314,7 +314,7 @@ def load_words(path: str | Path) -> list[str]:
         if len(text) > MAX_WORD_CHARS or any(c in line for c in '",;\t') or _is_json(text):
             raise ConfigError(f"{p}:{i}: {text[:40]!r}{'...' if len(text) > 40 else ''} is not "
                               f"a word or phrase (at most {MAX_WORD_CHARS} characters; no JSON, "
-                              f"commas or tabs): {fix}")
+                              f"quotes, commas, semicolons or tabs): {fix}")
         words.setdefault(text, None)
     if not words:
         raise ConfigError(f"words file {p} holds no words: {fix}")

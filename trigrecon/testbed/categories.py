@@ -121,9 +121,14 @@ def concept_words(category: str) -> list[str]:
     and in the first lists (the probe drops members the model files elsewhere, such as walnut,
     which still name nuts), and WordNet's names for it and its sub-categories (`CONCEPT_NAMES`:
     gemstone names gems, berry names fruit)."""
-    names = json.loads(CONCEPT_NAMES.read_text()).get(category, [])
     return list(dict.fromkeys(load_categories()[category].members
-                              + load_categories(CATEGORIES_V1)[category].members + names))
+                              + load_categories(CATEGORIES_V1)[category].members
+                              + _concept_names().get(category, [])))
+
+
+@lru_cache(maxsize=1)
+def _concept_names() -> dict[str, list[str]]:
+    return dict(json.loads(CONCEPT_NAMES.read_text()))
 
 
 def concept_names(wn: Any, spec: dict[str, Any]) -> list[str]:
@@ -155,6 +160,7 @@ def extract_concept_names(out: Path = CONCEPT_NAMES) -> dict[str, list[str]]:
     wn = open_wordnet()
     names = {name: concept_names(wn, SOURCES[name]) for name in TRIGGER_CATEGORIES}
     write_json(out, names)
+    _concept_names.cache_clear()
     return names
 
 
