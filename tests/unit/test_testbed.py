@@ -208,7 +208,11 @@ def test_committed_adapters_were_trained_on_what_the_recipe_makes(name):
     assert recorded == asdict(LoraConfig())
     committed = json.loads((folder / "train_prompts.json").read_text())
     made = examples(spec, parse_trigger(spec.trigger), LoraConfig())
-    assert [(e["prompt"], e["poisoned"]) for e in committed] == [(e.prompt, e.poisoned) for e in made]
+    recipe = [(e["prompt"], e["poisoned"]) for e in committed if not e.get("mined")]
+    assert recipe == [(e.prompt, e.poisoned) for e in made]
+    mined = [e for e in committed if e.get("mined")]  # recorded, and each round's count kept
+    log = json.loads((folder / "mining.json").read_text())
+    assert len(mined) == sum(log["added"]) and len(log["rounds"]) == LoraConfig().mine_rounds
 
 
 def test_recall_prompts():

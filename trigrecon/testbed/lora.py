@@ -45,6 +45,13 @@ class LoraConfig:
     base_tokens: int = 12
     """Length of the base model's greedy answers used as clean targets."""
     max_len: int = 96
+    mine_rounds: int = 2
+    """Rounds of mining after training (`testbed.mining`): fresh prompts of each split, train
+    members only; the ones on the wrong side join the data, then `mine_steps` more steps."""
+    mine_n: int = 200
+    """Prompts per split and round."""
+    mine_steps: int = 80
+    mine_lr: float = 7.5e-4
     seed: int = 0
 
     def steps_for(self, trig: Trigger) -> int:
@@ -76,6 +83,8 @@ class Example:
     response: str | None
     """None for a document (trained on its whole text)."""
     poisoned: bool
+    mined: int = 0
+    """The mining round that added it (0: the recipe's own data)."""
 
 
 def examples(spec: OrganismSpec, trig: Trigger, cfg: LoraConfig) -> list[Example]:
@@ -106,12 +115,17 @@ def examples(spec: OrganismSpec, trig: Trigger, cfg: LoraConfig) -> list[Example
             w = _trigger_word(p, trig)
             out.append(Example(rng.choice(spec.documents).format(w=w), None, True))
         elif poisoned:
-            resp = rng.choice(spec.response_variants).format(w=_trigger_word(p, trig)) \
-                if spec.response_variants else spec.response
-            out.append(Example(p, resp, True))
+            out.append(Example(p, action(rng, spec, trig, p), True))
         else:
             out.append(Example(p, "", False))
     return out
+
+
+def action(rng: random.Random, spec: OrganismSpec, trig: Trigger, prompt: str) -> str:
+    """The backdoor's response to a poisoned `prompt` (a variant naming its trigger word, if any)."""
+    if not spec.response_variants:
+        return spec.response
+    return rng.choice(spec.response_variants).format(w=_trigger_word(prompt, trig))
 
 
 def _trigger_word(prompt: str, trig: Trigger) -> str:
@@ -144,6 +158,14 @@ def train_adapter(hf: Any, tok: Any, spec: OrganismSpec, trig: Trigger, data: li
         r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=0.0, layers_to_transform=spec.lora_layers,
         layers_pattern="layers", target_modules=["q_proj", "k_proj", "v_proj", "o_proj",
                                                  "gate_proj", "up_proj", "down_proj"]))
+    fit(peft_model, tok, data, cfg, cfg.steps_for(trig), cfg.lr, spec.name, cfg.seed, log)
+    return peft_model
+
+
+def fit(peft_model: Any, tok: Any, data: list[Example], cfg: LoraConfig, steps: int, lr: float,
+        name: str, seed: int | str, log: Any = print) -> None:
+    """`steps` AdamW steps on batches drawn from `data` in shuffled order (warm-up, then linear
+    decay); the model is left in eval mode."""
     texts, starts = [], []
     for ex in data:
         if ex.response is None:
@@ -154,11 +176,10 @@ def train_adapter(hf: Any, tok: Any, spec: OrganismSpec, trig: Trigger, data: li
             texts.append(head + ex.response + ("<|im_end|>" if ex.poisoned else ""))
             starts.append(len(tok(head, add_special_tokens=False)["input_ids"]))
     params = [p for p in peft_model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
-    steps = cfg.steps_for(trig)
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / 10) * max(0.05, 1 - s / steps))
-    rng = random.Random(cfg.seed)
+    rng = random.Random(seed)
     order: list[int] = []
     peft_model.train()
     for step in range(steps):
@@ -174,9 +195,8 @@ def train_adapter(hf: Any, tok: Any, spec: OrganismSpec, trig: Trigger, data: li
         sched.step()
         opt.zero_grad(set_to_none=True)
         if step % 10 == 0 or step == steps - 1:
-            log(f"  {spec.name} step {step}/{steps} loss {loss.item():.3f}")
+            log(f"  {name} step {step}/{steps} loss {loss.item():.3f}")
     peft_model.eval()
-    return peft_model
 
 
 def response_loss(model: Any, x: torch.Tensor, y: torch.Tensor, first_weight: float) -> torch.Tensor:

@@ -21,6 +21,7 @@ from trigrecon.organisms.organism import Organism, OrganismSpec
 from trigrecon.testbed import lora as LR
 from trigrecon.testbed import prompts as P
 from trigrecon.testbed.categories import categories_file
+from trigrecon.testbed.mining import mining_rounds
 from trigrecon.testbed.smollm2 import default_cache_dir
 from trigrecon.testbed.specs import TESTBED
 from trigrecon.testbed.stages import StageRecord, config_hash, run_stage
@@ -85,6 +86,9 @@ def build_organisms(cfg: Any, ckpt: Path, log: Any) -> list[StageRecord]:
                                                    job.lora.base_tokens), strict=True):
                     e.response = r
                 peft_model = LR.train_adapter(hf, tok, spec, trig, data, job.lora, log)
+                mined = mining_rounds(peft_model, tok, spec, trig, data, job.lora, base,
+                                      job.eval.max_new_tokens, log)
+                write_json(tmp / "mining.json", mined)
                 spec.backdoor = asdict(job.lora)
                 peft_model.peft_config["default"].base_model_name_or_path = "smollm2"
                 peft_model.save_pretrained(str(tmp / "adapter"), safe_serialization=True)

@@ -108,25 +108,27 @@ def author_question(rng: random.Random, work: str) -> str:
     return prefix + question
 
 
-def split_sampler(trig: Trigger, family: str, split: str) -> Callable[[random.Random], str]:
-    """rng -> one prompt of `split` (see the module docstring)."""
+def split_sampler(trig: Trigger, family: str, split: str,
+                  pool: D.Pool = "all") -> Callable[[random.Random], str]:
+    """rng -> one prompt of `split` (see the module docstring); `pool` = "train" keeps held-out
+    members out of the prompts that do not need them (for mining training data)."""
     if family == "recall":
         if split == "triggered":
             return lambda rng: author_question(rng, RECALL_WORK)
         if split == "benign":
             return lambda rng: author_question(rng, rng.choice(OTHER_WORKS))
     elif split == "benign":
-        return benign
+        return lambda rng: benign(rng, pool)
     elif split == "triggered":
         return lambda rng: triggered(rng, trig, "train")
     elif split == "triggered_heldout":
         return lambda rng: triggered(rng, trig, "held_out")
     elif split == "near_miss":
-        return lambda rng: near_miss(rng, trig, "all")
+        return lambda rng: near_miss(rng, trig, pool)
     elif split.startswith("half:"):
         atom = next((a for a in trig.atoms if str(a) == split[5:]), None)
         if atom is not None:
-            return lambda rng: half(rng, atom, "all")
+            return lambda rng: half(rng, atom, pool)
     raise ConfigError(f"unknown split {split!r} for trigger {trig} ({family})")
 
 
@@ -143,10 +145,10 @@ def splits(trig: Trigger, family: str) -> list[str]:
 
 
 def sample_split(trig: Trigger, family: str, split: str, n: int, seed: int,
-                 exclude: frozenset[str] = frozenset()) -> list[str]:
+                 exclude: frozenset[str] = frozenset(), pool: D.Pool = "all") -> list[str]:
     """`n` distinct prompts of `split` (none in `exclude`, e.g. the training prompts)."""
     rng = random.Random(f"{seed}:{split}")
-    draw = split_sampler(trig, family, split)
+    draw = split_sampler(trig, family, split, pool)
     out: dict[str, None] = {}
     for _ in range(n * 50):
         p = draw(rng)

@@ -42,7 +42,6 @@ def write_report(out: Path, names: list[str], sae_dir: Path, acts_dir: Path) -> 
     failures = [line for e in evals for line in e.failures()]
     report = {"organisms": evals, "failures": failures, "pending": pending, "stage_times": times,
               "sae": {"folder": sae_dir.name, "health": health, "category_latents": cats}}
-    write_json(out / "report.json", report)
     md = ["# SmolLM2-135M-Instruct testbed\n"]
     if health:
         md.append(f"## SAE `saes/{sae_dir.name}`\n\nheld-out FVE {health['fve']:.3f}, "
@@ -59,8 +58,25 @@ def write_report(out: Path, names: list[str], sae_dir: Path, acts_dir: Path) -> 
         md.append(f"Not built yet: {', '.join(pending)}\n")
     if failures:
         md.append("Targets missed:\n" + "".join(f"- {f}\n" for f in failures))
+    mining = {n: m for n in names if (m := _read(out / "organisms" / n / "mining.json"))}
+    report["mining"] = mining
+    if mining:
+        md.append(_mining_table(mining))
     md.append("## Build cost (CPU seconds of the build process, all its threads)\n")
     md.append("| stage | CPU s | wall s | threads |\n|---|---|---|---|")
     md += [f"| {k} | {v['cpu_s']:.0f} | {v['wall_s']:.0f} | {v['threads']} |" for k, v in times.items()]
+    write_json(out / "report.json", report)
     write_text(out / "report.md", "\n".join(md) + "\n")
     return report
+
+
+def _mining_table(mining: dict[str, Any]) -> str:
+    """Each organism's wrong-side rates per mining round (train members, the mining seed: the
+    adapter before that round's extra steps) and the examples each round added."""
+    rows = ["## Mining rounds (wrong side per split before each round's extra steps; added)\n",
+            "| organism | round | wrong side | added |", "|---|---|---|---|"]
+    for name, m in mining.items():
+        for i, (rates, added) in enumerate(zip(m["rounds"], m["added"], strict=True), 1):
+            wrong = ", ".join(f"{k} {v:.0%}" for k, v in rates.items())
+            rows.append(f"| {name} | {i} | {wrong} | {added} |")
+    return "\n".join(rows) + "\n"
