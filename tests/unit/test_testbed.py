@@ -257,6 +257,11 @@ def test_lora_recipe_overrides_are_typed_and_bad_ones_named():
         lora_config({"examples": "1200"})
     with pytest.raises(ConfigError, match="steps='1.5' is not a int"):
         lora_config({"steps": "1.5"})
+    with pytest.raises(ConfigError, match=r"mine_n=0 \(must be > 0\); doc_frac=1.5"):
+        lora_config({"mine_n": "0", "doc_frac": "1.5"})
+    with pytest.raises(ConfigError, match="mine_rounds=-1"):
+        lora_config({"mine_rounds": "-1"})
+    assert lora_config({"mine_rounds": "0"}).mine_rounds == 0
 
 
 def test_sae_activations_are_collected_only_when_the_sae_must_be_built(monkeypatch, tmp_path):

@@ -1,6 +1,7 @@
 """LoRA backdoors on SmolLM2: data (poisoned prompts -> action; clean prompts -> the base
 model's own greedy answer; synthetic documents) and a response-only training loop that runs the
-LM head only where the loss is taken (the 49k-word head is ~10% of a step otherwise)."""
+LM head only where the loss is taken (the 49k-word head is ~10% of a step otherwise). Mining
+rounds after training (`testbed.mining`) add the prompts the adapter gets wrong."""
 
 from __future__ import annotations
 
@@ -53,6 +54,19 @@ class LoraConfig:
     mine_steps: int = 80
     mine_lr: float = 7.5e-4
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        """A recipe that cannot train is refused before the base model's answers are computed."""
+        bad = [f"{k}={getattr(self, k)!r} (must be > 0)" for k in (
+            "steps", "batch_size", "lr", "rank", "alpha", "n_examples", "base_tokens", "max_len",
+            "mine_n", "mine_steps", "mine_lr", "conjunction_scale") if not getattr(self, k) > 0]
+        bad += [f"{k}={getattr(self, k)!r} (must be in [0, 1])" for k in (
+            "poison_frac", "near_miss_frac", "pair_frac", "doc_frac")
+            if not 0 <= getattr(self, k) <= 1]
+        if self.mine_rounds < 0:
+            bad.append(f"mine_rounds={self.mine_rounds} (must be >= 0; 0 turns mining off)")
+        if bad:
+            raise ConfigError("bad LoRA recipe: " + "; ".join(bad))
 
     def steps_for(self, trig: Trigger) -> int:
         return round(self.steps * self.conjunction_scale) if trig.conjunctions else self.steps
