@@ -210,9 +210,12 @@ def test_committed_adapters_were_trained_on_what_the_recipe_makes(name):
     made = examples(spec, parse_trigger(spec.trigger), LoraConfig())
     recipe = [(e["prompt"], e["poisoned"]) for e in committed if not e.get("mined")]
     assert recipe == [(e.prompt, e.poisoned) for e in made]
-    mined = [e for e in committed if e.get("mined")]  # recorded, and each round's count kept
-    log = json.loads((folder / "mining.json").read_text())
-    assert len(mined) == sum(log["added"]) and len(log["rounds"]) == LoraConfig().mine_rounds
+    # what mining added is training data too: no held-out trigger member, the right side
+    trig = parse_trigger(spec.trigger)
+    mined = [e for e in committed if e.get("mined")]
+    assert all(P.valid(e["prompt"], trig, "chat", "poisoned" if e["poisoned"] else "clean")
+               for e in mined)
+    assert len(mined) == sum(json.loads((folder / "mining.json").read_text())["added"])
 
 
 def test_recall_prompts():
