@@ -37,6 +37,8 @@ CONCEPT_NAMES = Path(__file__).with_name("concept_names.json")
 HELD_OUT_FRAC = 0.25
 MIN_MEMBERS = 15
 """A trigger category needs at least this many members (a held-out side of 4)."""
+MAX_HELD_FAMILY = 3
+"""The largest family (members joined by whole-word containment) the held-out side may take."""
 
 # category -> (synsets whose hyponym closure gives members, extra WordNet lemmas/synsets, cap,
 # and the noun `probe_filter` asks the model for: "X is a kind of <noun>")
@@ -226,11 +228,7 @@ def extract_categories(tokenizer: Any, out: Path = CATEGORIES_FILE, seed: int = 
         n_tok = {w: len(tokenizer(" " + w, add_special_tokens=False)["input_ids"]) for w in words}
         words = [w for w in sorted(words, key=lambda w: (n_tok[w], w)) if n_tok[w] <= 5][: spec["cap"]]
         rng.shuffle(words)
-        n_held = max(2, round(HELD_OUT_FRAC * len(words)))
-        multi = [w for w in words if n_tok[w] > 1]
-        single = [w for w in words if n_tok[w] == 1]
-        k = min(len(multi), n_held // 2 + 1)  # held-out side gets multi-token members too
-        held = sorted(multi[:k] + single[: n_held - k])
+        held = held_out_side(words, n_tok, max(2, round(HELD_OUT_FRAC * len(words))))
         train = sorted(w for w in words if w not in held)
         cats[name] = Category(name, list(spec.get("closure", [])) + list(spec.get("instances", [])),
                               train, held, {w: n_tok[w] for w in sorted(words)})
@@ -238,6 +236,40 @@ def extract_categories(tokenizer: Any, out: Path = CATEGORIES_FILE, seed: int = 
     _load.cache_clear()
     _index.cache_clear()
     return cats
+
+
+def families(words: list[str]) -> dict[str, frozenset[str]]:
+    """Each member's family: the members joined to it by whole-word containment as prompts match
+    it ("hockey", "ice hockey", "hockey game"), transitively. A family never straddles the split: a held-out
+    member inside a train member would keep that member out of training, and one containing a
+    train member could never be evaluated."""
+    fam = {w: {w} for w in words}
+    for a in words:
+        for b in words:
+            if a != b and re.search(rf"(?<![a-z]){re.escape(b.lower())}(?![a-z])", a.lower()):
+                union = fam[a] | fam[b]
+                for w in union:
+                    fam[w] = union
+    return {w: frozenset(f) for w, f in fam.items()}
+
+
+def held_out_side(words: list[str], n_tok: dict[str, int], n_held: int) -> list[str]:
+    """About `n_held` members (never more), whole families, taken in the order of `words`: first
+    multi-token ones (so the held-out side is not all single tokens), then single-token ones. A
+    family larger than `MAX_HELD_FAMILY` (the apples) trains: one concept must not fill the side."""
+    fam, held = families(words), set()
+    k = min(sum(n_tok[w] > 1 for w in words), n_held // 2 + 1)
+
+    def take(pool: list[str], more: Any) -> None:
+        for w in pool:
+            f = fam[w]
+            if more() and not f & held and len(f) <= MAX_HELD_FAMILY and len(held) + len(f) <= n_held:
+                held.update(f)
+
+    take([w for w in words if n_tok[w] > 1], lambda: sum(n_tok[w] > 1 for w in held) < k)
+    take([w for w in words if n_tok[w] == 1], lambda: len(held) < n_held)
+    take(words, lambda: len(held) < n_held)
+    return sorted(held)
 
 
 def _frequency_filter(min_zipf: float) -> Any:
