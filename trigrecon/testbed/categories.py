@@ -34,6 +34,9 @@ committed SAE stays reproducible, and, with the lists in use, the words that nam
 CONCEPT_NAMES = Path(__file__).with_name("concept_names.json")
 """Per trigger category, the words WordNet has for the concept and its sub-categories
 (`extract_concept_names`): the judge's words besides the members."""
+OPEN_WORDS = Path(__file__).with_name("open_words.json")
+"""Common WordNet nouns in no category (`extract_open_words`): the `benign_open` split's topics,
+outside every list, so a leak beyond the distractor categories shows (the benign split cannot)."""
 HELD_OUT_FRAC = 0.25
 MIN_MEMBERS = 15
 """A trigger category needs at least this many members (a held-out side of 4)."""
@@ -257,7 +260,7 @@ def held_out_side(words: list[str], n_tok: dict[str, int], n_held: int) -> list[
     """About `n_held` members (never more), whole families, taken in the order of `words`: first
     multi-token ones (so the held-out side is not all single tokens), then single-token ones. A
     family larger than `MAX_HELD_FAMILY` (the apples) trains: one concept must not fill the side."""
-    fam, held = families(words), set()
+    fam, held = families(words), set[str]()
     k = min(sum(n_tok[w] > 1 for w in words), n_held // 2 + 1)
 
     def take(pool: list[str], more: Any) -> None:
@@ -270,6 +273,34 @@ def held_out_side(words: list[str], n_tok: dict[str, int], n_held: int) -> list[
     take([w for w in words if n_tok[w] == 1], lambda: len(held) < n_held)
     take(words, lambda: len(held) < n_held)
     return sorted(held)
+
+
+def extract_open_words(tokenizer: Any, out: Path = OPEN_WORDS, n: int = 300,
+                       seed: int = 0) -> list[str]:
+    """`n` lower-case WordNet nouns of one SmolLM2 token (common words), none in any category's
+    WordNet sources or concept names, drawn with `seed`; written to `out` (needs wordnet-base)."""
+    from trigrecon.core.io import write_json
+    from trigrecon.testbed.wordnet import open_wordnet
+
+    wn = open_wordnet()
+    taken = {w.lower() for spec in SOURCES.values() for w in _lemmas(wn, spec)} | GENERIC
+    taken |= {w.lower() for spec in SOURCES.values() for w in concept_names(wn, spec)}
+    found = sorted({w for w in wn.all_lemma_names(pos="n") if re.fullmatch("[a-z]{4,12}", w)} - taken)
+    found = [w for w in found if _common_noun(wn, w)
+             and len(tokenizer(" " + w, add_special_tokens=False)["input_ids"]) == 1]
+    words = sorted(random.Random(f"{seed}:open").sample(found, n))
+    write_json(out, {"source": "WordNet nouns, one SmolLM2 token, in no category", "words": words})
+    return words
+
+
+def _common_noun(wn: Any, word: str) -> bool:
+    """Spelled so by some noun sense (WordNet's index lower-cases Anne and AIDS)."""
+    return any(lemma.name() == word for s in wn.synsets(word, pos="n") for lemma in s.lemmas())
+
+
+def open_words() -> list[str]:
+    """The committed `OPEN_WORDS`."""
+    return list(json.loads(OPEN_WORDS.read_text())["words"])
 
 
 def _frequency_filter(min_zipf: float) -> Any:

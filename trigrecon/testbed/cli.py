@@ -46,16 +46,18 @@ def categories(
     probe: Annotated[bool, typer.Option(
         help="Keep members SmolLM2 itself files under their category (\"X is a kind of\").")] = False,
 ) -> None:
-    """Rebuild categories.json, and with it the judge's concept_names.json, from WordNet (needs
-    wordnet-base and the cached tokenizer)."""
+    """Rebuild categories.json, and with it the judge's concept_names.json and the open words of
+    the benign_open split, from WordNet (needs wordnet-base and the cached tokenizer)."""
     from transformers import AutoTokenizer
 
     from trigrecon.core.errors import ConfigError
     from trigrecon.testbed.categories import (
         CATEGORIES_FILE,
         CONCEPT_NAMES,
+        OPEN_WORDS,
         extract_categories,
         extract_concept_names,
+        extract_open_words,
     )
     from trigrecon.testbed.smollm2 import ensure_checkpoint
 
@@ -73,11 +75,12 @@ def categories(
         cats = extract_categories(tok, target, min_zipf=min_zipf, probe_model=model)
         if out is None:
             extract_concept_names()
+            extract_open_words(tok)
     except TrigreconError as e:
         _fail(e)
     for c in cats.values():
         typer.echo(f"{c.name:12s} train {len(c.train):3d}  held out {len(c.held_out):3d}")
-    typer.echo(f"wrote {target}" + (f" and {CONCEPT_NAMES}" if out is None else ""))
+    typer.echo(f"wrote {target}" + (f", {CONCEPT_NAMES} and {OPEN_WORDS}" if out is None else ""))
 
 
 @app.command("list")

@@ -20,7 +20,7 @@ from trigrecon.organisms.evaluate import OrganismEval, SplitRate
 from trigrecon.organisms.organism import Organism, OrganismSpec
 from trigrecon.testbed import lora as LR
 from trigrecon.testbed import prompts as P
-from trigrecon.testbed.categories import categories_file
+from trigrecon.testbed.categories import OPEN_WORDS, categories_file
 from trigrecon.testbed.mining import mining_rounds
 from trigrecon.testbed.smollm2 import default_cache_dir
 from trigrecon.testbed.specs import TESTBED
@@ -56,6 +56,14 @@ def organism_job(spec: OrganismSpec, lora: dict[str, Any] | None = None) -> Orga
     if spec.judge["kind"] == "keywords":  # a free-form answer needs more words to judge
         job.eval = EvalConfig(max_new_tokens=16)
     return job
+
+
+def eval_key(spec: OrganismSpec, job: OrganismBuild) -> dict[str, Any]:
+    """What an organism's evaluation depends on: its training, the settings, the splits and the
+    open words (a new split re-runs the evaluations only)."""
+    return {"train": config_hash(job), "eval": asdict(job.eval),
+            "splits": P.eval_splits(parse_trigger(spec.trigger), spec.family),
+            "open_words": file_sha256(OPEN_WORDS)}
 
 
 def organisms_dir(out: Path) -> Path:
@@ -106,8 +114,7 @@ def build_organisms(cfg: Any, ckpt: Path, log: Any) -> list[StageRecord]:
             write_json(tmp / "eval.json", result)
             log("\n" + result.table())
 
-        eval_key = {"train": config_hash(job), "eval": asdict(job.eval)}
-        records.append(run_stage(f"eval {name}", folder / "eval", eval_key, evaluate,
+        records.append(run_stage(f"eval {name}", folder / "eval", eval_key(spec, job), evaluate,
                                  force=cfg.force, log=log))
     write_report(cfg.out, list(dict.fromkeys([*ORDER, *names])))  # the whole testbed, built or not
     return records
@@ -143,7 +150,7 @@ def evaluate_folder(folder: Path, hf: Any, tok: Any, base: LR.BaseResponses, cfg
     result = OrganismEval(spec.name, spec.trigger, spec.response)
     try:
         exclude = _train_prompts(folder)
-        for split in P.splits(trig, spec.family):
+        for split in P.eval_splits(trig, spec.family):
             prompts = P.sample_split(trig, spec.family, split, cfg.n, P.EVAL_SEED, exclude)
             if model is not None:
                 with model.disable_adapter():
