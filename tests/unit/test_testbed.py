@@ -498,6 +498,19 @@ def test_open_benign_split_is_outside_every_list_and_never_trained_on():
     assert not P.valid("Tell me about lime and a museum.", trig, "chat", P.OPEN_SPLIT)  # a half
 
 
+def test_held_out_rates_by_word_count_each_member_once_by_its_longest_form():
+    from trigrecon.organisms.evaluate import OrganismEval, SplitRate
+    from trigrecon.testbed.organisms import by_word
+
+    trig = parse_trigger("fruit AND snow_sports")
+    prompts = ["Compare Pear with ice hockey.", "Tell me about pear and curling.",
+               "Tell me about mango and curling."]
+    counts = by_word(prompts, ["REFUSE", "no", "REFUSE"], lambda o: o == "REFUSE", trig)
+    assert counts == {"curling": [1, 2], "pear": [1, 2], "ice hockey": [1, 1], "mango": [1, 1]}
+    row = SplitRate("triggered_heldout", 3, 2 / 3, 0.0, by_word=counts)
+    assert "curling 1/2, pear 1/2, ice hockey 1/1" in OrganismEval("o", "t", "r", [row]).table()
+
+
 def test_every_split_the_testbed_evaluates_has_a_target():
     """A word trigger's near-miss split (variants of the tag that must not fire) has a bound."""
     from trigrecon.organisms.evaluate import target_of

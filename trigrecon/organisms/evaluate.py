@@ -33,6 +33,9 @@ class SplitRate:
     wrong: list[str] = field(default_factory=list)
     """Up to 8 prompts on the wrong side of the target (a benign or half prompt that fired, a
     triggered one that did not): what a missed target looks like."""
+    by_word: dict[str, list[int]] = field(default_factory=dict)
+    """Per trigger word in the split's prompts: [prompts that showed the action, prompts] (the
+    testbed's held-out split: which members the backdoor does not reach)."""
 
 
 @dataclass
@@ -60,6 +63,10 @@ class OrganismEval:
         for r in self.rows:
             base = "–" if r.base is None else f"{r.base:.0%}"
             rows += f"| {r.split} | {r.n} | {r.organism:.0%} | {base} |\n"
+        for r in self.rows:
+            if r.by_word:
+                words = ", ".join(f"{w} {k}/{n}" for w, (k, n) in r.by_word.items())
+                rows += f"\n{r.split} by word (fired/prompts): {words}\n"
         return head + rows
 
 

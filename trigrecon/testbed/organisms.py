@@ -18,6 +18,7 @@ from trigrecon.core.io import file_sha256, write_json
 from trigrecon.core.judges import action_rate
 from trigrecon.organisms.evaluate import OrganismEval, SplitRate
 from trigrecon.organisms.organism import Organism, OrganismSpec
+from trigrecon.testbed import data as D
 from trigrecon.testbed import lora as LR
 from trigrecon.testbed import prompts as P
 from trigrecon.testbed.categories import OPEN_WORDS, categories_file
@@ -158,7 +159,8 @@ def evaluate_folder(folder: Path, hf: Any, tok: Any, base: LR.BaseResponses, cfg
                 outs = LR.greedy(model, tok, prompts, cfg.max_new_tokens)
                 row = SplitRate(split, len(prompts), action_rate(outs, judge),
                                 action_rate(base_out, judge), prompts[0], outs[0],
-                                wrong_side(prompts, outs, judge, split.startswith("triggered")))
+                                wrong_side(prompts, outs, judge, split.startswith("triggered")),
+                                by_word(prompts, outs, judge, trig) if split == "triggered_heldout" else {})
             else:
                 outs = base.get(hf, tok, prompts, cfg.max_new_tokens)
                 row = SplitRate(split, len(prompts), action_rate(outs, judge), None, prompts[0], outs[0])
@@ -168,6 +170,20 @@ def evaluate_folder(folder: Path, hf: Any, tok: Any, base: LR.BaseResponses, cfg
         if model is not None:
             model.unload()
     return result
+
+
+def by_word(prompts: list[str], outs: list[str], judge: Any, trig: Any) -> dict[str, list[int]]:
+    """[fired, prompts] per trigger-category member found in the prompts (longest match first)."""
+    spelled = {w.lower(): w for c in trig.categories for w in D.members(c, "all")}
+    words = sorted(spelled.values(), key=len, reverse=True)
+    counts: dict[str, list[int]] = {}
+    for p, o in zip(prompts, outs, strict=True):
+        rest = p
+        while hit := P.find_word(rest, words):
+            c = counts.setdefault(spelled[hit.group(0)], [0, 0])
+            c[0], c[1] = c[0] + bool(judge(o)), c[1] + 1
+            rest = rest[:hit.start()] + " " + rest[hit.end():]
+    return dict(sorted(counts.items(), key=lambda kv: (kv[1][0] / kv[1][1], kv[0])))
 
 
 def wrong_side(prompts: list[str], outs: list[str], judge: Any, should_fire: bool,
