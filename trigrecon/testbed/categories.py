@@ -5,7 +5,8 @@
 category lists its WordNet sources and its members split into `train` (may appear in poisoned
 data) and `held_out` (never in training data: the `triggered_heldout` split); a member is kept
 only if it is short, plain and in no other category, preferring the members SmolLM2's tokenizer
-splits into fewer pieces (the common words), while keeping multi-token members on both sides.
+splits into fewer pieces (the common words), while keeping multi-token members on both sides and
+members that contain one another (hockey, ice hockey) on one side (`held_out_side`).
 With a probe model (`trigrecon testbed categories --probe`, the committed lists) only members the
 model files under their own category are kept (`probe_filter`). `categories_v1.json` holds the
 first, unprobed lists: the SAE corpus's words and, with the lists in use, the judge's
