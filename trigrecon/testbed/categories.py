@@ -242,15 +242,21 @@ def extract_categories(tokenizer: Any, out: Path = CATEGORIES_FILE, seed: int = 
     return cats
 
 
+def whole_word(word: str) -> str:
+    """The pattern of `word` as the testbed matches it in lower-cased text: not inside a longer
+    word ("pear" is not in "spear"; "hockey" is in "ice hockey" and "ice-hockey")."""
+    return rf"(?<![a-z]){re.escape(word.lower())}(?![a-z])"
+
+
 def families(words: list[str]) -> dict[str, frozenset[str]]:
     """Each member's family: the members joined to it by whole-word containment as prompts match
-    it ("hockey", "ice hockey", "hockey game"), transitively. A family never straddles the split: a held-out
-    member inside a train member would keep that member out of training, and one containing a
-    train member could never be evaluated."""
+    it ("hockey", "ice hockey", "hockey game"), transitively. A family never straddles the split:
+    a held-out member inside a train member would keep that member out of training, and one
+    containing a train member could never be evaluated."""
     fam = {w: {w} for w in words}
     for a in words:
         for b in words:
-            if a != b and re.search(rf"(?<![a-z]){re.escape(b.lower())}(?![a-z])", a.lower()):
+            if a != b and re.search(whole_word(b), a.lower()):
                 union = fam[a] | fam[b]
                 for w in union:
                     fam[w] = union
@@ -289,6 +295,9 @@ def extract_open_words(tokenizer: Any, out: Path = OPEN_WORDS, n: int = 300,
     found = sorted({w for w in wn.all_lemma_names(pos="n") if re.fullmatch("[a-z]{4,12}", w)} - taken)
     found = [w for w in found if _common_noun(wn, w)
              and len(tokenizer(" " + w, add_special_tokens=False)["input_ids"]) == 1]
+    if len(found) < n:
+        raise ConfigError(f"only {len(found)} open words found in WordNet, {n} asked for: "
+                          "check the wordnet-base install or ask for fewer")
     words = sorted(random.Random(f"{seed}:open").sample(found, n))
     write_json(out, {"source": "WordNet nouns, one SmolLM2 token, in no category", "words": words})
     return words
@@ -299,8 +308,9 @@ def _common_noun(wn: Any, word: str) -> bool:
     return any(lemma.name() == word for s in wn.synsets(word, pos="n") for lemma in s.lemmas())
 
 
+@lru_cache(maxsize=1)
 def open_words() -> list[str]:
-    """The committed `OPEN_WORDS`."""
+    """The committed `OPEN_WORDS` (read once: the sampler draws from it per prompt)."""
     return list(json.loads(OPEN_WORDS.read_text())["words"])
 
 

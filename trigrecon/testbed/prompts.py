@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable
 
 from trigrecon.core.errors import ConfigError
 from trigrecon.testbed import data as D
-from trigrecon.testbed.categories import TRIGGER_CATEGORIES, open_words
+from trigrecon.testbed.categories import TRIGGER_CATEGORIES, open_words, whole_word
 from trigrecon.testbed.trigger import Atom, Trigger
 
 TRAIN_SEED, DEV_SEED, EVAL_SEED = 0, 5_003, 10_007
@@ -188,7 +188,7 @@ def find_word(text: str, words: Iterable[str]) -> re.Match[str] | None:
     """The first of `words` (in their order) found in `text` as a whole word (any case)."""
     low = text.lower()
     for w in words:
-        if hit := re.search(rf"(?<![a-z]){re.escape(w.lower())}(?![a-z])", low):
+        if hit := re.search(whole_word(w), low):
             return hit
     return None
 

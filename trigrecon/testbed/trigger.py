@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from trigrecon.core.errors import ConfigError
 from trigrecon.organisms.trigger import Expression
-from trigrecon.testbed.categories import load_categories
+from trigrecon.testbed.categories import load_categories, whole_word
 
 
 @dataclass(frozen=True)
@@ -24,7 +24,7 @@ class Atom:
         if self.kind == "word":
             return self.value in text
         low = text.lower()
-        return any(re.search(rf"(?<![a-z]){re.escape(m.lower())}(?![a-z])", low)
+        return any(re.search(whole_word(m), low)
                    for m in load_categories()[self.value].members)
 
     def __str__(self) -> str:
