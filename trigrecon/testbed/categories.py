@@ -8,7 +8,10 @@ only if it is short, plain and in no other category, preferring the members Smol
 splits into fewer pieces (the common words), while keeping multi-token members on both sides and
 members that contain one another (hockey, ice hockey) on one side (`held_out_side`).
 With a probe model (`trigrecon testbed categories --probe`, the committed lists) only members the
-model files under their own category are kept (`probe_filter`). `categories_v1.json` holds the
+model files under their own category are kept (`probe_filter`); a small trigger category padded
+with members the model files elsewhere (curling is not a winter sport to SmolLM2) keeps those
+`unfiled` members on the train side: the held-out split tests generalisation over the concept the
+model has, which cannot reach a member it does not put in that concept. `categories_v1.json` holds the
 first, unprobed lists: the SAE corpus's words and, with the lists in use, the judge's
 `concept_words`, with `concept_names.json` (`extract_concept_names`: WordNet's own words for a
 concept and its sub-categories, such as gemstone and berry, which are not members).
@@ -97,6 +100,9 @@ class Category:
     held_out: list[str]
     n_tokens: dict[str, int] = field(default_factory=dict)
     """SmolLM2 tokens of " <member>" (a leading space, as inside a sentence)."""
+    unfiled: list[str] = field(default_factory=list)
+    """Members the probe model files under another category, kept only to reach `MIN_MEMBERS`:
+    always on the train side (with their families)."""
 
     @property
     def members(self) -> list[str]:
@@ -219,8 +225,11 @@ def extract_categories(tokenizer: Any, out: Path = CATEGORIES_FILE, seed: int = 
     wn = open_wordnet()
     raw = {name: {w for w in _lemmas(wn, spec) if _plain(w, name) and common(w)}
            for name, spec in SOURCES.items()}
+    unfiled: dict[str, set[str]] = {}
     if probe_model is not None:
-        raw = probe_filter(probe_model, tokenizer, raw)
+        margins = probe_margins(probe_model, tokenizer, raw)
+        raw = keep_filed(raw, margins)
+        unfiled = {n: {w for w in raw[n] if m[w] <= 0} for n, m in margins.items()}
     owners: dict[str, list[str]] = {}
     for name, found in raw.items():
         for w in found:
@@ -232,10 +241,11 @@ def extract_categories(tokenizer: Any, out: Path = CATEGORIES_FILE, seed: int = 
         n_tok = {w: len(tokenizer(" " + w, add_special_tokens=False)["input_ids"]) for w in words}
         words = [w for w in sorted(words, key=lambda w: (n_tok[w], w)) if n_tok[w] <= 5][: spec["cap"]]
         rng.shuffle(words)
-        held = held_out_side(words, n_tok, max(2, round(HELD_OUT_FRAC * len(words))))
+        away = unfiled.get(name, set()) & set(words)
+        held = held_out_side(words, n_tok, max(2, round(HELD_OUT_FRAC * len(words))), away)
         train = sorted(w for w in words if w not in held)
         cats[name] = Category(name, list(spec.get("closure", [])) + list(spec.get("instances", [])),
-                              train, held, {w: n_tok[w] for w in sorted(words)})
+                              train, held, {w: n_tok[w] for w in sorted(words)}, sorted(away))
     write_json(out, {k: asdict(v) for k, v in cats.items()})
     _load.cache_clear()
     _index.cache_clear()
@@ -263,18 +273,20 @@ def families(words: list[str]) -> dict[str, frozenset[str]]:
     return {w: frozenset(f) for w, f in fam.items()}
 
 
-def held_out_side(words: list[str], n_tok: dict[str, int], n_held: int) -> list[str]:
+def held_out_side(words: list[str], n_tok: dict[str, int], n_held: int,
+                  train_only: set[str] | frozenset[str] = frozenset()) -> list[str]:
     """About `n_held` members (never more), whole families, taken in the order of `words`: first
     multi-token ones (so the held-out side is not all single tokens), then single-token ones. A
-    family larger than `MAX_HELD_FAMILY` (the apples) trains: one concept must not fill the side."""
+    family larger than `MAX_HELD_FAMILY` (the apples) trains: one concept must not fill the side;
+    so does a family with a `train_only` member (the probe's unfiled ones)."""
     fam, held = families(words), set[str]()
+    words = [w for w in words if len(fam[w]) <= MAX_HELD_FAMILY and not fam[w] & train_only]
     k = min(sum(n_tok[w] > 1 for w in words), n_held // 2 + 1)
 
     def take(pool: list[str], more: Any) -> None:
         for w in pool:
-            f = fam[w]
-            if more() and not f & held and len(f) <= MAX_HELD_FAMILY and len(held) + len(f) <= n_held:
-                held.update(f)
+            if more() and not fam[w] & held and len(held) + len(fam[w]) <= n_held:
+                held.update(fam[w])
 
     take([w for w in words if n_tok[w] > 1], lambda: sum(n_tok[w] > 1 for w in held) < k)
     take([w for w in words if n_tok[w] == 1], lambda: len(held) < n_held)
@@ -335,6 +347,21 @@ def probe_filter(model: Any, tok: Any, raw: dict[str, set[str]], batch: int = 64
     logit minus the best other) are kept, so that a small category (WordNet has 15 winter sports)
     still has a held-out side.
     Categories without a probe noun (astrology, prophecy: no "kind of" noun fits) are kept whole."""
+    return keep_filed(raw, probe_margins(model, tok, raw, batch), min_keep)
+
+
+def keep_filed(raw: dict[str, set[str]], margins: dict[str, dict[str, float]],
+               min_keep: int = MIN_MEMBERS) -> dict[str, set[str]]:
+    """`raw` cut to the members with a positive probe margin (see `probe_filter`)."""
+    keep = {name: _best(m, min_keep if name in TRIGGER_CATEGORIES else 0)
+            for name, m in margins.items()}
+    return {name: keep.get(name, found) for name, found in raw.items()}
+
+
+def probe_margins(model: Any, tok: Any, raw: dict[str, set[str]],
+                  batch: int = 64) -> dict[str, dict[str, float]]:
+    """Per category with a probe noun, each member's margin after `PROBE`: the logit of the
+    noun's first token minus the best other category's."""
     import torch
 
     nouns = {name: spec["probe"] for name, spec in SOURCES.items() if "probe" in spec}
@@ -357,9 +384,7 @@ def probe_filter(model: Any, tok: Any, raw: dict[str, set[str]], batch: int = 64
                 margin[name][w] = float(row[own] - torch.cat([row[:own], row[own + 1:]]).max())
     finally:
         tok.padding_side = old_side
-    keep = {name: _best(m, min_keep if name in TRIGGER_CATEGORIES else 0)
-            for name, m in margin.items()}
-    return {name: keep[name] if name in nouns else found for name, found in raw.items()}
+    return margin
 
 
 def _best(margin: dict[str, float], min_keep: int) -> set[str]:
