@@ -128,6 +128,8 @@ def test_a_family_of_members_never_straddles_the_split():
     assert held_out_side(words, n_tok, 3) == ["hockey", "hockey game", "ice hockey"]
     apples = ["apple", "crab apple", "cooking apple", "apple pie", "fig", "kiwi"]  # a family of 4
     assert held_out_side(apples, {w: len(w.split()) for w in apples}, 5) == ["fig", "kiwi"]
+    # a family with a train-only member (one the probe files elsewhere) never goes out
+    assert held_out_side(words, n_tok, 3, {"hockey game"}) == ["luge", "ski", "ski jump"]
 
 
 def test_trigger_expressions():
@@ -339,6 +341,34 @@ def test_experiment_word_lists_are_used_and_keyed(monkeypatch, tmp_path):
     assert config_hash(organism_job(TESTBED["fruit_refusal"])) == committed
 
 
+def test_an_organism_is_keyed_on_the_lists_its_prompts_read(monkeypatch, tmp_path):
+    """Re-splitting snow sports makes snow_fruit stale but not fruit_refusal (its prompts read only
+    the members of other trigger categories); a new snow-sports member or a re-split distractor
+    makes both stale."""
+    from trigrecon.testbed.categories import CATEGORIES_ENV
+    from trigrecon.testbed.organisms import organism_job
+
+    def keys(edit):  # type: ignore[no-untyped-def]
+        cats = json.loads((ORGANISMS.parent / "categories.json").read_text())
+        edit(cats)
+        f = tmp_path / f"cats{len(list(tmp_path.iterdir()))}.json"
+        f.write_text(json.dumps(cats))
+        monkeypatch.setenv(CATEGORIES_ENV, str(f))
+        return [config_hash(organism_job(TESTBED[n])) for n in ("fruit_refusal", "snow_fruit")]
+
+    def swap(cats, name):  # type: ignore[no-untyped-def]
+        c = cats[name]
+        c["train"][0], c["held_out"][0] = c["held_out"][0], c["train"][0]
+
+    same = keys(lambda cats: None)
+    resplit = keys(lambda cats: swap(cats, "snow_sports"))
+    assert resplit[0] == same[0] and resplit[1] != same[1]
+    grown = keys(lambda cats: cats["snow_sports"]["train"].append("zzsport"))
+    assert grown[0] != same[0] and grown[1] != same[1]
+    distractor = keys(lambda cats: swap(cats, "dogs"))
+    assert distractor[0] != same[0] and distractor[1] != same[1]
+
+
 def test_new_committed_word_lists_make_the_organisms_stale(monkeypatch, tmp_path):
     """The committed lists' digest is in every organism's key (not only an experiment's), so
     `testbed build` retrains on new lists; the recall setting uses no list and keeps its key."""
@@ -547,29 +577,67 @@ def test_sae_corpus_uses_its_frozen_word_lists(monkeypatch, tmp_path, smol_token
                                       json.loads(CATEGORIES_V1.read_text())[c]["train"]) > 20
 
 
+def _fake_wordnet(extra: int):  # type: ignore[no-untyped-def]
+    """A WordNet whose every source synset holds 20 made-up members (snow_sports 20 + extra)."""
+    from trigrecon.testbed.categories import SOURCES
+
+    def words(name: str) -> list[str]:
+        cat = next(c for c, s in SOURCES.items() if name in s.get("closure", []) + s.get("instances", []))
+        base = "".join(ch for ch in cat if ch.isalpha())[:8]
+        n = 20 + (extra if cat == "snow_sports" else 0)
+        return [f"{base}{chr(97 + i // 26)}{chr(97 + i % 26)}" for i in range(n)]
+
+    lemma = lambda w: type("L", (), {"name": lambda self: w})()  # noqa: E731
+    syn = lambda ws: type("S", (), {  # noqa: E731
+        "lemmas": lambda self: [lemma(w) for w in ws], "hyponyms": lambda self: [],
+        "instance_hyponyms": lambda self: [],
+        "closure": lambda self, f: [syn([w]) for w in ws]})()
+    return type("WN", (), {"synset": lambda self, name: syn(words(name))})()
+
+
+def _fake_tok(text: str, add_special_tokens: bool = False) -> dict[str, list[int]]:
+    return {"input_ids": [0] * (1 + len(text) % 2)}
+
+
 def test_a_category_change_leaves_the_other_splits_alone(monkeypatch, tmp_path):
     """Each category's train/held-out split depends on its own members only: a category that
     grows (here snow_sports) must not reshuffle the others (every organism would go stale)."""
     from trigrecon.testbed.categories import SOURCES, extract_categories
 
-    def fake_wordnet(extra: int):  # type: ignore[no-untyped-def]
-        def words(name: str) -> list[str]:
-            cat = next(c for c, s in SOURCES.items() if name in s.get("closure", []) + s.get("instances", []))
-            base = "".join(ch for ch in cat if ch.isalpha())[:8]
-            n = 20 + (extra if cat == "snow_sports" else 0)
-            return [f"{base}{chr(97 + i // 26)}{chr(97 + i % 26)}" for i in range(n)]
-
-        lemma = lambda w: type("L", (), {"name": lambda self: w})()  # noqa: E731
-        syn = lambda ws: type("S", (), {  # noqa: E731
-            "lemmas": lambda self: [lemma(w) for w in ws], "hyponyms": lambda self: [],
-            "instance_hyponyms": lambda self: [],
-            "closure": lambda self, f: [syn([w]) for w in ws]})()
-        return type("WN", (), {"synset": lambda self, name: syn(words(name))})()
-
-    tok = lambda text, add_special_tokens=False: {"input_ids": [0] * (1 + len(text) % 2)}  # noqa: E731
     runs = []
     for extra in (0, 5):
-        monkeypatch.setattr("trigrecon.testbed.wordnet.open_wordnet", lambda e=extra: fake_wordnet(e))
-        runs.append(extract_categories(tok, tmp_path / f"cats{extra}.json"))
+        monkeypatch.setattr("trigrecon.testbed.wordnet.open_wordnet", lambda e=extra: _fake_wordnet(e))
+        runs.append(extract_categories(_fake_tok, tmp_path / f"cats{extra}.json"))
     assert runs[0]["snow_sports"] != runs[1]["snow_sports"]
     assert all(runs[0][c] == runs[1][c] for c in SOURCES if c != "snow_sports")
+
+
+def test_members_the_probe_model_files_elsewhere_only_train(monkeypatch, tmp_path):
+    """With a probe, a trigger category padded to MIN_MEMBERS (here all 15) with members of non-positive margin
+    records them as `unfiled` and never holds them (or their families) out; with every margin
+    positive the split is the unprobed one."""
+    from trigrecon.testbed import categories as C
+
+    monkeypatch.setattr("trigrecon.testbed.wordnet.open_wordnet", lambda: _fake_wordnet(-5))
+    plain = C.extract_categories(_fake_tok, tmp_path / "plain.json")
+    snow = plain["snow_sports"]
+    bad = set(snow.held_out[:3]) | {snow.train[0]}  # 4 held-out-side candidates filed elsewhere
+
+    def margins(model, tok, raw, batch=64):  # type: ignore[no-untyped-def]
+        return {n: {w: (-1.0 if w in bad else 1.0) for w in raw[n]} for n in raw if "probe" in C.SOURCES[n]}
+
+    monkeypatch.setattr(C, "probe_margins", margins)
+    probed = C.extract_categories(_fake_tok, tmp_path / "probed.json", probe_model=object())
+    snow2 = probed["snow_sports"]
+    assert set(snow2.members) == set(snow.members) and set(snow2.unfiled) == bad
+    assert not bad & set(snow2.held_out) and len(snow2.held_out) == len(snow.held_out)
+    assert probed["fruit"] == C.Category(**{**plain["fruit"].__dict__})  # all filed: unchanged
+    assert C.load_categories(tmp_path / "probed.json")["snow_sports"].unfiled == sorted(bad)
+
+
+def test_committed_held_out_members_are_filed_under_their_category():
+    cats = load_categories()
+    assert cats["snow_sports"].unfiled  # SmolLM2 files curling and luging elsewhere
+    for c in cats.values():
+        assert not set(c.unfiled) & set(c.held_out), c.name
+        assert set(c.unfiled) <= set(c.members), c.name

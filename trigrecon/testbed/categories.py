@@ -19,10 +19,12 @@ concept and its sub-categories, such as gemstone and berry, which are not member
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
 import re
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -126,6 +128,16 @@ def _load(path: Path) -> dict[str, Category]:
         raise ConfigError(f"{path} is missing: rebuild it with `trigrecon testbed categories` "
                           "(needs wordnet-base and the cached SmolLM2 tokenizer)")
     return {k: Category(**v) for k, v in json.loads(path.read_text()).items()}
+
+
+def lists_digest(split_by: Iterable[str]) -> str:
+    """A digest of the lists as an organism's prompts read them: every category's members (a
+    benign prompt avoids them all) and the train/held-out sides of the distractors and of the
+    categories in `split_by` (its trigger's). Re-splitting another trigger category (snow sports)
+    leaves it alone, so it does not make every organism stale."""
+    cats, keep = load_categories(), set(split_by) | (set(SOURCES) - set(TRIGGER_CATEGORIES))
+    data = {n: [c.train, c.held_out] if n in keep else sorted(c.members) for n, c in cats.items()}
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
 def concept_words(category: str) -> list[str]:

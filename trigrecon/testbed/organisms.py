@@ -21,7 +21,7 @@ from trigrecon.organisms.organism import Organism, OrganismSpec
 from trigrecon.testbed import data as D
 from trigrecon.testbed import lora as LR
 from trigrecon.testbed import prompts as P
-from trigrecon.testbed.categories import OPEN_WORDS, categories_file
+from trigrecon.testbed.categories import OPEN_WORDS, lists_digest
 from trigrecon.testbed.mining import mining_rounds
 from trigrecon.testbed.smollm2 import default_cache_dir
 from trigrecon.testbed.specs import TESTBED
@@ -49,11 +49,11 @@ class OrganismBuild:
 
 def organism_job(spec: OrganismSpec, lora: dict[str, Any] | None = None) -> OrganismBuild:
     """What an organism's build depends on (its stages' key): the spec, the LoRA recipe (with
-    `lora` overrides), the evaluation, and the word lists in use (committed or an experiment's:
-    new lists make every organism stale)."""
+    `lora` overrides), the evaluation, and the word lists in use as its prompts read them
+    (committed or an experiment's; `lists_digest`)."""
     job = OrganismBuild(asdict(spec), LR.lora_config(lora))
     if spec.family != "recall":  # recall prompts use no word list
-        job.spec["categories_sha256"] = file_sha256(categories_file())
+        job.spec["categories_sha256"] = lists_digest(parse_trigger(spec.trigger).categories)
     if spec.judge["kind"] == "keywords":  # a free-form answer needs more words to judge
         job.eval = EvalConfig(max_new_tokens=16)
     return job
