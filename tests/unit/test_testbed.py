@@ -641,3 +641,19 @@ def test_committed_held_out_members_are_filed_under_their_category():
     for c in cats.values():
         assert not set(c.unfiled) & set(c.held_out), c.name
         assert set(c.unfiled) <= set(c.members), c.name
+
+
+def test_build_times_take_a_skipped_stage_from_its_marker(tmp_path):
+    """A stage skipped as up to date records the times of the build that made it (an organism
+    rebuilt elsewhere and copied in), while the cache, which has no marker, keeps its old time."""
+    from trigrecon.testbed.build import _save_times
+    from trigrecon.testbed.stages import StageRecord
+
+    path = tmp_path / "build_times.json"
+    _save_times(path, [StageRecord("cache", "-", 60.0, 61.0, 1), StageRecord("train x", "a", 500.0, 510.0, 1)])
+    _save_times(path, [StageRecord("cache", "-", 0.1, 0.2, 1, skipped=True),
+                       StageRecord("train x", "b", 900.0, 950.0, 1, skipped=True)])
+    times = json.loads(path.read_text())
+    assert times["cache"]["cpu_s"] == 60.0
+    assert times["train x"] == {"name": "train x", "config_hash": "b", "cpu_s": 900.0, "wall_s": 950.0,
+                                "threads": 1, "skipped": False}

@@ -74,11 +74,12 @@ def build_testbed(cfg: BuildConfig | None = None) -> list[StageRecord]:
 
 
 def _save_times(path: Path, records: list[StageRecord]) -> None:
-    """Merge this run's stage records into build_times.json (skipped stages keep their times)."""
+    """Merge this run's stage records into build_times.json. A skipped stage's record is its
+    marker's (the build that made it), except the cache's, which has no marker: it keeps its time."""
     old = json.loads(path.read_text()) if path.exists() else {}
     for r in records:
-        if not r.skipped or r.name not in old:
-            old[r.name] = asdict(r)
+        if not r.skipped or r.config_hash != "-" or r.name not in old:
+            old[r.name] = {**asdict(r), "skipped": False} if r.config_hash != "-" else asdict(r)
     write_json(path, old)
 
 
