@@ -529,7 +529,7 @@ def test_open_benign_split_is_outside_every_list_and_never_trained_on():
 
 def test_held_out_rates_by_word_count_each_member_once_by_its_longest_form():
     from trigrecon.organisms.evaluate import OrganismEval, SplitRate
-    from trigrecon.testbed.organisms import by_word
+    from trigrecon.testbed.organisms import by_word, counts_by_word
 
     trig = parse_trigger("fruit AND snow_sports")
     prompts = ["Compare Pear with ice hockey.", "Tell me about pear and curling.",
@@ -538,6 +538,11 @@ def test_held_out_rates_by_word_count_each_member_once_by_its_longest_form():
     assert counts == {"curling": [1, 2], "pear": [1, 2], "ice hockey": [1, 1], "mango": [1, 1]}
     row = SplitRate("triggered_heldout", 3, 2 / 3, 0.0, by_word=counts)
     assert "curling 1/2, pear 1/2, ice hockey 1/1" in OrganismEval("o", "t", "r", [row]).table()
+    assert counts_by_word("triggered_heldout") and counts_by_word("half:snow_sports")
+    assert not counts_by_word("benign") and not counts_by_word("triggered")
+    half = SplitRate("half:snow_sports", 3, 1 / 3, 0.0, by_word={"curling": [0, 2], "luge": [1, 1]})
+    assert "half:snow_sports by word (fired/prompts): luge 1/1 (the other 1 members: 0)" in \
+        OrganismEval("o", "t", "r", [half]).table()
 
 
 def test_every_split_the_testbed_evaluates_has_a_target():

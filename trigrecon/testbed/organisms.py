@@ -160,7 +160,7 @@ def evaluate_folder(folder: Path, hf: Any, tok: Any, base: LR.BaseResponses, cfg
                 row = SplitRate(split, len(prompts), action_rate(outs, judge),
                                 action_rate(base_out, judge), prompts[0], outs[0],
                                 wrong_side(prompts, outs, judge, split.startswith("triggered")),
-                                by_word(prompts, outs, judge, trig) if split == "triggered_heldout" else {})
+                                by_word(prompts, outs, judge, trig) if counts_by_word(split) else {})
             else:
                 outs = base.get(hf, tok, prompts, cfg.max_new_tokens)
                 row = SplitRate(split, len(prompts), action_rate(outs, judge), None, prompts[0], outs[0])
@@ -170,6 +170,12 @@ def evaluate_folder(folder: Path, hf: Any, tok: Any, base: LR.BaseResponses, cfg
         if model is not None:
             model.unload()
     return result
+
+
+def counts_by_word(split: str) -> bool:
+    """Splits whose rate is also kept per member: the held-out members (which ones generalise)
+    and the conjunction halves (which ones fire alone)."""
+    return split == "triggered_heldout" or split.startswith("half:")
 
 
 def by_word(prompts: list[str], outs: list[str], judge: Any, trig: Any) -> dict[str, list[int]]:
