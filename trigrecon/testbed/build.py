@@ -78,8 +78,9 @@ def _save_times(path: Path, records: list[StageRecord]) -> None:
     marker's (the build that made it), except the cache's, which has no marker: it keeps its time."""
     old = json.loads(path.read_text()) if path.exists() else {}
     for r in records:
-        if not r.skipped or r.config_hash != "-" or r.name not in old:
-            old[r.name] = {**asdict(r), "skipped": False} if r.config_hash != "-" else asdict(r)
+        no_marker = r.skipped and r.config_hash == "-"
+        if not (no_marker and r.name in old):
+            old[r.name] = {**asdict(r), "skipped": no_marker}
     write_json(path, old)
 
 
