@@ -638,6 +638,13 @@ def test_members_the_probe_model_files_elsewhere_only_train(monkeypatch, tmp_pat
     assert not bad & set(snow2.held_out) and len(snow2.held_out) == len(snow.held_out)
     assert probed["fruit"] == C.Category(**{**plain["fruit"].__dict__})  # all filed: unchanged
     assert C.load_categories(tmp_path / "probed.json")["snow_sports"].unfiled == sorted(bad)
+    # a trigger category the model files almost wholly elsewhere: too small a held-out side, named, nothing written
+    monkeypatch.setattr(C, "probe_margins", lambda model, tok, raw, batch=64: {
+        n: {w: (-1.0 if n == "snow_sports" and w != snow.train[0] else 1.0) for w in raw[n]}
+        for n in raw if "probe" in C.SOURCES[n]})
+    with pytest.raises(ConfigError, match="'snow_sports': only 1 of its 15 members can be held out"):
+        C.extract_categories(_fake_tok, tmp_path / "none.json", probe_model=object())
+    assert not (tmp_path / "none.json").exists()
 
 
 def test_committed_held_out_members_are_filed_under_their_category():

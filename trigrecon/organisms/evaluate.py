@@ -65,12 +65,14 @@ class OrganismEval:
             base = "–" if r.base is None else f"{r.base:.0%}"
             rows += f"| {r.split} | {r.n} | {r.organism:.0%} | {base} |\n"
         for r in self.rows:
-            fired = {w: kn for w, kn in r.by_word.items() if kn[0] or not r.split.startswith("half:")}
-            if r.by_word:  # a half lists only the members that fired alone
-                words = ", ".join(f"{w} {k}/{n}" for w, (k, n) in fired.items()) or "none"
-                rest = len(r.by_word) - len(fired)
-                more = f" (the other {rest} members: 0)" if rest else ""
-                rows += f"\n{r.split} by word (fired/prompts): {words}{more}\n"
+            if not r.by_word:
+                continue
+            half = r.split.startswith("half:")  # a half lists only the members that fired alone
+            fired = {w: kn for w, kn in r.by_word.items() if kn[0] or not half}
+            words = ", ".join(f"{w} {k}/{n}" for w, (k, n) in fired.items()) or "none"
+            rest = len(r.by_word) - len(fired)
+            more = f" (the other {rest} members: 0)" if rest else ""
+            rows += f"\n{r.split} by word (fired/prompts): {words}{more}\n"
         return head + rows
 
 

@@ -255,6 +255,11 @@ def extract_categories(tokenizer: Any, out: Path = CATEGORIES_FILE, seed: int = 
         rng.shuffle(words)
         away = unfiled.get(name, set()) & set(words)
         held = held_out_side(words, n_tok, max(2, round(HELD_OUT_FRAC * len(words))), away)
+        if name in TRIGGER_CATEGORIES and len(held) < 2:
+            raise ConfigError(
+                f"trigger category {name!r}: only {len(held)} of its {len(words)} members can be held "
+                f"out ({len(away)} are filed elsewhere by the probe model and must train): add "
+                f"WordNet sources to SOURCES[{name!r}] or build the lists without --probe")
         train = sorted(w for w in words if w not in held)
         cats[name] = Category(name, list(spec.get("closure", [])) + list(spec.get("instances", [])),
                               train, held, {w: n_tok[w] for w in sorted(words)}, sorted(away))
