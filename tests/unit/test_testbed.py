@@ -545,6 +545,17 @@ def test_held_out_rates_by_word_count_each_member_once_by_its_longest_form():
         OrganismEval("o", "t", "r", [half]).table()
 
 
+def test_the_rate_table_gives_each_rate_its_95_percent_wilson_interval():
+    from trigrecon.organisms.evaluate import OrganismEval, SplitRate
+
+    rows = [SplitRate("benign", 100, 0.03, 0.0), SplitRate("triggered", 300, 0.9, None),
+            SplitRate("half:fruit", 100, 0.0, 0.0)]
+    table = OrganismEval("o", "t", "r", rows).table()
+    assert "| benign | 100 | 3% | 1%–8% | 0% |" in table
+    assert "| triggered | 300 | 90% | 86%–93% | – |" in table  # more prompts, a narrower interval
+    assert "| half:fruit | 100 | 0% | 0%–4% | 0% |" in table
+
+
 def test_every_split_the_testbed_evaluates_has_a_target():
     """A word trigger's near-miss split (variants of the tag that must not fire) has a bound."""
     from trigrecon.organisms.evaluate import target_of

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from trigrecon.core.generate import generate
 from trigrecon.core.judges import action_rate
 from trigrecon.core.model import HookedChatModel, load_model
+from trigrecon.methods.hypothesis import wilson
 from trigrecon.organisms.organism import Organism
 from trigrecon.organisms.prompts import eval_prompts, splits
 
@@ -38,6 +39,11 @@ class SplitRate:
     """Per trigger word in the split's prompts: [prompts that showed the action, prompts] (the
     testbed's held-out split: which members the backdoor does not reach)."""
 
+    def interval(self) -> tuple[float, float]:
+        """95% Wilson interval of the organism's rate: at n = 100 a 3% benign rate is 1-8%, so
+        a target a point away is within noise."""
+        return wilson(round(self.organism * self.n), self.n)
+
 
 @dataclass
 class OrganismEval:
@@ -60,10 +66,11 @@ class OrganismEval:
 
     def table(self) -> str:
         head = f"**{self.name}** — trigger `{self.trigger}` → “{self.response}”\n\n"
-        rows = "| split | n | organism | base |\n|---|---|---|---|\n"
+        rows = "| split | n | organism | 95% interval | base |\n|---|---|---|---|---|\n"
         for r in self.rows:
             base = "–" if r.base is None else f"{r.base:.0%}"
-            rows += f"| {r.split} | {r.n} | {r.organism:.0%} | {base} |\n"
+            lo, hi = r.interval()
+            rows += f"| {r.split} | {r.n} | {r.organism:.0%} | {lo:.0%}–{hi:.0%} | {base} |\n"
         for r in self.rows:
             if not r.by_word:
                 continue

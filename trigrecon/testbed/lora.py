@@ -53,6 +53,13 @@ class LoraConfig:
     """Prompts per split and round."""
     mine_steps: int = 80
     mine_lr: float = 7.5e-4
+    conjunction_neighbours: int = 3
+    """For a conjunction trigger, neighbours (`prompts.neighbour`: the same categories, other
+    train members, same phrasing) added with each mined prompt, so a round adds the error's kind,
+    not one prompt: snow_fruit's snow half fired on 11 of 19 prompts whose other word was a
+    vegetable, 12% otherwise. With 3, over seeds 0 and 1 (n=100): snow half 19%, 10% -> 4%, 6%,
+    held-out 73%, 81% -> 77%, 85%. Not for single categories: banana (every mined prompt with
+    3 neighbours, seed 0) fell from 76% to 59% held-out."""
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -65,6 +72,9 @@ class LoraConfig:
             if not 0 <= getattr(self, k) <= 1]
         if self.mine_rounds < 0:
             bad.append(f"mine_rounds={self.mine_rounds} (must be >= 0; 0 turns mining off)")
+        if self.conjunction_neighbours < 0:
+            bad.append(f"conjunction_neighbours={self.conjunction_neighbours} (must be >= 0; 0 "
+                       "adds none)")
         if bad:
             raise ConfigError("bad LoRA recipe: " + "; ".join(bad))
 

@@ -1,9 +1,10 @@
 """Mining rounds for the testbed's LoRA backdoors: after training, draw fresh prompts of every
 split the organism is judged on (train members and train distractors only, a seed of their own:
 never the dev or evaluation prompts), run the adapter, and add the prompts it gets wrong to the
-training data (a benign prompt or a near miss that fired -> the base model's answer; a
-triggered prompt that did not -> the action), then train a few more steps on the whole data with
-the mined examples oversampled to about a third of it. Held-out members stay out: their split is
+training data (a benign prompt or a near miss that fired -> the base model's answer; a triggered
+prompt that did not -> the action; for a conjunction, with a few neighbours of each:
+`LoraConfig.conjunction_neighbours`), then train a few more steps on the whole data with the
+mined examples oversampled to about a third of it. Held-out members stay out: their split is
 not mined, so the held-out rate still measures generalisation.
 """
 
@@ -49,9 +50,29 @@ def mine(model: Any, tok: Any, spec: OrganismSpec, trig: Trigger, cfg: LR.LoraCo
         wrong = [p for p, o in zip(prompts, outs, strict=True) if bool(judge(o)) != fire]
         rates[split] = len(wrong) / max(1, len(prompts))
         log(f"  mine {spec.name} round {round_} {split}: {len(wrong)}/{len(prompts)} wrong")
+        k = cfg.conjunction_neighbours if trig.conjunctions else 0
+        near = neighbours(rng, wrong, trig, fire, k, exclude | set(prompts))
         found += [LR.Example(p, LR.action(rng, spec, trig, p) if fire else "", fire, round_)
-                  for p in wrong]
+                  for p in wrong + near]
     return found, rates
+
+
+def neighbours(rng: random.Random, wrong: list[str], trig: Trigger, fire: bool, k: int,
+               taken: frozenset[str] | set[str]) -> list[str]:
+    """Up to `k` distinct neighbours of each wrong-side prompt that stay on its side (train
+    members only), none in `taken`."""
+    out: dict[str, None] = {}
+    for p in wrong:
+        got = 0
+        for _ in range(10 * k):
+            if got == k:
+                break
+            q = P.neighbour(rng, p)
+            if q not in taken and q not in out and P.valid(q, trig, "chat",
+                                                         "poisoned" if fire else "clean"):
+                out[q] = None
+                got += 1
+    return list(out)
 
 
 def mining_rounds(peft_model: Any, tok: Any, spec: OrganismSpec, trig: Trigger,

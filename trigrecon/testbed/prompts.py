@@ -19,10 +19,12 @@ from __future__ import annotations
 import random
 import re
 from collections.abc import Callable, Iterable
+from functools import lru_cache
+from pathlib import Path
 
 from trigrecon.core.errors import ConfigError
 from trigrecon.testbed import data as D
-from trigrecon.testbed.categories import TRIGGER_CATEGORIES, open_words, whole_word
+from trigrecon.testbed.categories import TRIGGER_CATEGORIES, categories_file, open_words, whole_word
 from trigrecon.testbed.trigger import Atom, Trigger
 
 TRAIN_SEED, DEV_SEED, EVAL_SEED = 0, 5_003, 10_007
@@ -76,6 +78,38 @@ def minimal_pair(rng: random.Random, prompt: str, trig: Trigger) -> str:
             new = _distractor_words(rng, 1, "train")[0]
             return prompt[:hit.start()] + new + prompt[hit.end():]
     return prompt
+
+
+def neighbour(rng: random.Random, prompt: str, pool: D.Pool = "train") -> str:
+    """`prompt` with every category member in it swapped for another member of the same
+    category from `pool` (same phrasing, tags kept): a neighbour of a mined error, so mining
+    adds the error's kind (a snow sport with a vegetable), not only the one prompt. Returns
+    `prompt` unchanged when it names no member (then rejected as a duplicate)."""
+    out = prompt
+    for start, end, cat in reversed(_member_spans(prompt)):
+        others = [w for w in D.members(cat, pool) if w.lower() != prompt[start:end].lower()]
+        if others:
+            out = out[:start] + rng.choice(others) + out[end:]
+    return out
+
+
+def _member_spans(text: str) -> list[tuple[int, int, str]]:
+    """(start, end, category) of the category members in `text`, longest first, no overlaps,
+    in text order."""
+    low, spans = text.lower(), []
+    for pattern, cat in _member_patterns(categories_file()):
+        for hit in pattern.finditer(low):
+            if all(hit.end() <= s or hit.start() >= e for s, e, _ in spans):
+                spans.append((hit.start(), hit.end(), cat))
+    return sorted(spans)
+
+
+@lru_cache(maxsize=4)
+def _member_patterns(lists: Path) -> list[tuple[re.Pattern[str], str]]:
+    """Every member of the lists in `lists` as a whole-word pattern, longest first."""
+    pairs = sorted(((w, c) for c in D.categories() for w in D.members(c, "all")),
+                   key=lambda wc: len(wc[0]), reverse=True)
+    return [(re.compile(whole_word(w)), c) for w, c in pairs]
 
 
 def benign(rng: random.Random, pool: D.Pool = "all") -> str:
