@@ -96,7 +96,8 @@ def neighbour(rng: random.Random, prompt: str, pool: D.Pool = "train") -> str:
 def _member_spans(text: str) -> list[tuple[int, int, str]]:
     """(start, end, category) of the category members in `text`, longest first, no overlaps,
     in text order."""
-    low, spans = text.lower(), []
+    low = text.lower()
+    spans: list[tuple[int, int, str]] = []
     for pattern, cat in _member_patterns(categories_file()):
         for hit in pattern.finditer(low):
             if all(hit.end() <= s or hit.start() >= e for s, e, _ in spans):
