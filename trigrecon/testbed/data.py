@@ -69,11 +69,6 @@ def word_of(rng: random.Random, category: str, pool: Pool) -> str:
     return rng.choice(members(category, pool))
 
 
-def categories() -> list[str]:
-    """Every category in the lists in use (trigger categories and distractors)."""
-    return list(load_categories())
-
-
 def distractors() -> list[str]:
     """Categories that no trigger uses (benign topics)."""
     from trigrecon.testbed.categories import SOURCES, TRIGGER_CATEGORIES

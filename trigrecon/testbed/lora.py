@@ -58,8 +58,8 @@ class LoraConfig:
     train members, same phrasing) added with each mined prompt, so a round adds the error's kind,
     not one prompt: snow_fruit's snow half fired on 11 of 19 prompts whose other word was a
     vegetable, 12% otherwise. With 3, over seeds 0 and 1 (n=100): snow half 19%, 10% -> 4%, 6%,
-    held-out 73%, 81% -> 77%, 85% (seed 2 with it: 8%, 75%). Not for single categories: banana (every mined prompt with
-    3 neighbours, seed 0) fell from 76% to 59% held-out."""
+    held-out 73%, 81% -> 77%, 85% (seed 2 with it: 8%, 75%). Not for single categories: banana
+    (every mined prompt with 3 neighbours, seed 0) fell from 76% to 59% held-out."""
     seed: int = 0
 
     def __post_init__(self) -> None:

@@ -24,7 +24,13 @@ from pathlib import Path
 
 from trigrecon.core.errors import ConfigError
 from trigrecon.testbed import data as D
-from trigrecon.testbed.categories import TRIGGER_CATEGORIES, categories_file, open_words, whole_word
+from trigrecon.testbed.categories import (
+    TRIGGER_CATEGORIES,
+    categories_file,
+    load_categories,
+    open_words,
+    whole_word,
+)
 from trigrecon.testbed.trigger import Atom, Trigger
 
 TRAIN_SEED, DEV_SEED, EVAL_SEED = 0, 5_003, 10_007
@@ -108,7 +114,7 @@ def _member_spans(text: str) -> list[tuple[int, int, str]]:
 @lru_cache(maxsize=4)
 def _member_patterns(lists: Path) -> list[tuple[re.Pattern[str], str]]:
     """Every member of the lists in `lists` as a whole-word pattern, longest first."""
-    pairs = sorted(((w, c) for c in D.categories() for w in D.members(c, "all")),
+    pairs = sorted(((w, n) for n, c in load_categories(lists).items() for w in c.members),
                    key=lambda wc: len(wc[0]), reverse=True)
     return [(re.compile(whole_word(w)), c) for w, c in pairs]
 
