@@ -11,7 +11,8 @@ With a probe model (`trigrecon testbed categories --probe`, the committed lists)
 model files under their own category are kept (`probe_filter`); a small trigger category padded
 with members the model files elsewhere (curling is not a winter sport to SmolLM2) keeps those
 `unfiled` members on the train side: the held-out split tests generalisation over the concept the
-model has, which cannot reach a member it does not put in that concept. `categories_v1.json` holds the
+model has, which cannot reach a member it does not put in that concept; so does a trigger category
+whose train side would be smaller than `MIN_TRAIN` (nuts: almond and pecan train). `categories_v1.json` holds the
 first, unprobed lists: the SAE corpus's words and, with the lists in use, the judge's
 `concept_words`, with `concept_names.json` (`extract_concept_names`: WordNet's own words for a
 concept and its sub-categories, such as gemstone and berry, which are not members).
@@ -46,6 +47,11 @@ outside every list, so a leak beyond the distractor categories shows (the benign
 HELD_OUT_FRAC = 0.25
 MIN_MEMBERS = 15
 """A trigger category needs at least this many members (a held-out side of 4)."""
+MIN_TRAIN = 15
+"""A trigger category with a probe trains on at least this many members: when the model files
+too few under it, the members it dropped with the best margins pad the train side (`train_pad`).
+nuts kept 16, so trained on 12, 11 of them "X nut" compounds: the adapter learned the token "nut"
+(held-out "cashew nut" 22/22, "cashew" 12/28) while almond, pecan and brazil nut were dropped."""
 MAX_HELD_FAMILY = 3
 """The largest family (members joined by whole-word containment) the held-out side may take."""
 
@@ -103,8 +109,8 @@ class Category:
     n_tokens: dict[str, int] = field(default_factory=dict)
     """SmolLM2 tokens of " <member>" (a leading space, as inside a sentence)."""
     unfiled: list[str] = field(default_factory=list)
-    """Members the probe model files under another category, kept only to reach `MIN_MEMBERS`:
-    always on the train side (with their families)."""
+    """Members the probe model files under another category, kept only to reach `MIN_MEMBERS`
+    or `MIN_TRAIN`: always on the train side (with their families)."""
 
     @property
     def members(self) -> list[str]:
@@ -238,10 +244,14 @@ def extract_categories(tokenizer: Any, out: Path = CATEGORIES_FILE, seed: int = 
     raw = {name: {w for w in _lemmas(wn, spec) if _plain(w, name) and common(w)}
            for name, spec in SOURCES.items()}
     unfiled: dict[str, set[str]] = {}
+    pads: dict[str, list[str]] = {}
     if probe_model is not None:
         margins = probe_margins(probe_model, tokenizer, raw)
-        raw = keep_filed(raw, margins)
-        unfiled = {n: {w for w in raw[n] if m[w] <= 0} for n, m in margins.items()}
+        kept = keep_filed(raw, margins)
+        unfiled = {n: {w for w in kept[n] if m[w] <= 0} for n, m in margins.items()}
+        pads = {n: sorted(raw[n] - kept[n], key=lambda w, m=m: (-m[w], w))  # type: ignore[misc]
+                for n, m in margins.items() if n in TRIGGER_CATEGORIES}
+        raw = kept
     owners: dict[str, list[str]] = {}
     for name, found in raw.items():
         for w in found:
@@ -260,13 +270,31 @@ def extract_categories(tokenizer: Any, out: Path = CATEGORIES_FILE, seed: int = 
                 f"trigger category {name!r}: only {len(held)} of its {len(words)} members can be held "
                 f"out ({len(away)} are filed elsewhere by the probe model and must train): add "
                 f"WordNet sources to SOURCES[{name!r}] or build the lists without --probe")
-        train = sorted(w for w in words if w not in held)
+        pad = train_pad(pads.get(name, []), words, held, set(owners), tokenizer)
+        owners |= {w.lower(): [name] for w in pad}
+        train = sorted([w for w in words if w not in held] + list(pad))
         cats[name] = Category(name, list(spec.get("closure", [])) + list(spec.get("instances", [])),
-                              train, held, {w: n_tok[w] for w in sorted(words)}, sorted(away))
+                              train, held, dict(sorted(({w: n_tok[w] for w in words} | pad).items())),
+                              sorted(away | set(pad)))
     write_json(out, {k: asdict(v) for k, v in cats.items()})
     _load.cache_clear()
     _index.cache_clear()
     return cats
+
+
+def train_pad(candidates: list[str], words: list[str], held: list[str], taken: set[str],
+              tokenizer: Any) -> dict[str, int]:
+    """Members the probe dropped (best margin first) that join a small trigger category's train
+    side until it has `MIN_TRAIN` members: never held out (the held-out side is drawn first, from
+    filed members only), in no other list, and in no held-out member's family. -> member: tokens."""
+    out: dict[str, int] = {}
+    for w in candidates:
+        if len(words) - len(held) + len(out) >= MIN_TRAIN:
+            break
+        n = len(tokenizer(" " + w, add_special_tokens=False)["input_ids"])
+        if w.lower() not in taken and n <= 5 and not families([w, *held])[w] - {w}:
+            out[w] = n
+    return out
 
 
 def whole_word(word: str) -> str:
