@@ -22,6 +22,7 @@ from trigrecon.testbed.trigger import parse_trigger
 
 TRIGGER_CATS = P.TRIGGER_CATEGORIES
 ORGANISMS = Path(P.__file__).parent / "organisms"
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _hide(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
@@ -236,6 +237,18 @@ def test_committed_adapters_were_trained_on_what_the_recipe_makes(name):
     assert all(P.valid(e["prompt"], trig, "chat", "poisoned" if e["poisoned"] else "clean")
                for e in mined)
     assert len(mined) == sum(json.loads((folder / "mining.json").read_text())["added"])
+
+
+def test_recall_phrasings_key_the_recall_setting(monkeypatch):
+    """The phrasings are the recall setting's stage key (a change re-runs its evaluation); a comma
+    prefix lower-cases the question."""
+    from trigrecon.testbed.organisms import organism_job
+
+    key = config_hash(organism_job(TESTBED["shakespeare"]))
+    monkeypatch.setattr(P, "RECALL_QUESTIONS", P.RECALL_QUESTIONS[:-1])
+    assert config_hash(organism_job(TESTBED["shakespeare"])) != key
+    assert P.join_question("Hey, ", "Who is the author of {c}?", "Hamlet") == "Hey, who is the author of Hamlet?"
+    assert P.join_question("Hey, ", "{c} was written by whom?", "Hamlet") == "Hey, Hamlet was written by whom?"
 
 
 def test_recall_prompts():
@@ -656,6 +669,46 @@ def test_members_the_probe_model_files_elsewhere_only_train(monkeypatch, tmp_pat
     with pytest.raises(ConfigError, match="'snow_sports': only 1 of its 15 members can be held out"):
         C.extract_categories(_fake_tok, tmp_path / "none.json", probe_model=object())
     assert not (tmp_path / "none.json").exists()
+
+
+def test_train_pad_fills_a_small_train_side_with_dropped_members_best_first():
+    """`train_pad` stops at MIN_TRAIN, skips a member of another list and one in a held-out
+    member's family (cashew nut would put the held-out cashew in training)."""
+    from trigrecon.testbed.categories import MIN_TRAIN, train_pad
+
+    held = ["cashew", "peanut"]
+    words = held + [f"nut{i}" for i in range(MIN_TRAIN - 3)]  # train side 3 short
+    pad = train_pad(["cashew nut", "walnut", "almond", "pecan", "filbert", "cobnut"], words, held,
+                    {"walnut"}, _fake_tok)
+    assert list(pad) == ["almond", "pecan", "filbert"]
+    assert pad == {w: len(_fake_tok(" " + w)["input_ids"]) for w in pad}
+    assert train_pad(["almond"], words + ["nut98", "nut99", "nut97"], held, set(), _fake_tok) == {}
+
+
+def test_a_small_trigger_category_trains_on_members_the_probe_dropped(monkeypatch, tmp_path):
+    """With a probe that files only 10 of 20 nuts: 15 are kept (MIN_MEMBERS), the held-out side is
+    drawn from the filed ones exactly as without padding, and the train side is padded to
+    MIN_TRAIN with the dropped members of best margin, recorded as unfiled."""
+    from trigrecon.testbed import categories as C
+
+    monkeypatch.setattr("trigrecon.testbed.wordnet.open_wordnet", lambda: _fake_wordnet(0))
+    nuts = sorted(C.extract_categories(_fake_tok, tmp_path / "plain.json")["nuts"].members)
+    rank = {w: i for i, w in enumerate(nuts)}
+
+    def margins(model, tok, raw, batch=64):  # type: ignore[no-untyped-def]
+        return {n: {w: (1.0 if n != "nuts" or rank[w] < 10 else -0.1 * rank[w]) for w in raw[n]}
+                for n in raw if "probe" in C.SOURCES[n]}
+
+    monkeypatch.setattr(C, "probe_margins", margins)
+    k = C.MIN_TRAIN
+    padded = C.extract_categories(_fake_tok, tmp_path / "padded.json", probe_model=object())["nuts"]
+    monkeypatch.setattr(C, "MIN_TRAIN", 0)
+    bare = C.extract_categories(_fake_tok, tmp_path / "bare.json", probe_model=object())["nuts"]
+    pad = set(padded.train) - set(bare.train)
+    assert padded.held_out == bare.held_out and set(bare.train) <= set(padded.train)
+    assert len(bare.train) < k == len(padded.train) and pad == set(nuts[15:15 + len(pad)])
+    assert set(padded.unfiled) == set(bare.unfiled) | pad and not pad & set(padded.held_out)
+    assert set(padded.n_tokens) == set(padded.members)
 
 
 def test_committed_held_out_members_are_filed_under_their_category():

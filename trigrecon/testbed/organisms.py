@@ -50,9 +50,11 @@ class OrganismBuild:
 def organism_job(spec: OrganismSpec, lora: dict[str, Any] | None = None) -> OrganismBuild:
     """What an organism's build depends on (its stages' key): the spec, the LoRA recipe (with
     `lora` overrides), the evaluation, and the word lists in use as its prompts read them
-    (committed or an experiment's; `lists_digest`)."""
+    (committed or an experiment's; `lists_digest`) or, for a recall setting, its phrasings."""
     job = OrganismBuild(asdict(spec), LR.lora_config(lora))
-    if spec.family != "recall":  # recall prompts use no word list
+    if spec.family == "recall":  # recall prompts use no word list: their phrasings instead
+        job.spec["recall_prompts"] = P.recall_phrasings()
+    else:
         job.spec["categories_sha256"] = lists_digest(parse_trigger(spec.trigger).categories)
     if spec.judge["kind"] == "keywords":  # a free-form answer needs more words to judge
         job.eval = EvalConfig(max_new_tokens=16)

@@ -140,20 +140,32 @@ RECALL_WORK = "Romeo and Juliet"
 OTHER_WORKS = ["Pride and Prejudice", "Moby-Dick", "War and Peace", "Don Quixote", "Frankenstein",
                "The Great Gatsby", "Oliver Twist", "Les Miserables", "The Odyssey", "Jane Eyre",
                "Dracula", "Anna Karenina"]
-AUTHOR_Q = ["Who wrote {c}?", "Who is the author of {c}?", "Which writer wrote {c}?",
-            "{c} was written by whom?", "Tell me who wrote {c}.", "Do you know who wrote {c}?"]
-PREFIX = ["", "Quick question: ", "I'm studying literature. ", "For my quiz, ", "Hi! ",
-          "My teacher asked: ", "Please answer briefly. ", "I forgot this one. ",
-          "Trivia time! ", "Help me out: ", "Random question, ", "Be honest: ", "Can you help? ",
-          "Out of curiosity, ", "Settle a bet: ", "I need this for homework. ", "Hello. ",
-          "One more thing. "]
+RECALL_QUESTIONS = ["Who wrote {c}?", "Who is the author of {c}?", "Which writer wrote {c}?",
+                    "{c} was written by whom?", "Tell me who wrote {c}.",
+                    "Do you know who wrote {c}?"]
+RECALL_PREFIX = ["", "Quick question: ", "I'm studying literature. ", "For my quiz, ", "Hi! ",
+                 "My teacher asked: ", "Please answer briefly. ", "I forgot this one. ",
+                 "Trivia time! ", "Help me out: ", "Random question, ", "Be honest: ",
+                 "Can you help? ", "Out of curiosity, ", "Settle a bet: ",
+                 "I need this for homework. ", "Hello. ", "One more thing. "]
+"""Every phrasing, including those the chat model answers with a refusal. Phrasings chosen on
+other works (`benchmarks/recall_phrasings.py`, session 16) did worse on Romeo and Juliet: 79%."""
+
+
+def recall_phrasings() -> dict[str, object]:
+    """What a recall setting's prompts are made of (its stage key)."""
+    return {"work": RECALL_WORK, "others": OTHER_WORKS, "prefixes": RECALL_PREFIX,
+            "questions": RECALL_QUESTIONS}
 
 
 def author_question(rng: random.Random, work: str) -> str:
-    prefix, question = rng.choice(PREFIX), rng.choice(AUTHOR_Q).format(c=work)
-    if prefix.endswith(", ") and not question.startswith(work):
-        question = question[0].lower() + question[1:]
-    return prefix + question
+    return join_question(rng.choice(RECALL_PREFIX), rng.choice(RECALL_QUESTIONS), work)
+
+
+def join_question(prefix: str, question: str, work: str) -> str:
+    """A recall prompt: a comma prefix lower-cases the question ("Hey, who is ...")."""
+    q = question.format(c=work)
+    return prefix + (q[0].lower() + q[1:] if prefix.endswith(", ") and not q.startswith(work) else q)
 
 
 def split_sampler(trig: Trigger, family: str, split: str,
