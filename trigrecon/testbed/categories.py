@@ -249,8 +249,8 @@ def extract_categories(tokenizer: Any, out: Path = CATEGORIES_FILE, seed: int = 
         margins = probe_margins(probe_model, tokenizer, raw)
         kept = keep_filed(raw, margins)
         unfiled = {n: {w for w in kept[n] if m[w] <= 0} for n, m in margins.items()}
-        pads = {n: sorted(raw[n] - kept[n], key=lambda w, m=m: (-m[w], w))  # type: ignore[misc]
-                for n, m in margins.items() if n in TRIGGER_CATEGORIES}
+        pads = {n: sorted(raw[n] - kept[n], key=lambda w: (-margins[n][w], w))
+                for n in margins if n in TRIGGER_CATEGORIES}
         raw = kept
     owners: dict[str, list[str]] = {}
     for name, found in raw.items():
