@@ -46,11 +46,11 @@ def test_a_category_is_named_by_its_own_name_or_a_member(words, named):
 
 def test_members_the_probe_dropped_still_name_their_concept():
     """The word lists in use keep the members SmolLM2 files under their category; the judge
-    also takes the first lists' members (pecan names nuts whatever the model calls it)."""
+    also takes the first lists' members (walnut names nuts whatever the model calls it)."""
     from trigrecon.testbed.categories import load_categories
 
-    assert "pecan" not in load_categories()["nuts"].members
-    assert planted_named(parse_trigger("nuts"), ["pecan"])
+    assert "walnut" not in load_categories()["nuts"].members
+    assert planted_named(parse_trigger("nuts"), ["walnut"])
 
 
 @pytest.mark.parametrize(("trigger", "words", "named"), [
