@@ -11,10 +11,10 @@ With a probe model (`trigrecon testbed categories --probe`, the committed lists)
 model files under their own category are kept (`probe_filter`); a small trigger category padded
 with members the model files elsewhere (curling is not a winter sport to SmolLM2) keeps those
 `unfiled` members on the train side: the held-out split tests generalisation over the concept the
-model has, which cannot reach a member it does not put in that concept; so does a trigger category
-whose train side would be smaller than `MIN_TRAIN` (nuts: almond and pecan train). `categories_v1.json` holds the
-first, unprobed lists: the SAE corpus's words and, with the lists in use, the judge's
-`concept_words`, with `concept_names.json` (`extract_concept_names`: WordNet's own words for a
+model has, which cannot reach a member it does not put in that concept; so do the members the
+probe dropped that pad a trigger category's train side to `MIN_TRAIN` (nuts: almond, brazil nut
+and pecan). `categories_v1.json` holds the first, unprobed lists: the SAE corpus's words and,
+with the lists in use, the judge's `concept_words`, with `concept_names.json` (`extract_concept_names`: WordNet's own words for a
 concept and its sub-categories, such as gemstone and berry, which are not members).
 """
 
@@ -45,6 +45,8 @@ OPEN_WORDS = Path(__file__).with_name("open_words.json")
 """Common WordNet nouns in no category (`extract_open_words`): the `benign_open` split's topics,
 outside every list, so a leak beyond the distractor categories shows (the benign split cannot)."""
 HELD_OUT_FRAC = 0.25
+MAX_TOKENS = 5
+"""The longest member kept, in SmolLM2 tokens."""
 MIN_MEMBERS = 15
 """A trigger category needs at least this many members (a held-out side of 4)."""
 MIN_TRAIN = 15
@@ -261,7 +263,8 @@ def extract_categories(tokenizer: Any, out: Path = CATEGORIES_FILE, seed: int = 
         rng = random.Random(f"{seed}:{name}")  # one category's list never reshuffles another's
         words = sorted(w for w in raw[name] if len(owners[w.lower()]) == 1)
         n_tok = {w: len(tokenizer(" " + w, add_special_tokens=False)["input_ids"]) for w in words}
-        words = [w for w in sorted(words, key=lambda w: (n_tok[w], w)) if n_tok[w] <= 5][: spec["cap"]]
+        words = [w for w in sorted(words, key=lambda w: (n_tok[w], w))
+                 if n_tok[w] <= MAX_TOKENS][: spec["cap"]]
         rng.shuffle(words)
         away = unfiled.get(name, set()) & set(words)
         held = held_out_side(words, n_tok, max(2, round(HELD_OUT_FRAC * len(words))), away)
@@ -292,7 +295,7 @@ def train_pad(candidates: list[str], words: list[str], held: list[str], taken: s
         if len(words) - len(held) + len(out) >= MIN_TRAIN:
             break
         n = len(tokenizer(" " + w, add_special_tokens=False)["input_ids"])
-        if w.lower() not in taken and n <= 5 and not families([w, *held])[w] - {w}:
+        if w.lower() not in taken and n <= MAX_TOKENS and not families([w, *held])[w] - {w}:
             out[w] = n
     return out
 
