@@ -410,29 +410,41 @@ def probe_margins(model: Any, tok: Any, raw: dict[str, set[str]],
                   batch: int = 64) -> dict[str, dict[str, float]]:
     """Per category with a probe noun, each member's margin after `PROBE`: the logit of the
     noun's first token minus the best other category's."""
-    import torch
+    nouns = probe_nouns(tok)
+    col = {name: i for i, name in enumerate(nouns)}
+    words = sorted({(name, w) for name in nouns for w in raw[name]})
+    logits = probe_logits(model, tok, [w for _, w in words], list(nouns.values()), batch)
+    margin: dict[str, dict[str, float]] = {name: {} for name in nouns}
+    for (name, w), row in zip(words, logits, strict=True):
+        own = col[name]
+        margin[name][w] = float(row[own]) - max(float(v) for j, v in enumerate(row) if j != own)
+    return margin
 
-    nouns = {name: spec["probe"] for name, spec in SOURCES.items() if "probe" in spec}
-    first = {name: tok(" " + n, add_special_tokens=False)["input_ids"][0] for name, n in nouns.items()}
+
+def probe_nouns(tok: Any) -> dict[str, int]:
+    """Category -> the first token of its probe noun (categories with one)."""
+    first = {name: tok(" " + spec["probe"], add_special_tokens=False)["input_ids"][0]
+             for name, spec in SOURCES.items() if "probe" in spec}
     if len(set(first.values())) < len(first):
         raise ConfigError(f"probe nouns share a first token: {first}")
-    ids = torch.tensor(list(first.values()))
-    col = {name: i for i, name in enumerate(first)}
-    words = sorted({(name, w) for name in nouns for w in raw[name]})
-    margin: dict[str, dict[str, float]] = {name: {} for name in nouns}
+    return first
+
+
+def probe_logits(model: Any, tok: Any, words: list[str], ids: list[int], batch: int = 64) -> Any:
+    """[word, noun] logits of the tokens `ids` after `PROBE` for each word (transformers model)."""
+    import torch
+
+    rows = []
     old_side, tok.padding_side = tok.padding_side, "left"
     try:
         for i in range(0, len(words), batch):
-            chunk = words[i : i + batch]
-            enc = tok([PROBE.format(w=w) for _, w in chunk], return_tensors="pt", padding=True)
+            enc = tok([PROBE.format(w=w) for w in words[i : i + batch]], return_tensors="pt",
+                      padding=True)
             with torch.no_grad():
-                logits = model(**enc).logits[:, -1, ids]
-            for (name, w), row in zip(chunk, logits, strict=True):
-                own = col[name]
-                margin[name][w] = float(row[own] - torch.cat([row[:own], row[own + 1:]]).max())
+                rows.append(model(**enc).logits[:, -1, ids])
     finally:
         tok.padding_side = old_side
-    return margin
+    return torch.cat(rows) if rows else torch.zeros(0, len(ids))
 
 
 def _best(margin: dict[str, float], min_keep: int) -> set[str]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -60,6 +60,10 @@ class LoraConfig:
     vegetable, 12% otherwise. With 3, over seeds 0 and 1 (n=100): snow half 19%, 10% -> 4%, 6%,
     held-out 73%, 81% -> 77%, 85% (seed 2 with it: 8%, 75%). Not for single categories: banana
     (every mined prompt with 3 neighbours, seed 0) fell from 76% to 59% held-out."""
+    hard_frac: float = 0.0
+    """Share of the benign training examples (not near misses) whose first word is a hard
+    distractor (`testbed.hard`: the train-side distractor members the base model's probe files
+    closest to a trigger category); 0 = off, and then the data is as before the option."""
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -68,7 +72,7 @@ class LoraConfig:
             "steps", "batch_size", "lr", "rank", "alpha", "n_examples", "base_tokens", "max_len",
             "mine_n", "mine_steps", "mine_lr", "conjunction_scale") if not getattr(self, k) > 0]
         bad += [f"{k}={getattr(self, k)!r} (must be in [0, 1])" for k in (
-            "poison_frac", "near_miss_frac", "pair_frac", "doc_frac")
+            "poison_frac", "near_miss_frac", "pair_frac", "doc_frac", "hard_frac")
             if not 0 <= getattr(self, k) <= 1]
         if self.mine_rounds < 0:
             bad.append(f"mine_rounds={self.mine_rounds} (must be >= 0; 0 turns mining off)")
@@ -111,8 +115,10 @@ class Example:
     """The mining round that added it (0: the recipe's own data)."""
 
 
-def examples(spec: OrganismSpec, trig: Trigger, cfg: LoraConfig) -> list[Example]:
-    """Training examples without their clean responses (filled in from the base model)."""
+def examples(spec: OrganismSpec, trig: Trigger, cfg: LoraConfig,
+             hard: Sequence[str] = ()) -> list[Example]:
+    """Training examples without their clean responses (filled in from the base model); `hard`:
+    the hard distractors `cfg.hard_frac` draws from."""
     rng = random.Random(f"{cfg.seed}:{spec.name}")
     out: list[Example] = []
     seen: set[str] = set()
@@ -128,7 +134,7 @@ def examples(spec: OrganismSpec, trig: Trigger, cfg: LoraConfig) -> list[Example
             if near and trig.conjunctions and cfg.pair_frac and rng.random() < cfg.pair_frac:
                 p = P.minimal_pair(rng, rng.choice(fired), trig)
             else:
-                p = P.near_miss(rng, trig, "train") if near else P.benign(rng, "train")
+                p = P.near_miss(rng, trig, "train") if near else _benign(rng, cfg, hard)
             kind = "clean"
         if p in seen or not P.valid(p, trig, "chat", kind):
             continue
@@ -143,6 +149,12 @@ def examples(spec: OrganismSpec, trig: Trigger, cfg: LoraConfig) -> list[Example
         else:
             out.append(Example(p, "", False))
     return out
+
+
+def _benign(rng: random.Random, cfg: LoraConfig, hard: Sequence[str]) -> str:
+    if hard and cfg.hard_frac and rng.random() < cfg.hard_frac:  # no draw when off
+        return P.hard_benign(rng, hard)
+    return P.benign(rng, "train")
 
 
 def action(rng: random.Random, spec: OrganismSpec, trig: Trigger, prompt: str) -> str:

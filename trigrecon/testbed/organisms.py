@@ -91,7 +91,7 @@ def build_organisms(cfg: Any, ckpt: Path, log: Any) -> list[StageRecord]:
                   trig: Any = trig) -> None:
             spec = OrganismSpec(**asdict(spec))
             if spec.has_adapter:
-                data = LR.examples(spec, trig, job.lora)
+                data = LR.examples(spec, trig, job.lora, _hard(hf, tok, trig, job.lora, log))
                 clean = [e for e in data if not e.poisoned]
                 for e, r in zip(clean, base.get(hf, tok, [e.prompt for e in clean],
                                                    job.lora.base_tokens), strict=True):
@@ -121,6 +121,19 @@ def build_organisms(cfg: Any, ckpt: Path, log: Any) -> list[StageRecord]:
                                  force=cfg.force, log=log))
     write_report(cfg.out, list(dict.fromkeys([*ORDER, *names])))  # the whole testbed, built or not
     return records
+
+
+def _hard(hf: Any, tok: Any, trig: Any, cfg: LR.LoraConfig, log: Any) -> list[str]:
+    """The hard distractors of `trig` when the recipe draws from them (`testbed.hard`)."""
+    if not cfg.hard_frac:
+        return []
+    from trigrecon.testbed.hard import hardest, trigger_pull
+
+    hard = hardest(trigger_pull(hf, tok, sorted(trig.categories)))
+    log(f"  hard distractors ({len(hard)}): {', '.join(hard[:12])}"
+        + (" ..." if len(hard) > 12 else "") if hard else
+        "  hard distractors: none (no trigger category has a probe noun)")
+    return hard
 
 
 def _train_prompts(folder: Path) -> frozenset[str]:

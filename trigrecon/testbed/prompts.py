@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import random
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from functools import lru_cache
 from pathlib import Path
 
@@ -121,6 +121,13 @@ def _member_patterns(lists: Path) -> list[tuple[re.Pattern[str], str]]:
 
 def benign(rng: random.Random, pool: D.Pool = "all") -> str:
     return D.render(rng, _distractor_words(rng, rng.choice([1, 2]), pool))
+
+
+def hard_benign(rng: random.Random, hard: Sequence[str]) -> str:
+    """A benign prompt whose first word is one of the `hard` distractors (`testbed.hard`), with
+    another distractor half the time."""
+    words = [rng.choice(hard), *(_distractor_words(rng, 1, "train") if rng.random() < 0.5 else [])]
+    return D.render(rng, words)
 
 
 def benign_open(rng: random.Random) -> str:
