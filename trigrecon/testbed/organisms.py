@@ -130,9 +130,8 @@ def _hard(hf: Any, tok: Any, trig: Any, cfg: LR.LoraConfig, log: Any) -> list[st
     from trigrecon.testbed.hard import hardest, trigger_pull
 
     hard = hardest(trigger_pull(hf, tok, sorted(trig.categories)))
-    log(f"  hard distractors ({len(hard)}): {', '.join(hard[:12])}"
-        + (" ..." if len(hard) > 12 else "") if hard else
-        "  hard distractors: none (no trigger category has a probe noun)")
+    shown = ", ".join(hard[:12]) + (" ..." if len(hard) > 12 else "")
+    log(f"  hard distractors ({len(hard)}): {shown or 'none (no trigger category has a probe noun)'}")
     return hard
 
 
