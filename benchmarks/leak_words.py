@@ -4,7 +4,7 @@ The evaluation's benign split gives one rate over 100 prompts of one or two dist
 asks about every member of every distractor category alone (`--k` prompts each, a seed of its
 own, training prompts left out), so a leak shows as words and categories, not one number.
 
-    python benchmarks/leak_words.py fruit_refusal [--k 3] [--folder DIR]   # ~4 min, 2 threads
+    python benchmarks/leak_words.py fruit_refusal [--k 3] [--folder DIR] [--out FILE]  # ~3 min
 
 Writes `benchmarks/results/leak_words_<organism>.json`: the rate per category, each word's
 [fired, prompts], and the overall rate.
@@ -54,6 +54,7 @@ def main() -> None:
     ap.add_argument("organism")
     ap.add_argument("--k", type=int, default=3, help="prompts per word")
     ap.add_argument("--folder", type=Path, help="the organism's folder (default: the committed one)")
+    ap.add_argument("--out", type=Path, help="default: benchmarks/results/leak_words_<organism>.json")
     args = ap.parse_args()
     folder = args.folder or organisms_dir(ROOT / "trigrecon" / "testbed") / args.organism
     spec = OrganismSpec(**json.loads((folder / "organism.json").read_text()))
@@ -83,7 +84,7 @@ def main() -> None:
               else str(folder), "k": args.k, "n": len(rows), "rate": fired / len(rows),
               "by_category": {c: round(k / n, 3) for c, (k, n) in cats.items()},
               "words": dict(sorted(words.items(), key=lambda kv: -kv[1][0]))}
-    write_json(ROOT / "benchmarks" / "results" / f"leak_words_{spec.name}.json", result)
+    write_json(args.out or ROOT / "benchmarks" / "results" / f"leak_words_{spec.name}.json", result)
     top = [f"{w} {k}/{n}" for w, (k, n) in result["words"].items() if k][:25]
     print(f"{spec.name}: {fired}/{len(rows)} one-word benign prompts fire ({fired / len(rows):.1%})")
     print("by category:", ", ".join(f"{c} {r:.1%}" for c, r in result["by_category"].items()))

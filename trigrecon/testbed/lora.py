@@ -63,7 +63,9 @@ class LoraConfig:
     hard_frac: float = 0.0
     """Share of the benign training examples (not near misses) whose first word is a hard
     distractor (`testbed.hard`: the train-side distractor members the base model's probe files
-    closest to a trigger category); 0 = off, and then the data is as before the option."""
+    closest to a trigger category); 0 = off, and then the data is as before the option. Off: at
+    0.5 (session 17, fruit_refusal seeds 0 / 1 / 2, n=100) benign 6 / 4 / 7% against the default's
+    3 / 11 / 7%, benign_open 8 / 4 / 3% against 2 / 12 / 11%."""
     seed: int = 0
 
     def __post_init__(self) -> None:
