@@ -4,8 +4,8 @@ fruit_refusal's benign leak follows the model's own fruit concept: on one-word p
 every distractor member (`benchmarks/leak_words.py`), the fifth of the words whose probe logit
 for "fruit" comes closest to their own category's fired 9.3%, the next fifths 4.0%, 1.9%, 1.6%
 and 0% (cider, bell pepper, carnation). `LoraConfig.hard_frac` draws that share of the benign
-training examples from these words (`hard_distractors`), so the clean side is densest where the
-adapter must draw the line. Held-out members and evaluation prompts play no part.
+training examples from these words (`trigger_pull`, `hardest`), so the clean side is densest
+where the adapter must draw the line. Held-out members and evaluation prompts play no part.
 
 Measured and left off (session 17): at `hard_frac=0.5` fruit_refusal leaked as much as without
 (benign 6 / 4 / 7% on seeds 0-2), and on seed 1 the hardest fifth still fired on 11.7% of
