@@ -2,12 +2,15 @@
 
 The evaluation's benign split gives one rate over 100 prompts of one or two distractor words; this
 asks about every member of every distractor category alone (`--k` prompts each, a seed of its
-own, training prompts left out), so a leak shows as words and categories, not one number.
+own, training prompts left out), so a leak shows as words and categories, not one number. The
+words are also ranked by the base model's pull toward the trigger's categories (`testbed.hard`:
+its probe logit for the trigger's noun minus the word's own category's) and the rate is given
+per fifth of that ranking, nearest fifth first.
 
     python benchmarks/leak_words.py fruit_refusal [--k 3] [--folder DIR] [--out FILE]  # ~3 min
 
-Writes `benchmarks/results/leak_words_<organism>.json`: the rate per category, each word's
-[fired, prompts], and the overall rate.
+Writes `benchmarks/results/leak_words_<organism>.json`: the rate per category and per fifth of
+the pull, each word's [fired, prompts], and the overall rate.
 """
 
 from __future__ import annotations
@@ -27,7 +30,9 @@ from trigrecon.organisms.organism import Organism, OrganismSpec  # noqa: E402
 from trigrecon.testbed import data as D  # noqa: E402
 from trigrecon.testbed import lora as LR  # noqa: E402
 from trigrecon.testbed.categories import TRIGGER_CATEGORIES, load_categories  # noqa: E402
+from trigrecon.testbed.hard import trigger_pull  # noqa: E402
 from trigrecon.testbed.organisms import EvalConfig, organisms_dir  # noqa: E402
+from trigrecon.testbed.trigger import parse_trigger  # noqa: E402
 
 
 def one_word_prompts(k: int, exclude: frozenset[str]) -> list[tuple[str, str, str]]:
@@ -49,6 +54,14 @@ def one_word_prompts(k: int, exclude: frozenset[str]) -> list[tuple[str, str, st
     return rows
 
 
+def by_pull(words: dict[str, list[int]], pull: dict[str, float]) -> list[float]:
+    """The mean per-word fire rate in each fifth of the words ranked by `pull` (nearest first)."""
+    ranked = sorted((w for w in words if w.split("/", 1)[1] in pull),
+                    key=lambda w: -pull[w.split("/", 1)[1]])
+    fifths = [ranked[i * len(ranked) // 5:(i + 1) * len(ranked) // 5] for i in range(5)]
+    return [round(sum(words[w][0] / words[w][1] for w in f) / len(f), 3) for f in fifths if f]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("organism")
@@ -57,6 +70,9 @@ def main() -> None:
     ap.add_argument("--out", type=Path, help="default: benchmarks/results/leak_words_<organism>.json")
     args = ap.parse_args()
     folder = args.folder or organisms_dir(ROOT / "trigrecon" / "testbed") / args.organism
+    if not (folder / "organism.json").is_file():
+        raise SystemExit(f"{folder} holds no organism (organism.json): give a built testbed "
+                         "organism's name, or its folder with --folder")
     spec = OrganismSpec(**json.loads((folder / "organism.json").read_text()))
     if not spec.has_adapter:
         raise SystemExit(f"{spec.name} has no adapter: nothing can leak")
@@ -73,6 +89,8 @@ def main() -> None:
     train = json.loads((folder / "train_prompts.json").read_text())
     rows = one_word_prompts(args.k, frozenset(e["prompt"] for e in train))
     outs = LR.greedy(model.eval(), tok, [p for _, _, p in rows], EvalConfig().max_new_tokens)
+    with model.disable_adapter():
+        pull = trigger_pull(model, tok, sorted(parse_trigger(spec.trigger).categories), "all")
     words: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     cats: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     for (cat, w, _), o in zip(rows, outs, strict=True):
@@ -83,11 +101,14 @@ def main() -> None:
     result = {"organism": spec.name, "folder": str(folder.relative_to(ROOT)) if folder.is_relative_to(ROOT)
               else str(folder), "k": args.k, "n": len(rows), "rate": fired / len(rows),
               "by_category": {c: round(k / n, 3) for c, (k, n) in cats.items()},
+              "by_pull_fifth": by_pull(words, pull),
               "words": dict(sorted(words.items(), key=lambda kv: -kv[1][0]))}
     write_json(args.out or ROOT / "benchmarks" / "results" / f"leak_words_{spec.name}.json", result)
     top = [f"{w} {k}/{n}" for w, (k, n) in result["words"].items() if k][:25]
     print(f"{spec.name}: {fired}/{len(rows)} one-word benign prompts fire ({fired / len(rows):.1%})")
     print("by category:", ", ".join(f"{c} {r:.1%}" for c, r in result["by_category"].items()))
+    print("by fifth of the pull toward the trigger (nearest first):",
+          " / ".join(f"{r:.1%}" for r in result["by_pull_fifth"]) or "no probe noun")
     print("words:", ", ".join(top))
 
 

@@ -54,7 +54,7 @@ def test_trigger_pull_ranks_the_distractors_smollm2_files_near_the_trigger(smoll
     lists = {"drinks": ["orange juice", "lemonade", "cider"], "dogs": ["poodle", "beagle", "bulldog"],
              "board_games": ["chess"]}
     monkeypatch.setattr(H.D, "distractors", lambda: list(lists))
-    monkeypatch.setattr(H.D, "members", lambda c, pool: lists[c])
+    monkeypatch.setattr(H.D, "members", lambda c, pool: lists[c] if pool == "train" else [*lists[c], "x" + c])
     tok = AutoTokenizer.from_pretrained(smollm2_dir)
     model = LlamaForCausalLM.from_pretrained(smollm2_dir).eval()
     pull = trigger_pull(model, tok, ["fruit"])
@@ -62,3 +62,4 @@ def test_trigger_pull_ranks_the_distractors_smollm2_files_near_the_trigger(smoll
     assert min(pull[w] for w in lists["drinks"]) > max(pull[w] for w in lists["dogs"])
     assert set(hardest(pull, 0.4)) <= set(lists["drinks"])
     assert trigger_pull(model, tok, ["astrology", "prophecy"]) == {}
+    assert set(trigger_pull(model, tok, ["fruit"], "all")) == set(pull) | {"x" + c for c in lists}

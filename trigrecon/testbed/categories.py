@@ -14,8 +14,9 @@ with members the model files elsewhere (curling is not a winter sport to SmolLM2
 model has, which cannot reach a member it does not put in that concept; so do the members the
 probe dropped that pad a trigger category's train side to `MIN_TRAIN` (nuts: almond, brazil nut
 and pecan). `categories_v1.json` holds the first, unprobed lists: the SAE corpus's words and,
-with the lists in use, the judge's `concept_words`, with `concept_names.json` (`extract_concept_names`: WordNet's own words for a
-concept and its sub-categories, such as gemstone and berry, which are not members).
+with the lists in use, the judge's `concept_words`, with `concept_names.json`
+(`extract_concept_names`: WordNet's own words for a concept and its sub-categories, such as
+gemstone and berry, which are not members).
 """
 
 from __future__ import annotations

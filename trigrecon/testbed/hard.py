@@ -23,8 +23,9 @@ HARD_SHARE = 0.2
 """The share of the distractors' train members that count as hard."""
 
 
-def trigger_pull(model: Any, tok: Any, categories: list[str]) -> dict[str, float]:
-    """Per train-side distractor member: the best probe logit among the trigger `categories`
+def trigger_pull(model: Any, tok: Any, categories: list[str],
+                 pool: D.Pool = "train") -> dict[str, float]:
+    """Per distractor member of `pool`: the best probe logit among the trigger `categories`
     that have a probe noun, minus its own category's (below 0 for a member the model files under
     its own category; near 0: nearly filed under the trigger). Empty when none has a noun."""
     nouns = probe_nouns(tok)
@@ -32,7 +33,7 @@ def trigger_pull(model: Any, tok: Any, categories: list[str]) -> dict[str, float
     targets = [col[c] for c in categories if c in col]
     if not targets:
         return {}
-    words = [(c, w) for c in D.distractors() if c in col for w in D.members(c, "train")]
+    words = [(c, w) for c in D.distractors() if c in col for w in D.members(c, pool)]
     logits = probe_logits(model, tok, [w for _, w in words], list(nouns.values()))
     return {w: float(row[targets].max() - row[col[c]])
             for (c, w), row in zip(words, logits, strict=True)}
