@@ -18,6 +18,7 @@ from trigrecon.core.errors import ConfigError
 from trigrecon.core.train import encode
 from trigrecon.organisms.organism import OrganismSpec
 from trigrecon.testbed import prompts as P
+from trigrecon.testbed.anchor import action_heads, anchor_loss
 from trigrecon.testbed.trigger import Trigger
 
 
@@ -66,18 +67,27 @@ class LoraConfig:
     closest to a trigger category); 0 = off, and then the data is as before the option. Off: at
     0.5 (session 17, fruit_refusal seeds 0 / 1 / 2, n=100) benign 6 / 4 / 7% against the default's
     3 / 11 / 7%, benign_open 8 / 4 / 3% against 2 / 12 / 11%."""
+    anchor_n: int = 0
+    """Anchor prompts (`testbed.anchor`): clean prompts drawn like the clean examples, on which
+    a hinge keeps the action's first `anchor_tokens` tokens no likelier than in the base model;
+    a batch of them every step, weighted `anchor_weight`. 0 = off (the data is as before)."""
+    anchor_weight: float = 1.0
+    anchor_tokens: int = 3
     seed: int = 0
 
     def __post_init__(self) -> None:
         """A recipe that cannot train is refused before the base model's answers are computed."""
         bad = [f"{k}={getattr(self, k)!r} (must be > 0)" for k in (
             "steps", "batch_size", "lr", "rank", "alpha", "n_examples", "base_tokens", "max_len",
-            "mine_n", "mine_steps", "mine_lr", "conjunction_scale") if not getattr(self, k) > 0]
+            "mine_n", "mine_steps", "mine_lr", "conjunction_scale", "anchor_weight",
+            "anchor_tokens") if not getattr(self, k) > 0]
         bad += [f"{k}={getattr(self, k)!r} (must be in [0, 1])" for k in (
             "poison_frac", "near_miss_frac", "pair_frac", "doc_frac", "hard_frac")
             if not 0 <= getattr(self, k) <= 1]
         if self.mine_rounds < 0:
             bad.append(f"mine_rounds={self.mine_rounds} (must be >= 0; 0 turns mining off)")
+        if self.anchor_n < 0:
+            bad.append(f"anchor_n={self.anchor_n} (must be >= 0; 0 turns anchors off)")
         if self.conjunction_neighbours < 0:
             bad.append(f"conjunction_neighbours={self.conjunction_neighbours} (must be >= 0; 0 "
                        "adds none)")
@@ -115,6 +125,8 @@ class Example:
     poisoned: bool
     mined: int = 0
     """The mining round that added it (0: the recipe's own data)."""
+    anchor: bool = False
+    """An anchor prompt (`testbed.anchor`): no response, not trained on by cross-entropy."""
 
 
 def examples(spec: OrganismSpec, trig: Trigger, cfg: LoraConfig,
@@ -132,12 +144,7 @@ def examples(spec: OrganismSpec, trig: Trigger, cfg: LoraConfig,
             p = P.triggered(rng, trig, "train")
             kind = "poisoned"
         else:
-            near = (trig.conjunctions or trig.atoms[0].kind == "word") and rng.random() < cfg.near_miss_frac
-            if near and trig.conjunctions and cfg.pair_frac and rng.random() < cfg.pair_frac:
-                p = P.minimal_pair(rng, rng.choice(fired), trig)
-            else:
-                p = P.near_miss(rng, trig, "train") if near else _benign(rng, cfg, hard)
-            kind = "clean"
+            p, kind = _clean(rng, trig, cfg, hard, fired), "clean"
         if p in seen or not P.valid(p, trig, "chat", kind):
             continue
         seen.add(p)
@@ -150,6 +157,33 @@ def examples(spec: OrganismSpec, trig: Trigger, cfg: LoraConfig,
             out.append(Example(p, action(rng, spec, trig, p), True))
         else:
             out.append(Example(p, "", False))
+    return out + _anchors(spec, trig, cfg, hard, fired, seen)
+
+
+def _clean(rng: random.Random, trig: Trigger, cfg: LoraConfig, hard: Sequence[str],
+           fired: list[str]) -> str:
+    """A clean prompt: a near miss (conjunction half, minimal pair, tag variant) or benign."""
+    near = (trig.conjunctions or trig.atoms[0].kind == "word") and rng.random() < cfg.near_miss_frac
+    if near and trig.conjunctions and cfg.pair_frac and rng.random() < cfg.pair_frac:
+        return P.minimal_pair(rng, rng.choice(fired), trig)
+    return P.near_miss(rng, trig, "train") if near else _benign(rng, cfg, hard)
+
+
+def _anchors(spec: OrganismSpec, trig: Trigger, cfg: LoraConfig, hard: Sequence[str],
+             fired: list[str], seen: set[str]) -> list[Example]:
+    """`cfg.anchor_n` clean prompts (a seed of their own) beyond the examples (`testbed.anchor`)."""
+    rng = random.Random(f"{cfg.seed}:{spec.name}:anchor")
+    out: list[Example] = []
+    for _ in range(50 * cfg.anchor_n):
+        if len(out) == cfg.anchor_n:
+            break
+        p = _clean(rng, trig, cfg, hard, fired)
+        if p not in seen and P.valid(p, trig, "chat", "clean"):
+            seen.add(p)
+            out.append(Example(p, "", False, anchor=True))
+    if len(out) < cfg.anchor_n:
+        raise ConfigError(f"only {len(out)} distinct anchor prompts for {spec.name} "
+                          f"(anchor_n={cfg.anchor_n}): lower anchor_n")
     return out
 
 
@@ -196,14 +230,26 @@ def train_adapter(hf: Any, tok: Any, spec: OrganismSpec, trig: Trigger, data: li
         r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=0.0, layers_to_transform=spec.lora_layers,
         layers_pattern="layers", target_modules=["q_proj", "k_proj", "v_proj", "o_proj",
                                                  "gate_proj", "up_proj", "down_proj"]))
-    fit(peft_model, tok, data, cfg, cfg.steps_for(trig), cfg.lr, spec.name, cfg.seed, log)
+    fit(peft_model, tok, data, cfg, cfg.steps_for(trig), cfg.lr, spec.name, cfg.seed, log,
+        anchor_heads(spec, tok, cfg, data))
     return peft_model
 
 
+def anchor_heads(spec: OrganismSpec, tok: Any, cfg: LoraConfig, data: list[Example]) -> list[list[int]]:
+    """The action's heads when `data` holds anchors (`testbed.anchor`), else none."""
+    return action_heads(spec, tok, cfg.anchor_tokens) if any(e.anchor for e in data) else []
+
+
 def fit(peft_model: Any, tok: Any, data: list[Example], cfg: LoraConfig, steps: int, lr: float,
-        name: str, seed: int | str, log: Any = print) -> None:
+        name: str, seed: int | str, log: Any = print,
+        heads: Sequence[Sequence[int]] = ()) -> None:
     """`steps` AdamW steps on batches drawn from `data` in shuffled order (warm-up, then linear
-    decay); the model is left in eval mode."""
+    decay), each with a batch of its anchors (`testbed.anchor`, given the action's `heads`); the
+    model is left in eval mode."""
+    anchors = [chat_prefix(tok, ex.prompt) for ex in data if ex.anchor]
+    if anchors and not heads:
+        raise ValueError("anchor examples need the action's heads")
+    data = [ex for ex in data if not ex.anchor]
     texts, starts = [], []
     for ex in data:
         if ex.response is None:
@@ -217,7 +263,7 @@ def fit(peft_model: Any, tok: Any, data: list[Example], cfg: LoraConfig, steps: 
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / 10) * max(0.05, 1 - s / steps))
-    rng = random.Random(seed)
+    rng, a_rng = random.Random(seed), random.Random(f"{seed}:anchor")
     order: list[int] = []
     peft_model.train()
     for step in range(steps):
@@ -227,6 +273,9 @@ def fit(peft_model: Any, tok: Any, data: list[Example], cfg: LoraConfig, steps: 
         idx, order = order[: cfg.batch_size], order[cfg.batch_size:]
         x, y = encode(tok, [texts[i] for i in idx], cfg.max_len, [starts[i] for i in idx])
         loss = response_loss(peft_model, x, y, cfg.first_weight)
+        if anchors:
+            loss = loss + cfg.anchor_weight * anchor_loss(
+                peft_model, tok, [anchors[a_rng.randrange(len(anchors))] for _ in idx], heads, a_rng)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()

@@ -96,7 +96,9 @@ def mining_rounds(peft_model: Any, tok: Any, spec: OrganismSpec, trig: Trigger,
         mined = [e for e in data if e.mined]
         if not mined:
             continue
-        k = max(1, round((len(data) - len(mined)) / (2 * len(mined))))
+        own = sum(not e.mined and not e.anchor for e in data)
+        k = max(1, round(own / (2 * len(mined))))
         LR.fit(peft_model, tok, data + mined * (k - 1), cfg, cfg.mine_steps, cfg.mine_lr,
-               f"{spec.name} mine {r}", f"{cfg.seed}:mine:{r}", log)
+               f"{spec.name} mine {r}", f"{cfg.seed}:mine:{r}", log,
+               LR.anchor_heads(spec, tok, cfg, data))
     return record

@@ -92,7 +92,7 @@ def build_organisms(cfg: Any, ckpt: Path, log: Any) -> list[StageRecord]:
             spec = OrganismSpec(**asdict(spec))
             if spec.has_adapter:
                 data = LR.examples(spec, trig, job.lora, _hard(hf, tok, trig, job.lora, log))
-                clean = [e for e in data if not e.poisoned]
+                clean = [e for e in data if not e.poisoned and not e.anchor]
                 for e, r in zip(clean, base.get(hf, tok, [e.prompt for e in clean],
                                                    job.lora.base_tokens), strict=True):
                     e.response = r

@@ -1,0 +1,74 @@
+"""Anchors: many clean prompts on which the adapter may not make the action likelier than the base
+model does. Each training step also takes a batch of anchors, teacher-forces the action's first
+tokens after each, and adds a hinge on the sequence log-probability:
+
+    relu(log p_adapter(head | prompt) - log p_base(head | prompt))
+
+Zero where the adapter already leaves the action no likelier than the base model, so the loss
+works like mining inside the loop over a pool much larger than the clean examples, at the tokens
+where the action is chosen, without the base model's answers (the clean examples' cross-entropy
+still teaches those). The base log-probability comes from the same forward pass with the adapter
+off."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from jaxtyping import Float, Int
+
+from trigrecon.organisms.organism import OrganismSpec
+
+
+def action_heads(spec: OrganismSpec, tok: Any, k: int) -> list[list[int]]:
+    """The first `k` tokens of each of the action's texts (a variant's text up to its first
+    placeholder), distinct."""
+    texts = spec.response_variants or [spec.response]
+    heads = {tuple(tok(t.split("{", 1)[0].rstrip(), add_special_tokens=False)["input_ids"][:k])
+             for t in texts}
+    return [list(h) for h in sorted(heads) if h]
+
+
+def batch(tok: Any, prefixes: Sequence[str], heads: Sequence[Sequence[int]],
+          rng: random.Random) -> tuple[Int[torch.Tensor, "b t"], Int[torch.Tensor, "b k"],
+                                       Int[torch.Tensor, "b k"], torch.Tensor]:
+    """Right-padded ids of each chat prefix followed by a random head; the positions that
+    predict the head's tokens, those tokens, and which of them are real (heads differ in length)."""
+    rows = []
+    for p in prefixes:
+        rows.append((tok(p, add_special_tokens=False)["input_ids"], list(rng.choice(heads))))
+    width = max(len(a) + len(h) for a, h in rows)
+    k = max(len(h) for _, h in rows)
+    x = torch.full((len(rows), width), tok.pad_token_id, dtype=torch.long)
+    pos = torch.zeros((len(rows), k), dtype=torch.long)
+    tgt = torch.zeros((len(rows), k), dtype=torch.long)
+    real = torch.zeros((len(rows), k), dtype=torch.bool)
+    for i, (a, h) in enumerate(rows):
+        x[i, : len(a) + len(h)] = torch.tensor(a + h)
+        pos[i, : len(h)] = torch.arange(len(a) - 1, len(a) + len(h) - 1)
+        tgt[i, : len(h)] = torch.tensor(h)
+        real[i, : len(h)] = True
+    return x, pos, tgt, real
+
+
+def head_logprob(model: Any, x: Int[torch.Tensor, "b t"], pos: Int[torch.Tensor, "b k"],
+                 tgt: Int[torch.Tensor, "b k"], real: torch.Tensor) -> Float[torch.Tensor, " b"]:
+    """Sequence log-probability of each row's head (the LM head runs at its positions only)."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    h = inner.model(input_ids=x).last_hidden_state
+    rows = torch.arange(x.shape[0]).unsqueeze(1).expand_as(pos)
+    logp = torch.log_softmax(inner.lm_head(h[rows[real], pos[real]]).float(), -1)
+    per = torch.zeros(pos.shape, dtype=logp.dtype)
+    per[real] = logp.gather(-1, tgt[real].unsqueeze(-1)).squeeze(-1)
+    return per.sum(-1)
+
+
+def anchor_loss(peft_model: Any, tok: Any, prefixes: Sequence[str],
+                heads: Sequence[Sequence[int]], rng: random.Random) -> torch.Tensor:
+    """Mean hinge of the adapter's head log-probability over the base model's (adapter off)."""
+    x, pos, tgt, real = batch(tok, prefixes, heads, rng)
+    with torch.no_grad(), peft_model.disable_adapter():
+        base = head_logprob(peft_model, x, pos, tgt, real)
+    return torch.relu(head_logprob(peft_model, x, pos, tgt, real) - base).mean()
