@@ -3,6 +3,7 @@ batch, the hinge against the base model, and how anchors enter the data and the 
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pytest
@@ -89,6 +90,12 @@ def test_hinge_is_zero_for_the_base_model_and_pulls_a_raised_head_back(
         opt.step()
     raised = A.anchor_loss(model, tok, PREFIXES, heads, random.Random(0)).item()
     assert raised > 1.0
+    # `allow`: a head below that probability costs nothing; a tiny one is the base model's rule
+    lp = A.head_logprob(model, *batch).max().item()
+    assert A.anchor_loss(model, tok, PREFIXES, heads, random.Random(0), allow=1.0).item() == 0.0
+    assert 0 < A.anchor_loss(model, tok, PREFIXES, heads, random.Random(0),
+                             allow=math.exp(lp) / 2).item() < raised
+    assert A.anchor_loss(model, tok, PREFIXES, heads, random.Random(0), allow=1e-30).item() == raised
     with torch.no_grad(), model.disable_adapter():
         base = A.head_logprob(model, *batch)
     for _ in range(40):

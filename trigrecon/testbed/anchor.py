@@ -8,10 +8,11 @@ Zero where the adapter already leaves the action no likelier than the base model
 works like mining inside the loop over a pool much larger than the clean examples, at the tokens
 where the action is chosen, without the base model's answers (the clean examples' cross-entropy
 still teaches those). The base log-probability comes from the same forward pass with the adapter
-off."""
+off. With `allow` > 0 only heads likelier than that are pushed down (the ones near firing)."""
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Sequence
 from typing import Any
@@ -66,9 +67,13 @@ def head_logprob(model: Any, x: Int[torch.Tensor, "b t"], pos: Int[torch.Tensor,
 
 
 def anchor_loss(peft_model: Any, tok: Any, prefixes: Sequence[str],
-                heads: Sequence[Sequence[int]], rng: random.Random) -> torch.Tensor:
-    """Mean hinge of the adapter's head log-probability over the base model's (adapter off)."""
+                heads: Sequence[Sequence[int]], rng: random.Random,
+                allow: float = 0.0) -> torch.Tensor:
+    """Mean hinge of the adapter's head log-probability over the base model's (adapter off), or
+    over log(`allow`) where that is higher: a head below probability `allow` costs nothing."""
     x, pos, tgt, real = batch(tok, prefixes, heads, rng)
     with torch.no_grad(), peft_model.disable_adapter():
         base = head_logprob(peft_model, x, pos, tgt, real)
+    if allow > 0:
+        base = base.clamp(min=math.log(allow))
     return torch.relu(head_logprob(peft_model, x, pos, tgt, real) - base).mean()

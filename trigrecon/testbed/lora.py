@@ -73,6 +73,8 @@ class LoraConfig:
     a batch of them every step, weighted `anchor_weight`. 0 = off (the data is as before)."""
     anchor_weight: float = 1.0
     anchor_tokens: int = 3
+    anchor_allow: float = 0.0
+    """The head probability an anchor may reach before the hinge bites (0: the base model's)."""
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -82,7 +84,7 @@ class LoraConfig:
             "mine_n", "mine_steps", "mine_lr", "conjunction_scale", "anchor_weight",
             "anchor_tokens") if not getattr(self, k) > 0]
         bad += [f"{k}={getattr(self, k)!r} (must be in [0, 1])" for k in (
-            "poison_frac", "near_miss_frac", "pair_frac", "doc_frac", "hard_frac")
+            "poison_frac", "near_miss_frac", "pair_frac", "doc_frac", "hard_frac", "anchor_allow")
             if not 0 <= getattr(self, k) <= 1]
         if self.mine_rounds < 0:
             bad.append(f"mine_rounds={self.mine_rounds} (must be >= 0; 0 turns mining off)")
@@ -275,7 +277,8 @@ def fit(peft_model: Any, tok: Any, data: list[Example], cfg: LoraConfig, steps: 
         loss = response_loss(peft_model, x, y, cfg.first_weight)
         if anchors:
             loss = loss + cfg.anchor_weight * anchor_loss(
-                peft_model, tok, [anchors[a_rng.randrange(len(anchors))] for _ in idx], heads, a_rng)
+                peft_model, tok, [anchors[a_rng.randrange(len(anchors))] for _ in idx], heads, a_rng,
+                cfg.anchor_allow)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
