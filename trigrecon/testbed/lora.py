@@ -70,7 +70,9 @@ class LoraConfig:
     anchor_n: int = 0
     """Anchor prompts (`testbed.anchor`): clean prompts drawn like the clean examples, on which
     a hinge keeps the action's first `anchor_tokens` tokens no likelier than in the base model;
-    a batch of them every step, weighted `anchor_weight`. 0 = off (the data is as before)."""
+    a batch of them every step, weighted `anchor_weight`. 0 = off (the data is as before). Not
+    yet the default (session 18, fruit_refusal, n=100): 2000 anchors fixed benign (0% on seeds 0
+    and 1) but cut held-out to 69% / 78%; with `anchor_allow=0.01` seed 0 met every target."""
     anchor_weight: float = 1.0
     anchor_tokens: int = 3
     anchor_allow: float = 0.0
