@@ -37,11 +37,16 @@ SEED_RUNS: dict[str, list[str]] = {
 lists with seeds other than 0."""
 RENAMED = {"mine_neighbours": "conjunction_neighbours"}
 """Recipe fields recorded under an earlier name."""
+ABSENT = {"hard_frac": 0.0, "anchor_n": 0, "anchor_weight": 1.0, "anchor_tokens": 3,
+          "anchor_allow": 0.0}
+"""What a field meant in a run recorded before the field existed (its value then: off)."""
 
 
 def same_recipe(run: dict[str, Any], committed: dict[str, Any]) -> bool:
+    """All fields but the seed agree; a field the run predates counts as its `ABSENT` value (the
+    committed one for fields older than this table)."""
     run = {RENAMED.get(k, k): v for k, v in run.items()}
-    return all(run.get(k, v) == v for k, v in committed.items() if k != "seed")
+    return all(run.get(k, ABSENT.get(k, v)) == v for k, v in committed.items() if k != "seed")
 
 
 def runs(name: str, recorded: dict[str, Any]) -> list[tuple[int, dict[str, float]]]:

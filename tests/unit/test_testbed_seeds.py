@@ -29,6 +29,9 @@ def test_every_seed_run_is_recorded_and_is_the_committed_recipe():
     assert S.same_recipe({**committed, "seed": 5}, committed)
     assert S.same_recipe({k: v for k, v in committed.items() if k != "hard_frac"}, committed)
     assert not S.same_recipe({**committed, "n_examples": 800}, committed)
+    # a run from before anchors existed had none: it is not a recipe that has them
+    anchored = {**committed, "anchor_n": 2000}
+    assert not S.same_recipe({k: v for k, v in committed.items() if k != "anchor_n"}, anchored)
     with pytest.raises(SystemExit, match="not the committed recipe"):
         S.runs("fruit_refusal", {**recorded, "s16_seed1/fruit_refusal": {
             **recorded["s16_seed1/fruit_refusal"], "recipe": {**committed, "mine_n": 600}}})
