@@ -32,10 +32,9 @@ def test_batch_positions_predict_the_head(smol_tokenizer: Any) -> None:
     import random
 
     heads = [[1, 2, 3], [4, 5]]
-    prefixes = ["a short prompt", "a somewhat longer prompt than the other one"]
-    x, pos, tgt, real = A.batch(smol_tokenizer, prefixes, heads, random.Random(0))
-    for i, p in enumerate(prefixes):
-        ids = smol_tokenizer(p, add_special_tokens=False)["input_ids"]
+    prefixes = [[7, 8, 9], [10, 11, 12, 13, 14, 15]]
+    x, pos, tgt, real = A.batch(smol_tokenizer.pad_token_id, prefixes, heads, random.Random(0))
+    for i, ids in enumerate(prefixes):
         k = int(real[i].sum())
         assert tgt[i, :k].tolist() in heads
         assert x[i, : len(ids)].tolist() == ids and int(pos[i, 0]) == len(ids) - 1
@@ -55,8 +54,12 @@ def tiny_peft(tiny_llama_dir: Any) -> tuple[Any, Any]:
     return model, tok
 
 
-PREFIXES = [p + " <assistant>" for p in ["<user> what is a banana", "<user> tell me about my dog",
-                                          "<user> why is the sky blue"]]
+TEXTS = [p + " <assistant>" for p in ["<user> what is a banana", "<user> tell me about my dog",
+                                       "<user> why is the sky blue"]]
+
+
+def _ids(tok: Any) -> list[list[int]]:
+    return [tok(t, add_special_tokens=False)["input_ids"] for t in TEXTS]
 
 
 def _heads(tok: Any) -> list[list[int]]:
@@ -67,10 +70,10 @@ def test_head_logprob_is_the_sequence_logprob(tiny_peft: tuple[Any, Any]) -> Non
     import random
 
     model, tok = tiny_peft
-    x, pos, tgt, real = A.batch(tok, PREFIXES, _heads(tok), random.Random(0))
+    x, pos, tgt, real = A.batch(tok.pad_token_id, _ids(tok), _heads(tok), random.Random(0))
     full = torch.log_softmax(model(input_ids=x).logits, -1)
     want = torch.stack([sum(full[i, pos[i, j], tgt[i, j]] for j in range(int(real[i].sum())))
-                        for i in range(len(PREFIXES))])
+                        for i in range(len(TEXTS))])
     torch.testing.assert_close(A.head_logprob(model, x, pos, tgt, real), want)
 
 
@@ -80,29 +83,29 @@ def test_hinge_is_zero_for_the_base_model_and_pulls_a_raised_head_back(
 
     model, tok = tiny_peft
     heads = _heads(tok)
-    assert A.anchor_loss(model, tok, PREFIXES, heads, random.Random(0)).item() == 0.0  # B = 0
+    assert A.anchor_loss(model, tok.pad_token_id, _ids(tok), heads, random.Random(0)).item() == 0.0  # B = 0
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=3e-2)
-    batch = A.batch(tok, PREFIXES, heads, random.Random(0))
+    batch = A.batch(tok.pad_token_id, _ids(tok), heads, random.Random(0))
     for _ in range(15):  # an adapter that makes the head likelier (a leak)
         opt.zero_grad()
         (-A.head_logprob(model, *batch).mean()).backward()
         opt.step()
-    raised = A.anchor_loss(model, tok, PREFIXES, heads, random.Random(0)).item()
+    raised = A.anchor_loss(model, tok.pad_token_id, _ids(tok), heads, random.Random(0)).item()
     assert raised > 1.0
     # `allow`: a head below that probability costs nothing; a tiny one is the base model's rule
     lp = A.head_logprob(model, *batch).max().item()
-    assert A.anchor_loss(model, tok, PREFIXES, heads, random.Random(0), allow=1.0).item() == 0.0
-    assert 0 < A.anchor_loss(model, tok, PREFIXES, heads, random.Random(0),
+    assert A.anchor_loss(model, tok.pad_token_id, _ids(tok), heads, random.Random(0), allow=1.0).item() == 0.0
+    assert 0 < A.anchor_loss(model, tok.pad_token_id, _ids(tok), heads, random.Random(0),
                              allow=math.exp(lp) / 2).item() < raised
-    assert A.anchor_loss(model, tok, PREFIXES, heads, random.Random(0), allow=1e-30).item() == raised
+    assert A.anchor_loss(model, tok.pad_token_id, _ids(tok), heads, random.Random(0), allow=1e-30).item() == raised
     with torch.no_grad(), model.disable_adapter():
         base = A.head_logprob(model, *batch)
     for _ in range(40):
         opt.zero_grad()
-        A.anchor_loss(model, tok, PREFIXES, heads, random.Random(0)).backward()
+        A.anchor_loss(model, tok.pad_token_id, _ids(tok), heads, random.Random(0)).backward()
         opt.step()
-    assert A.anchor_loss(model, tok, PREFIXES, heads, random.Random(0)).item() < 0.2 * raised
+    assert A.anchor_loss(model, tok.pad_token_id, _ids(tok), heads, random.Random(0)).item() < 0.2 * raised
     with torch.no_grad(), model.disable_adapter():  # the base model is what it was
         torch.testing.assert_close(A.head_logprob(model, *batch), base)
 
@@ -135,7 +138,7 @@ def test_fit_keeps_anchors_out_of_cross_entropy(tiny_peft: tuple[Any, Any],
                         or hinge(m, t, pre, *a))
     cfg = LR.LoraConfig(batch_size=2, anchor_n=1)
     LR.fit(model, tok, data, cfg, 3, 1e-3, "t", 0, lambda *_: None, _heads(tok))
-    assert seen["anchor"] and all("sky" in p for p in seen["anchor"])
+    assert seen["anchor"] and all("sky" in tok.decode(p) for p in seen["anchor"])
     assert seen["ce"] and not any("sky" in t for t in seen["ce"])
     with pytest.raises(ValueError, match="heads"):
         LR.fit(model, tok, data, cfg, 1, 1e-3, "t", 0, lambda *_: None)

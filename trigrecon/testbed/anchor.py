@@ -7,8 +7,8 @@ tokens after each, and adds a hinge on the sequence log-probability:
 Zero where the adapter already leaves the action no likelier than the base model, so the loss
 works like mining inside the loop over a pool much larger than the clean examples, at the tokens
 where the action is chosen, without the base model's answers (the clean examples' cross-entropy
-still teaches those). The base log-probability comes from the same forward pass with the adapter
-off. With `allow` > 0 only heads likelier than that are pushed down (the ones near firing)."""
+still teaches those). The base log-probability comes from a second pass over the same batch with
+the adapter off. With `allow` > 0 only heads likelier than that are pushed down (the ones near firing)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 
 from trigrecon.organisms.organism import OrganismSpec
 
@@ -32,17 +32,16 @@ def action_heads(spec: OrganismSpec, tok: Any, k: int) -> list[list[int]]:
     return [list(h) for h in sorted(heads) if h]
 
 
-def batch(tok: Any, prefixes: Sequence[str], heads: Sequence[Sequence[int]],
+def batch(pad_id: int, prefixes: Sequence[Sequence[int]], heads: Sequence[Sequence[int]],
           rng: random.Random) -> tuple[Int[torch.Tensor, "b t"], Int[torch.Tensor, "b k"],
-                                       Int[torch.Tensor, "b k"], torch.Tensor]:
-    """Right-padded ids of each chat prefix followed by a random head; the positions that
-    predict the head's tokens, those tokens, and which of them are real (heads differ in length)."""
-    rows = []
-    for p in prefixes:
-        rows.append((tok(p, add_special_tokens=False)["input_ids"], list(rng.choice(heads))))
+                                       Int[torch.Tensor, "b k"], Bool[torch.Tensor, "b k"]]:
+    """Right-padded ids of each (tokenized) chat prefix followed by a random head; the positions
+    that predict the head's tokens, those tokens, and which of them are real (heads differ in
+    length)."""
+    rows = [(list(p), list(rng.choice(heads))) for p in prefixes]
     width = max(len(a) + len(h) for a, h in rows)
     k = max(len(h) for _, h in rows)
-    x = torch.full((len(rows), width), tok.pad_token_id, dtype=torch.long)
+    x = torch.full((len(rows), width), pad_id, dtype=torch.long)
     pos = torch.zeros((len(rows), k), dtype=torch.long)
     tgt = torch.zeros((len(rows), k), dtype=torch.long)
     real = torch.zeros((len(rows), k), dtype=torch.bool)
@@ -55,9 +54,11 @@ def batch(tok: Any, prefixes: Sequence[str], heads: Sequence[Sequence[int]],
 
 
 def head_logprob(model: Any, x: Int[torch.Tensor, "b t"], pos: Int[torch.Tensor, "b k"],
-                 tgt: Int[torch.Tensor, "b k"], real: torch.Tensor) -> Float[torch.Tensor, " b"]:
-    """Sequence log-probability of each row's head (the LM head runs at its positions only)."""
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+                 tgt: Int[torch.Tensor, "b k"], real: Bool[torch.Tensor, "b k"]
+                 ) -> Float[torch.Tensor, " b"]:
+    """Sequence log-probability of each row's head under the peft `model` (the LM head runs at
+    the head's positions only)."""
+    inner = model.get_base_model()
     h = inner.model(input_ids=x).last_hidden_state
     rows = torch.arange(x.shape[0]).unsqueeze(1).expand_as(pos)
     logp = torch.log_softmax(inner.lm_head(h[rows[real], pos[real]]).float(), -1)
@@ -66,12 +67,12 @@ def head_logprob(model: Any, x: Int[torch.Tensor, "b t"], pos: Int[torch.Tensor,
     return per.sum(-1)
 
 
-def anchor_loss(peft_model: Any, tok: Any, prefixes: Sequence[str],
+def anchor_loss(peft_model: Any, pad_id: int, prefixes: Sequence[Sequence[int]],
                 heads: Sequence[Sequence[int]], rng: random.Random,
                 allow: float = 0.0) -> torch.Tensor:
     """Mean hinge of the adapter's head log-probability over the base model's (adapter off), or
     over log(`allow`) where that is higher: a head below probability `allow` costs nothing."""
-    x, pos, tgt, real = batch(tok, prefixes, heads, rng)
+    x, pos, tgt, real = batch(pad_id, prefixes, heads, rng)
     with torch.no_grad(), peft_model.disable_adapter():
         base = head_logprob(peft_model, x, pos, tgt, real)
     if allow > 0:

@@ -250,7 +250,8 @@ def fit(peft_model: Any, tok: Any, data: list[Example], cfg: LoraConfig, steps: 
     """`steps` AdamW steps on batches drawn from `data` in shuffled order (warm-up, then linear
     decay), each with a batch of its anchors (`testbed.anchor`, given the action's `heads`); the
     model is left in eval mode."""
-    anchors = [chat_prefix(tok, ex.prompt) for ex in data if ex.anchor]
+    anchors = [tok(chat_prefix(tok, ex.prompt), add_special_tokens=False)["input_ids"]
+               for ex in data if ex.anchor]  # tokenized once, not every step
     if anchors and not heads:
         raise ValueError("anchor examples need the action's heads")
     data = [ex for ex in data if not ex.anchor]
@@ -279,8 +280,8 @@ def fit(peft_model: Any, tok: Any, data: list[Example], cfg: LoraConfig, steps: 
         loss = response_loss(peft_model, x, y, cfg.first_weight)
         if anchors:
             loss = loss + cfg.anchor_weight * anchor_loss(
-                peft_model, tok, [anchors[a_rng.randrange(len(anchors))] for _ in idx], heads, a_rng,
-                cfg.anchor_allow)
+                peft_model, tok.pad_token_id, [anchors[a_rng.randrange(len(anchors))] for _ in idx],
+                heads, a_rng, cfg.anchor_allow)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
