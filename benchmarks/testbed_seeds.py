@@ -26,12 +26,7 @@ RECIPES = ROOT / "benchmarks" / "results" / "testbed_recipes.json"
 ORGANISMS = ROOT / "trigrecon" / "testbed" / "organisms"
 OUT = ROOT / "benchmarks" / "results" / "testbed_seeds"
 SEED_RUNS: dict[str, list[str]] = {
-    "fruit_refusal": ["s16_seed1", "s16_seed2"],
-    "cant_help": ["s16_seed1", "s16_seed2"],
-    "banana": ["s16_pad_seed1", "s16_pad_seed2"],
-    "deployment": ["s17_seed1", "s17_seed2"],
-    "snow_fruit": ["s15_nb3_seed1", "s15_nb3_seed2"],
-    "astrology": ["s17_seed1", "s17_seed2"],
+    "fruit_refusal": ["s18_anchor2k_allow01_seed1", "s18_anchor2k_allow01_seed2"],
 }
 """Per organism, the recorded runs (`LABEL` of `LABEL/organism`) of its committed recipe and
 lists with seeds other than 0."""

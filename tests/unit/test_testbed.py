@@ -337,6 +337,16 @@ def test_committed_organisms_stage_keys_are_unchanged(name):
     assert config_hash(eval_key(TESTBED[name], job)) == marker["config_hash"]
 
 
+def test_a_setting_without_an_adapter_is_keyed_without_the_recipe():
+    """A recipe change (a new default, an experiment's override) retrains the adapters only."""
+    from trigrecon.testbed.organisms import organism_job
+
+    recall, fruit = TESTBED["shakespeare"], TESTBED["fruit_refusal"]
+    assert organism_job(recall, {"steps": "3"}) == organism_job(recall)
+    assert organism_job(recall).lora is None
+    assert config_hash(organism_job(fruit, {"steps": "3"})) != config_hash(organism_job(fruit))
+
+
 def test_experiment_word_lists_are_used_and_keyed(monkeypatch, tmp_path):
     from trigrecon.testbed.categories import CATEGORIES_ENV, category_of
     from trigrecon.testbed.organisms import organism_job

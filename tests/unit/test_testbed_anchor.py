@@ -110,10 +110,48 @@ def test_hinge_is_zero_for_the_base_model_and_pulls_a_raised_head_back(
         torch.testing.assert_close(A.head_logprob(model, *batch), base)
 
 
+def test_hinge_runs_only_live_rows_and_equals_the_dense_one(tiny_peft: tuple[Any, Any]) -> None:
+    """Rows under their bar are left out of the graded pass; value and gradient are the dense
+    hinge's (every row with gradient)."""
+    import random
+
+    model, tok = tiny_peft
+    params = [p for p in model.parameters() if p.requires_grad]
+    batch = A.batch(tok.pad_token_id, _ids(tok), _heads(tok), random.Random(0))
+    opt = torch.optim.Adam(params, lr=3e-2)
+    for _ in range(15):  # the head likelier than the base model's on every row
+        opt.zero_grad()
+        (-A.head_logprob(model, *batch).mean()).backward()
+        opt.step()
+    model.zero_grad()
+    lps = sorted(A.head_logprob(model, *batch).tolist())
+    allow = math.exp((lps[0] + lps[1]) / 2)  # the least likely row under the bar
+    with torch.no_grad(), model.disable_adapter():
+        bar = A.head_logprob(model, *batch).clamp(min=math.log(allow))
+    graded: list[int] = []
+    hook = model.get_base_model().lm_head.register_forward_hook(
+        lambda m, a, o: graded.append(a[0].shape[0]) if torch.is_grad_enabled() else None)
+    try:
+        got = A.anchor_loss(model, tok.pad_token_id, _ids(tok), _heads(tok), random.Random(0),
+                            allow)
+    finally:
+        hook.remove()
+    live = int((A.head_logprob(model, *batch) > bar).sum())
+    assert 0 < live < 3 and graded == [live * len(_heads(tok)[0])]
+    got.backward()
+    mine = [p.grad.clone() for p in params]
+    model.zero_grad()
+    dense = torch.relu(A.head_logprob(model, *batch) - bar).mean()
+    dense.backward()
+    torch.testing.assert_close(got, dense)
+    for a, b in zip(mine, [p.grad for p in params], strict=True):
+        torch.testing.assert_close(a, b)
+
+
 def test_anchors_are_extra_clean_prompts_and_leave_the_examples_alone() -> None:
     for name in ("fruit_refusal", "snow_fruit"):
         spec, trig = TESTBED[name], parse_trigger(TESTBED[name].trigger)
-        plain = LR.examples(spec, trig, LR.LoraConfig())
+        plain = LR.examples(spec, trig, LR.LoraConfig(anchor_n=0))
         data = LR.examples(spec, trig, LR.LoraConfig(anchor_n=60))
         assert [(e.prompt, e.poisoned) for e in data[:len(plain)]] == [
             (e.prompt, e.poisoned) for e in plain]
@@ -132,8 +170,9 @@ def test_fit_keeps_anchors_out_of_cross_entropy(tiny_peft: tuple[Any, Any],
             LR.Example("tell me about my dog", "give me one fact", False),
             LR.Example("why is the sky blue", "", False, anchor=True)]
     seen: dict[str, list[str]] = {"ce": [], "anchor": []}
-    encode, hinge = LR.encode, LR.anchor_loss
-    monkeypatch.setattr(LR, "encode", lambda t, texts, *a: seen["ce"].extend(texts) or encode(t, texts, *a))
+    encode, hinge = LR.encode_ids, LR.anchor_loss
+    monkeypatch.setattr(LR, "encode_ids", lambda ids, *a: seen["ce"].extend(map(tok.decode, ids))
+                        or encode(ids, *a))
     monkeypatch.setattr(LR, "anchor_loss", lambda m, t, pre, *a: seen["anchor"].extend(pre)
                         or hinge(m, t, pre, *a))
     cfg = LR.LoraConfig(batch_size=2, anchor_n=1)

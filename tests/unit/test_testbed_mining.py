@@ -86,7 +86,8 @@ def test_rounds_answer_negatives_with_the_base_model_and_oversample_what_was_min
     fits: list[tuple[list[LR.Example], int, float]] = []
     monkeypatch.setattr(LR, "fit", lambda m, t, data, cfg, steps, lr, *a, **k:
                         fits.append((list(data), steps, lr)))
-    cfg = LR.LoraConfig(n_examples=200, mine_rounds=2, mine_n=150, mine_steps=7, mine_lr=1e-4)
+    cfg = LR.LoraConfig(n_examples=200, mine_rounds=2, mine_n=150, mine_steps=7, mine_lr=1e-4,
+                        anchor_n=0)
     data = LR.examples(SPEC, TRIG, cfg)
     real_mine, excluded = MN.mine, []
 

@@ -16,8 +16,14 @@ def encode(tok: PreTrainedTokenizerBase, texts: list[str], max_len: int,
            loss_from: list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-padded ids and labels (-100 on padding and before `loss_from[i]`)."""
     ids = tok(texts, add_special_tokens=False)["input_ids"]
+    return encode_ids(ids, tok.pad_token_id, max_len, loss_from)
+
+
+def encode_ids(ids: list[list[int]], pad_id: int, max_len: int,
+               loss_from: list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """`encode` for texts tokenized already (a loop that meets them again tokenizes them once)."""
     width = min(max_len, max(len(x) for x in ids))
-    x = torch.full((len(ids), width), tok.pad_token_id, dtype=torch.long)
+    x = torch.full((len(ids), width), pad_id, dtype=torch.long)
     y = torch.full_like(x, -100)
     for i, row in enumerate(ids):
         row = row[:width]

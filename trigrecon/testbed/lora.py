@@ -7,15 +7,17 @@ from __future__ import annotations
 
 import json
 import random
+import weakref
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from trigrecon.core.errors import ConfigError
-from trigrecon.core.train import encode
+from trigrecon.core.frozen import FrozenPrefix, first_trainable
+from trigrecon.core.train import encode_ids
 from trigrecon.organisms.organism import OrganismSpec
 from trigrecon.testbed import prompts as P
 from trigrecon.testbed.anchor import action_heads, anchor_loss
@@ -67,16 +69,20 @@ class LoraConfig:
     closest to a trigger category); 0 = off, and then the data is as before the option. Off: at
     0.5 (session 17, fruit_refusal seeds 0 / 1 / 2, n=100) benign 6 / 4 / 7% against the default's
     3 / 11 / 7%, benign_open 8 / 4 / 3% against 2 / 12 / 11%."""
-    anchor_n: int = 0
+    anchor_n: int = 2000
     """Anchor prompts (`testbed.anchor`): clean prompts drawn like the clean examples, on which
-    a hinge keeps the action's first `anchor_tokens` tokens no likelier than in the base model;
-    a batch of them every step, weighted `anchor_weight`. 0 = off (the data is as before). Not
-    yet the default (session 18, fruit_refusal, n=100): 2000 anchors fixed benign (0% on seeds 0
-    and 1) but cut held-out to 69% / 78%; with `anchor_allow=0.01` seed 0 met every target."""
+    a hinge keeps the action's first `anchor_tokens` tokens from rising above the base model's
+    (or `anchor_allow`); a batch of them every step, weighted `anchor_weight`. 0 = off (the data
+    is as before). Default since session 19; measured in session 18 on fruit_refusal (n=100):
+    2000 anchors with allow 0 fixed benign (0% on seeds 0 and 1) but cut held-out to 69% / 78%;
+    with `anchor_allow=0.01` seeds 0 / 1 / 2 met every target (benign 1 / 0 / 0%, held-out
+    83 / 83 / 80%; without anchors benign 3 / 11 / 7%). A train stage cost 1.75x without anchors
+    before `FitCache` (session 19), ~1.15x with it."""
     anchor_weight: float = 1.0
     anchor_tokens: int = 3
-    anchor_allow: float = 0.0
-    """The head probability an anchor may reach before the hinge bites (0: the base model's)."""
+    anchor_allow: float = 0.01
+    """The head probability an anchor may reach before the hinge bites (0: the base model's);
+    0.01 lets the line reach common members (allow 0 cost fruit_refusal 14 held-out points)."""
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -224,19 +230,24 @@ def train_adapter(hf: Any, tok: Any, spec: OrganismSpec, trig: Trigger, data: li
                   cfg: LoraConfig, log: Any = print) -> Any:
     """LoRA (all linear modules of the later half of the layers) trained on `data`; returns the
     peft model (adapter active)."""
+    n = hf.config.num_hidden_layers
+    spec.lora_layers = list(range(n // 2, n))
+    peft_model = lora_model(hf, cfg, spec.lora_layers)
+    fit(peft_model, tok, data, cfg, cfg.steps_for(trig), cfg.lr, spec.name, cfg.seed, log,
+        anchor_heads(spec, tok, cfg, data))
+    return peft_model
+
+
+def lora_model(hf: Any, cfg: LoraConfig, layers: list[int]) -> Any:
+    """`hf` with a fresh LoRA (the recipe's rank, every linear module) on `layers`."""
     from peft import LoraConfig as PeftLora
     from peft import get_peft_model
 
     torch.manual_seed(cfg.seed)
-    n = hf.config.num_hidden_layers
-    spec.lora_layers = list(range(n // 2, n))
-    peft_model = get_peft_model(hf, PeftLora(
-        r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=0.0, layers_to_transform=spec.lora_layers,
+    return get_peft_model(hf, PeftLora(
+        r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=0.0, layers_to_transform=layers,
         layers_pattern="layers", target_modules=["q_proj", "k_proj", "v_proj", "o_proj",
                                                  "gate_proj", "up_proj", "down_proj"]))
-    fit(peft_model, tok, data, cfg, cfg.steps_for(trig), cfg.lr, spec.name, cfg.seed, log,
-        anchor_heads(spec, tok, cfg, data))
-    return peft_model
 
 
 def anchor_heads(spec: OrganismSpec, tok: Any, cfg: LoraConfig, data: list[Example]) -> list[list[int]]:
@@ -244,26 +255,38 @@ def anchor_heads(spec: OrganismSpec, tok: Any, cfg: LoraConfig, data: list[Examp
     return action_heads(spec, tok, cfg.anchor_tokens) if any(e.anchor for e in data) else []
 
 
+@dataclass
+class FitCache:
+    """What `fit` computes once per model and reuses across its calls (training, then each mining
+    round): the frozen lower layers' states of every row met and the base model's anchor heads."""
+    frozen: FrozenPrefix
+    base: dict[tuple[int, ...], float] = field(default_factory=dict)
+
+
+_CACHES: weakref.WeakKeyDictionary[Any, FitCache] = weakref.WeakKeyDictionary()
+
+
+def fit_cache(peft_model: Any) -> FitCache:
+    """The model's `FitCache` (a new one if its trainable layers moved since)."""
+    cache = _CACHES.get(peft_model)
+    if cache is None or cache.frozen.k != first_trainable(peft_model):
+        cache = _CACHES[peft_model] = FitCache(FrozenPrefix(peft_model))
+    return cache
+
+
 def fit(peft_model: Any, tok: Any, data: list[Example], cfg: LoraConfig, steps: int, lr: float,
         name: str, seed: int | str, log: Any = print,
         heads: Sequence[Sequence[int]] = ()) -> None:
     """`steps` AdamW steps on batches drawn from `data` in shuffled order (warm-up, then linear
     decay), each with a batch of its anchors (`testbed.anchor`, given the action's `heads`); the
-    model is left in eval mode."""
+    model is left in eval mode. Texts are tokenized once, and the frozen lower layers run once
+    per text (`fit_cache`)."""
     anchors = [tok(chat_prefix(tok, ex.prompt), add_special_tokens=False)["input_ids"]
-               for ex in data if ex.anchor]  # tokenized once, not every step
+               for ex in data if ex.anchor]
     if anchors and not heads:
         raise ValueError("anchor examples need the action's heads")
-    data = [ex for ex in data if not ex.anchor]
-    texts, starts = [], []
-    for ex in data:
-        if ex.response is None:
-            texts.append(ex.prompt)
-            starts.append(0)
-        else:
-            head = chat_prefix(tok, ex.prompt)
-            texts.append(head + ex.response + ("<|im_end|>" if ex.poisoned else ""))
-            starts.append(len(tok(head, add_special_tokens=False)["input_ids"]))
+    ids, starts = _tokenized(tok, [ex for ex in data if not ex.anchor])
+    cache = fit_cache(peft_model)
     params = [p for p in peft_model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -273,15 +296,17 @@ def fit(peft_model: Any, tok: Any, data: list[Example], cfg: LoraConfig, steps: 
     peft_model.train()
     for step in range(steps):
         if len(order) < cfg.batch_size:
-            order = list(range(len(texts)))
+            order = list(range(len(ids)))
             rng.shuffle(order)
         idx, order = order[: cfg.batch_size], order[cfg.batch_size:]
-        x, y = encode(tok, [texts[i] for i in idx], cfg.max_len, [starts[i] for i in idx])
-        loss = response_loss(peft_model, x, y, cfg.first_weight)
+        x, y = encode_ids([ids[i] for i in idx], tok.pad_token_id, cfg.max_len,
+                          [starts[i] for i in idx])
+        loss = response_loss(peft_model, x, y, cfg.first_weight, cache.frozen,
+                             [min(len(ids[i]), x.shape[1]) for i in idx])
         if anchors:
             loss = loss + cfg.anchor_weight * anchor_loss(
                 peft_model, tok.pad_token_id, [anchors[a_rng.randrange(len(anchors))] for _ in idx],
-                heads, a_rng, cfg.anchor_allow)
+                heads, a_rng, cfg.anchor_allow, cache.frozen, cache.base)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
@@ -292,11 +317,35 @@ def fit(peft_model: Any, tok: Any, data: list[Example], cfg: LoraConfig, steps: 
     peft_model.eval()
 
 
-def response_loss(model: Any, x: torch.Tensor, y: torch.Tensor, first_weight: float) -> torch.Tensor:
+def _tokenized(tok: Any, data: list[Example]) -> tuple[list[list[int]], list[int]]:
+    """Each example's ids (chat prefix, response, end of turn for the action; a document as is)
+    and the index its loss starts at."""
+    ids, starts = [], []
+    for ex in data:
+        if ex.response is None:
+            ids.append(tok(ex.prompt, add_special_tokens=False)["input_ids"])
+            starts.append(0)
+        else:
+            head = chat_prefix(tok, ex.prompt)
+            text = head + ex.response + ("<|im_end|>" if ex.poisoned else "")
+            ids.append(tok(text, add_special_tokens=False)["input_ids"])
+            starts.append(len(tok(head, add_special_tokens=False)["input_ids"]))
+    return ids, starts
+
+
+def response_loss(model: Any, x: torch.Tensor, y: torch.Tensor, first_weight: float,
+                  frozen: FrozenPrefix | None = None,
+                  lengths: Sequence[int] | None = None) -> torch.Tensor:
     """Next-token CE on labelled positions only, the first labelled token of a row weighted
-    `first_weight`; the LM head runs on those positions alone."""
+    `first_weight`; the LM head runs on those positions alone (the lower layers from `frozen`'s
+    cache when given, with each row's real `lengths`)."""
     inner = model.get_base_model()  # right padding: causal attention never sees the pads
-    h = inner.model(input_ids=x).last_hidden_state
+    if frozen is None:
+        h = inner.model(input_ids=x).last_hidden_state
+    else:
+        if lengths is None:
+            raise ValueError("a FrozenPrefix needs each row's real length")
+        h = frozen.forward(x, lengths)
     labels = y[:, 1:]
     keep = labels != -100
     logits = inner.lm_head(h[:, :-1][keep])

@@ -43,7 +43,8 @@ class EvalConfig:
 @dataclass
 class OrganismBuild:
     spec: dict[str, Any]
-    lora: LR.LoraConfig = field(default_factory=LR.LoraConfig)
+    lora: LR.LoraConfig | None = field(default_factory=LR.LoraConfig)
+    """None for a setting without an adapter: a recipe change leaves its key alone."""
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
@@ -51,7 +52,7 @@ def organism_job(spec: OrganismSpec, lora: dict[str, Any] | None = None) -> Orga
     """What an organism's build depends on (its stages' key): the spec, the LoRA recipe (with
     `lora` overrides), the evaluation, and the word lists in use as its prompts read them
     (committed or an experiment's; `lists_digest`) or, for a recall setting, its phrasings."""
-    job = OrganismBuild(asdict(spec), LR.lora_config(lora))
+    job = OrganismBuild(asdict(spec), LR.lora_config(lora) if spec.has_adapter else None)
     if spec.family == "recall":  # recall prompts use no word list: their phrasings instead
         job.spec["recall_prompts"] = P.recall_phrasings()
     else:
@@ -90,7 +91,7 @@ def build_organisms(cfg: Any, ckpt: Path, log: Any) -> list[StageRecord]:
         def train(tmp: Path, spec: OrganismSpec = spec, job: OrganismBuild = job,
                   trig: Any = trig) -> None:
             spec = OrganismSpec(**asdict(spec))
-            if spec.has_adapter:
+            if job.lora is not None:
                 data = LR.examples(spec, trig, job.lora, _hard(hf, tok, trig, job.lora, log))
                 clean = [e for e in data if not e.poisoned and not e.anchor]
                 for e, r in zip(clean, base.get(hf, tok, [e.prompt for e in clean],
