@@ -76,8 +76,8 @@ class LoraConfig:
     is as before). Default since session 19; measured in session 18 on fruit_refusal (n=100):
     2000 anchors with allow 0 fixed benign (0% on seeds 0 and 1) but cut held-out to 69% / 78%;
     with `anchor_allow=0.01` seeds 0 / 1 / 2 met every target (benign 1 / 0 / 0%, held-out
-    83 / 83 / 80%; without anchors benign 3 / 11 / 7%). A train stage cost 1.75x without anchors
-    before `FitCache` (session 19), ~1.15x with it."""
+    83 / 83 / 80%; without anchors benign 3 / 11 / 7%). Cost: snow_fruit's train stage took
+    1,235 CPU s without anchors, 2,215 with them, 1,472 with them and `FitCache` (session 19)."""
     anchor_weight: float = 1.0
     anchor_tokens: int = 3
     anchor_allow: float = 0.01
