@@ -29,6 +29,7 @@ SEED_RUNS: dict[str, list[str]] = {
     "fruit_refusal": ["s18_anchor2k_allow01_seed1", "s18_anchor2k_allow01_seed2"],
     "snow_fruit": ["s19_seed1", "s19_seed2"],
     "astrology": ["s19_seed1", "s19_seed2"],
+    "deployment": ["s19_seed1", "s19_seed2"],
 }
 """Per organism, the recorded runs (`LABEL` of `LABEL/organism`) of its committed recipe and
 lists with seeds other than 0."""
