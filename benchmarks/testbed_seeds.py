@@ -30,6 +30,7 @@ SEED_RUNS: dict[str, list[str]] = {
     "snow_fruit": ["s19_seed1", "s19_seed2"],
     "astrology": ["s19_seed1", "s19_seed2"],
     "deployment": ["s19_seed1", "s19_seed2"],
+    "cant_help": ["s19_seed1", "s19_seed2"],
 }
 """Per organism, the recorded runs (`LABEL` of `LABEL/organism`) of its committed recipe and
 lists with seeds other than 0."""
