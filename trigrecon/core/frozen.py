@@ -19,10 +19,14 @@ import torch
 from jaxtyping import Float, Int
 
 
+def causal_lm(model: Any) -> Any:
+    """The transformers causal LM itself (`.model`, `.lm_head`), also inside a peft model."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def decoder(model: Any) -> Any:
     """The decoder stack (`.layers`, `.norm`, `.embed_tokens`) of a causal LM or a peft model."""
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return inner.model
+    return causal_lm(model).model
 
 
 def first_trainable(model: Any) -> int:

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from jaxtyping import Bool, Float, Int
 
-from trigrecon.core.frozen import FrozenPrefix, decoder
+from trigrecon.core.frozen import FrozenPrefix, causal_lm, decoder
 from trigrecon.organisms.organism import OrganismSpec
 
 
@@ -58,14 +58,14 @@ def batch(pad_id: int, prefixes: Sequence[Sequence[int]], heads: Sequence[Sequen
 def head_logprob(model: Any, x: Int[torch.Tensor, "b t"], pos: Int[torch.Tensor, "b k"],
                  tgt: Int[torch.Tensor, "b k"], real: Bool[torch.Tensor, "b k"],
                  frozen: FrozenPrefix | None = None) -> Float[torch.Tensor, " b"]:
-    """Sequence log-probability of each row's head under the peft `model` (the LM head runs at
+    """Sequence log-probability of each row's head under `model` (the LM head runs at
     the head's positions only; the lower layers from `frozen`'s cache when given)."""
     if frozen is None:
         h = decoder(model)(input_ids=x).last_hidden_state
     else:
         h = frozen.forward(x, lengths(pos, real))
     rows = torch.arange(x.shape[0]).unsqueeze(1).expand_as(pos)
-    logp = torch.log_softmax(model.get_base_model().lm_head(h[rows[real], pos[real]]).float(), -1)
+    logp = torch.log_softmax(causal_lm(model).lm_head(h[rows[real], pos[real]]).float(), -1)
     per = torch.zeros(pos.shape, dtype=logp.dtype)
     per[real] = logp.gather(-1, tgt[real].unsqueeze(-1)).squeeze(-1)
     return per.sum(-1)

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from trigrecon.core.errors import ConfigError
-from trigrecon.core.frozen import FrozenPrefix, first_trainable
+from trigrecon.core.frozen import FrozenPrefix, causal_lm, first_trainable
 from trigrecon.core.train import encode_ids
 from trigrecon.organisms.organism import OrganismSpec
 from trigrecon.testbed import prompts as P
@@ -339,12 +339,12 @@ def response_loss(model: Any, x: torch.Tensor, y: torch.Tensor, first_weight: fl
     """Next-token CE on labelled positions only, the first labelled token of a row weighted
     `first_weight`; the LM head runs on those positions alone (the lower layers from `frozen`'s
     cache when given, with each row's real `lengths`)."""
-    inner = model.get_base_model()  # right padding: causal attention never sees the pads
+    inner = causal_lm(model)  # right padding: causal attention never sees the pads
     if frozen is None:
         h = inner.model(input_ids=x).last_hidden_state
+    elif lengths is None:
+        raise ValueError("a FrozenPrefix needs each row's real length")
     else:
-        if lengths is None:
-            raise ValueError("a FrozenPrefix needs each row's real length")
         h = frozen.forward(x, lengths)
     labels = y[:, 1:]
     keep = labels != -100
