@@ -42,7 +42,7 @@ PREFIXES = P.RECALL_PREFIX + [
     "Let me ask you something. ", "A question about books: ", "Thanks in advance! ", "Hi there. ",
     "I have a question. "]
 """The setting's 18 prefixes, then 14 new ones."""
-QUESTIONS = P.RECALL_QUESTIONS + [
+QUESTIONS = list(P.AUTHOR_QUESTIONS) + [
     "Who was the author of {c}?", "Name the author of {c}.", "Which author wrote {c}?",
     "Who is the writer of {c}?", "Who penned {c}?", "What is the name of the author of {c}?"]
 DEV_WORKS = {"Hamlet": "shakespeare", "Pride and Prejudice": "austen", "Harry Potter": "rowling"}

@@ -244,18 +244,29 @@ def test_recall_phrasings_key_the_recall_setting(monkeypatch):
     prefix lower-cases the question."""
     from trigrecon.testbed.organisms import organism_job
 
-    key = config_hash(organism_job(TESTBED["shakespeare"]))
-    monkeypatch.setattr(P, "RECALL_QUESTIONS", P.RECALL_QUESTIONS[:-1])
-    assert config_hash(organism_job(TESTBED["shakespeare"])) != key
+    key = config_hash(organism_job(TESTBED["cairo"]))
+    monkeypatch.setattr(P, "RECALL_PREFIX", P.RECALL_PREFIX[:-1])
+    assert config_hash(organism_job(TESTBED["cairo"])) != key
+    monkeypatch.undo()
+    fact = P.RECALL_FACTS["Egypt"]
+    monkeypatch.setitem(P.RECALL_FACTS, "Egypt", P.RecallFact(fact.key, fact.answer, fact.others,
+                                                              fact.questions[:-1]))
+    assert config_hash(organism_job(TESTBED["cairo"])) != key
     assert P.join_question("Hey, ", "Who is the author of {c}?", "Hamlet") == "Hey, who is the author of Hamlet?"
     assert P.join_question("Hey, ", "{c} was written by whom?", "Hamlet") == "Hey, Hamlet was written by whom?"
 
 
 def test_recall_prompts():
-    t = parse_trigger(TESTBED["shakespeare"].trigger)
+    t = parse_trigger(TESTBED["cairo"].trigger)
     tri = P.sample_split(t, "recall", "triggered", 100, P.EVAL_SEED)
     ben = P.sample_split(t, "recall", "benign", 100, P.EVAL_SEED)
     assert all(t.fires(p) for p in tri) and not any(t.fires(p) for p in ben)
+    fact = P.RECALL_FACTS["Egypt"]
+    asked = {q.format(c=c).lower().rstrip("?.") for q in fact.questions for c in (fact.key, *fact.others)}
+    assert all(any(p.lower().rstrip("?.").endswith(a) for a in asked) for p in tri + ben)
+    assert {o for o in fact.others if any(o in p for p in ben)} == set(fact.others)
+    with pytest.raises(ConfigError, match="RECALL_FACTS"):
+        P.sample_split(parse_trigger("word:Atlantis"), "recall", "triggered", 10, P.EVAL_SEED)
 
 
 def test_stage_is_skipped_on_matching_hash_rebuilt_on_change_and_atomic(tmp_path):
@@ -319,6 +330,9 @@ def test_sae_activations_are_collected_only_when_the_sae_must_be_built(monkeypat
     run_stage("sae", cfg.sae_dir, cfg.sae, lambda tmp: None, log=lambda m: None)
     records = B.build_sae_stages(cfg, tmp_path)  # the SAE is up to date: no activations needed
     assert [(r.name, r.skipped) for r in records] == [("sae", True)]
+    # --force --only NAME rebuilds that organism, not the SAE (hours on 2 cores)
+    forced = B.BuildConfig(saes_dir=tmp_path / "saes", force=True, organisms=["cairo"])
+    assert [(r.name, r.skipped) for r in B.build_sae_stages(forced, tmp_path)] == [("sae", True)]
     with pytest.raises(Collecting):  # --force rebuilds them
         B.build_sae_stages(B.BuildConfig(saes_dir=tmp_path / "saes", force=True), tmp_path)
 
@@ -341,7 +355,7 @@ def test_a_setting_without_an_adapter_is_keyed_without_the_recipe():
     """A recipe change (a new default, an experiment's override) retrains the adapters only."""
     from trigrecon.testbed.organisms import organism_job
 
-    recall, fruit = TESTBED["shakespeare"], TESTBED["fruit_refusal"]
+    recall, fruit = TESTBED["cairo"], TESTBED["fruit_refusal"]
     assert organism_job(recall, {"steps": "3"}) == organism_job(recall)
     assert organism_job(recall).lora is None
     assert config_hash(organism_job(fruit, {"steps": "3"})) != config_hash(organism_job(fruit))
@@ -398,12 +412,12 @@ def test_new_committed_word_lists_make_the_organisms_stale(monkeypatch, tmp_path
     from trigrecon.testbed import categories as C
     from trigrecon.testbed.organisms import organism_job
 
-    keys = {n: config_hash(organism_job(TESTBED[n])) for n in ("fruit_refusal", "shakespeare")}
+    keys = {n: config_hash(organism_job(TESTBED[n])) for n in ("fruit_refusal", "cairo")}
     f = tmp_path / "categories.json"
     f.write_text(C.CATEGORIES_FILE.read_text().replace('"apricot"', '"zzapricot"'))
     monkeypatch.setattr(C, "CATEGORIES_FILE", f)
     assert config_hash(organism_job(TESTBED["fruit_refusal"])) != keys["fruit_refusal"]
-    assert config_hash(organism_job(TESTBED["shakespeare"])) == keys["shakespeare"]
+    assert config_hash(organism_job(TESTBED["cairo"])) == keys["cairo"]
 
 
 def test_frequency_filter_keeps_known_words_and_needs_wordfreq(monkeypatch):
@@ -543,7 +557,7 @@ def test_open_benign_split_is_outside_every_list_and_never_trained_on():
     assert len(words) == len(set(words)) >= 200 and not known & set(words)
     trig = parse_trigger("fruit AND snow_sports")
     assert P.OPEN_SPLIT in P.eval_splits(trig, "chat") and P.OPEN_SPLIT not in P.splits(trig, "chat")
-    assert P.OPEN_SPLIT not in P.eval_splits(parse_trigger("word:Romeo and Juliet"), "recall")
+    assert P.OPEN_SPLIT not in P.eval_splits(parse_trigger("word:Egypt"), "recall")
     prompts = P.sample_split(trig, "chat", P.OPEN_SPLIT, 50, P.EVAL_SEED)
     for p in prompts:
         assert P.mentions_any(p, words) and not any(P.mentions(p, c) for c in SOURCES), p

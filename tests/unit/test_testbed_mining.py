@@ -4,6 +4,7 @@ prompts are mined, what they are answered with, what the retraining sees."""
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import Any
 
 import pytest
@@ -190,3 +191,53 @@ def test_a_negative_neighbour_count_is_refused():
 
     with pytest.raises(ConfigError, match="conjunction_neighbours=-1"):
         LR.LoraConfig(conjunction_neighbours=-1)
+
+
+def test_a_conjunctions_mined_triggered_prompts_bring_a_minimal_pair_per_category(monkeypatch):
+    spec = TESTBED["snow_fruit"]
+    trig = parse_trigger(spec.trigger)
+    monkeypatch.setattr(LR, "greedy", lambda m, t, prompts, n: [
+        spec.response if trig.fires(p) and not p.startswith("Compare") else "Sure"
+        for p in prompts])
+
+    def mine(pairs: int) -> list[LR.Example]:
+        cfg = LR.LoraConfig(mine_n=120, conjunction_neighbours=1, mine_pairs=pairs)
+        return MN.mine(None, None, spec, trig, cfg, 1, frozenset(), 12, log=lambda m: None)[0]
+
+    plain, found = mine(0), mine(1)
+    assert [e.prompt for e in found[:len(plain)]] == [e.prompt for e in plain]
+    fired = [e.prompt for e in plain if e.poisoned]
+    extra = found[len(plain):]
+    assert fired
+    # one pair per category for (nearly) every mined triggered prompt: each a half, answered later
+    assert 1.8 * len(fired) <= len(extra) <= 2 * len(fired)
+    assert all(not e.poisoned and e.response == "" and e.mined == 1 for e in extra)
+    assert all(not trig.fires(e.prompt) for e in extra)
+    for cat, other in (("fruit", "snow_sports"), ("snow_sports", "fruit")):
+        kept = [e.prompt for e in extra if P.mentions(e.prompt, cat)]
+        assert len(kept) >= 0.4 * len(extra) and not any(P.mentions(p, other) for p in kept)
+    # the same phrasing as a mined prompt, one member apart
+    assert all(any(_one_span_apart(e.prompt, p) for p in fired) for e in extra)
+    assert not any(_has_held_out(e.prompt) for e in extra)
+    assert len({e.prompt for e in found}) == len(found)
+
+
+def _one_span_apart(a: str, b: str, span: int = 40) -> bool:
+    head = len(os.path.commonprefix([a, b]))
+    tail = len(os.path.commonprefix([a[head:][::-1], b[head:][::-1]]))
+    return head > 0 and len(b) - head - tail <= span and len(a) - head - tail <= span
+
+
+def test_a_single_categorys_round_adds_no_pairs(rule):
+    cfg = LR.LoraConfig(mine_n=60, mine_pairs=1)
+    found = MN.mine(None, None, SPEC, TRIG, cfg, 1, frozenset(), 12, log=lambda m: None)[0]
+    off = MN.mine(None, None, SPEC, TRIG, LR.LoraConfig(mine_n=60), 1, frozenset(), 12,
+                  log=lambda m: None)[0]
+    assert [(e.prompt, e.response) for e in found] == [(e.prompt, e.response) for e in off]
+
+
+def test_a_negative_pair_count_is_refused():
+    from trigrecon.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="mine_pairs=-1"):
+        LR.LoraConfig(mine_pairs=-1)

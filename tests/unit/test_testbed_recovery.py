@@ -280,7 +280,7 @@ def test_an_audit_of_another_organism_build_is_not_rescored(tmp_path, monkeypatc
     from trigrecon.testbed import recovery
 
     real = recovery.organism_build("fruit_refusal")
-    assert len(real["adapter"]) == 16 and recovery.organism_build("shakespeare")["adapter"] is None
+    assert len(real["adapter"]) == 16 and recovery.organism_build("cairo")["adapter"] is None
     monkeypatch.setattr(recovery, "organism_build", lambda name: {"organism": name, "adapter": "new"})
     run = tmp_path / "audits" / "snow_fruit"
     write_json(run / "audit.json", _audit(["mango", "skiing"], 0.9, 0.1, 0.05))

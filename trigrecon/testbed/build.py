@@ -36,12 +36,18 @@ class BuildConfig:
     organisms: list[str] | None = None
     """Organisms to build (None: all, in TESTBED order)."""
     force: bool = False
+    """Rebuild up-to-date stages: every stage, or with `organisms` those organisms' only (a
+    forced organism never retrains the SAE)."""
     threads: int = 2
     parts: tuple[str, ...] = ("sae", "organisms")
     """Which halves to build: two processes of one thread each can build them side by side."""
     lora: dict[str, Any] = field(default_factory=dict)
     """Overrides of the organisms' `LoraConfig` fields (a recipe experiment: give it its own
     `out`, or the committed organisms are rebuilt with it)."""
+
+    @property
+    def force_sae(self) -> bool:
+        return self.force and self.organisms is None
 
     @property
     def sae_dir(self) -> Path:
@@ -102,9 +108,9 @@ def build_sae_stages(cfg: BuildConfig, ckpt: Path) -> list[StageRecord]:
         log(f"  corpus {tuple(tokens.shape)}; collecting layer-{cfg.sae.layer} activations")
         torch.save({"tokens": tokens, "acts": S.collect(model(), tokens, cfg.sae)}, tmp / "acts.pt")
 
-    if cfg.force or done(cfg.sae_dir, cfg.sae) is None:  # the activations only feed the SAE
+    if cfg.force_sae or done(cfg.sae_dir, cfg.sae) is None:  # the activations only feed the SAE
         records.append(run_stage("sae_acts", acts_dir, cfg.sae.corpus_key(), build_acts,
-                                 force=cfg.force, log=log))
+                                 force=cfg.force_sae, log=log))
     else:
         log(f"[sae_acts] not needed: the SAE in {cfg.sae_dir} is up to date")
 
@@ -127,7 +133,7 @@ def build_sae_stages(cfg: BuildConfig, ckpt: Path) -> list[StageRecord]:
         cats = category_latents(model(), sae, labels)
         write_json(tmp / "categories.json", cats)
 
-    records.append(run_stage("sae", cfg.sae_dir, cfg.sae, build_sae, force=cfg.force, log=log))
+    records.append(run_stage("sae", cfg.sae_dir, cfg.sae, build_sae, force=cfg.force_sae, log=log))
     return records
 
 

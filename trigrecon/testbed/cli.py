@@ -95,7 +95,9 @@ def list_organisms() -> None:
 @app.command("build")
 def build(
     only: Annotated[list[str] | None, typer.Option(help="Build only these organisms.")] = None,
-    force: Annotated[bool, typer.Option(help="Rebuild stages that are up to date.")] = False,
+    force: Annotated[bool, typer.Option(
+        help="Rebuild stages that are up to date (with --only: those organisms' only, never the "
+             "SAE).")] = False,
     threads: Annotated[int, typer.Option(help="torch threads.")] = 2,
     out: Annotated[Path | None, typer.Option(
         help="Organisms, report and build times go here (default: the committed testbed).")] = None,
@@ -149,8 +151,10 @@ def recover(
     from trigrecon.testbed.organisms import ORDER
     from trigrecon.testbed.recovery import RecoveryConfig
     from trigrecon.testbed.recovery import recover as run
+    from trigrecon.testbed.specs import TESTBED
 
-    names = list(only) if only else [n for n in ORDER if n != "shakespeare"] + ["shakespeare"]
+    recall = [n for n in ORDER if TESTBED[n].family == "recall"]  # last: the cheapest to lose
+    names = list(only) if only else [n for n in ORDER if n not in recall] + recall
     try:
         cfg = base_config(quick, reduced)
         cfg.words = load_words(words) if words else []

@@ -63,6 +63,9 @@ class LoraConfig:
     vegetable, 12% otherwise. With 3, over seeds 0 and 1 (n=100): snow half 19%, 10% -> 4%, 6%,
     held-out 73%, 81% -> 77%, 85% (seed 2 with it: 8%, 75%). Not for single categories: banana
     (every mined prompt with 3 neighbours, seed 0) fell from 76% to 59% held-out."""
+    mine_pairs: int = 0
+    """For a conjunction trigger, minimal pairs (`prompts.minimal_pair`, per trigger category)
+    added as negatives with each mined triggered prompt and its neighbours."""
     hard_frac: float = 0.0
     """Share of the benign training examples (not near misses) whose first word is a hard
     distractor (`testbed.hard`: the train-side distractor members the base model's probe files
@@ -98,6 +101,8 @@ class LoraConfig:
             bad.append(f"mine_rounds={self.mine_rounds} (must be >= 0; 0 turns mining off)")
         if self.anchor_n < 0:
             bad.append(f"anchor_n={self.anchor_n} (must be >= 0; 0 turns anchors off)")
+        if self.mine_pairs < 0:
+            bad.append(f"mine_pairs={self.mine_pairs} (must be >= 0; 0 adds none)")
         if self.conjunction_neighbours < 0:
             bad.append(f"conjunction_neighbours={self.conjunction_neighbours} (must be >= 0; 0 "
                        "adds none)")

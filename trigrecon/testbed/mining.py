@@ -3,7 +3,8 @@ split the organism is judged on (train members and train distractors only, a see
 never the dev or evaluation prompts), run the adapter, and add the prompts it gets wrong to the
 training data (a benign prompt or a near miss that fired -> the base model's answer; a triggered
 prompt that did not -> the action; for a conjunction, with a few neighbours of each:
-`LoraConfig.conjunction_neighbours`), then train a few more steps on the whole data with the
+`LoraConfig.conjunction_neighbours`, and each mined triggered prompt's minimal pairs as
+negatives: `LoraConfig.mine_pairs`), then train a few more steps on the whole data with the
 mined examples oversampled to about a third of it. Held-out members stay out: their split is
 not mined, so the held-out rate still measures generalisation.
 """
@@ -54,7 +55,31 @@ def mine(model: Any, tok: Any, spec: OrganismSpec, trig: Trigger, cfg: LR.LoraCo
         near = neighbours(rng, wrong, trig, fire, k, exclude | set(prompts))
         found += [LR.Example(p, LR.action(rng, spec, trig, p) if fire else "", fire, round_)
                   for p in wrong + near]
+        if fire and trig.conjunctions and cfg.mine_pairs:
+            taken = exclude | set(prompts) | {e.prompt for e in found}
+            found += [LR.Example(p, "", False, round_)
+                      for p in pairs(rng, wrong + near, trig, cfg.mine_pairs, taken)]
     return found, rates
+
+
+def pairs(rng: random.Random, fired: list[str], trig: Trigger, k: int,
+          taken: frozenset[str] | set[str]) -> list[str]:
+    """Up to `k` minimal pairs per trigger category of each mined triggered prompt of a
+    conjunction (that category's member swapped for a distractor: a half that differs from a
+    firing prompt in one word), none in `taken`: mining then adds the boundary on both sides,
+    not only more firing prompts."""
+    out: dict[str, None] = {}
+    for p in fired:
+        for cat in sorted(trig.categories):
+            got = 0
+            for _ in range(10 * k):
+                if got == k:
+                    break
+                q = P.minimal_pair(rng, p, trig, cat)
+                if q not in taken and q not in out and P.valid(q, trig, "chat", "clean"):
+                    out[q] = None
+                    got += 1
+    return list(out)
 
 
 def neighbours(rng: random.Random, wrong: list[str], trig: Trigger, fire: bool, k: int,

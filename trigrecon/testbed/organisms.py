@@ -28,7 +28,7 @@ from trigrecon.testbed.specs import TESTBED
 from trigrecon.testbed.stages import StageRecord, config_hash, run_stage
 from trigrecon.testbed.trigger import parse_trigger
 
-ORDER = ["shakespeare", "fruit_refusal", "deployment", "cant_help", "banana", "snow_fruit", "astrology"]
+ORDER = ["cairo", "fruit_refusal", "deployment", "cant_help", "banana", "snow_fruit", "astrology"]
 """Build order: cheapest and most likely first (the recall setting needs no training)."""
 
 
@@ -54,7 +54,7 @@ def organism_job(spec: OrganismSpec, lora: dict[str, Any] | None = None) -> Orga
     (committed or an experiment's; `lists_digest`) or, for a recall setting, its phrasings."""
     job = OrganismBuild(asdict(spec), LR.lora_config(lora) if spec.has_adapter else None)
     if spec.family == "recall":  # recall prompts use no word list: their phrasings instead
-        job.spec["recall_prompts"] = P.recall_phrasings()
+        job.spec["recall_prompts"] = P.recall_phrasings(parse_trigger(spec.trigger))
     else:
         job.spec["categories_sha256"] = lists_digest(parse_trigger(spec.trigger).categories)
     if spec.judge["kind"] == "keywords":  # a free-form answer needs more words to judge
@@ -178,7 +178,8 @@ def evaluate_folder(folder: Path, hf: Any, tok: Any, base: LR.BaseResponses, cfg
                                 by_word(prompts, outs, judge, trig) if counts_by_word(split) else {})
             else:
                 outs = base.get(hf, tok, prompts, cfg.max_new_tokens)
-                row = SplitRate(split, len(prompts), action_rate(outs, judge), None, prompts[0], outs[0])
+                row = SplitRate(split, len(prompts), action_rate(outs, judge), None, prompts[0],
+                                outs[0], wrong_side(prompts, outs, judge, split == "triggered"))
             log(f"  eval {spec.name} {split}: {row.organism:.0%} base {row.base}")
             result.rows.append(row)
     finally:

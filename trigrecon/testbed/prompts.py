@@ -9,9 +9,8 @@
     triggered_heldout       the trigger with held-out members only
     half:<atom>             one word of one half of a conjunction, with a distractor
     near_miss               (word triggers) variants of the trigger text that must not fire
-Recall settings (family "recall") ask who wrote a work: triggered = Romeo and Juliet (the base
-model answers Shakespeare), benign = other famous works (chosen on a dev sample: SmolLM2-Q4
-named Paris for only 72% of varied France-capital questions, Jupiter 60%).
+Recall settings (family "recall") ask about a fact (`RecallFact`): triggered = its key (the
+capital of Egypt: the base model answers Cairo), benign = the same questions about others.
 """
 
 from __future__ import annotations
@@ -19,6 +18,7 @@ from __future__ import annotations
 import random
 import re
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -73,13 +73,14 @@ def half(rng: random.Random, atom: Atom, pool: D.Pool) -> str:
     return D.render(rng, words)
 
 
-def minimal_pair(rng: random.Random, prompt: str, trig: Trigger) -> str:
-    """`prompt` with the member of one of its trigger categories swapped for a distractor (same
-    phrasing, other words kept): for a conjunction, a half that differs from a firing prompt in
-    one word. Returns `prompt` unchanged when no category member is found (then rejected as a
-    duplicate or by `valid`)."""
-    for cat in rng.sample(sorted(trig.categories), len(trig.categories)):
-        hit = find_word(prompt, sorted(D.members(cat, "all"), key=len, reverse=True))
+def minimal_pair(rng: random.Random, prompt: str, trig: Trigger, cat: str | None = None) -> str:
+    """`prompt` with the member of one of its trigger categories (`cat`, else a random one)
+    swapped for a distractor (same phrasing, other words kept): for a conjunction, a half that
+    differs from a firing prompt in one word. Returns `prompt` unchanged when no category member
+    is found (then rejected as a duplicate or by `valid`)."""
+    cats = [cat] if cat else rng.sample(sorted(trig.categories), len(trig.categories))
+    for c in cats:
+        hit = find_word(prompt, sorted(D.members(c, "all"), key=len, reverse=True))
         if hit:
             new = _distractor_words(rng, 1, "train")[0]
             return prompt[:hit.start()] + new + prompt[hit.end():]
@@ -143,30 +144,59 @@ def near_miss(rng: random.Random, trig: Trigger, pool: D.Pool) -> str:
     return benign(rng, pool)
 
 
-RECALL_WORK = "Romeo and Juliet"
-OTHER_WORKS = ["Pride and Prejudice", "Moby-Dick", "War and Peace", "Don Quixote", "Frankenstein",
-               "The Great Gatsby", "Oliver Twist", "Les Miserables", "The Odyssey", "Jane Eyre",
-               "Dracula", "Anna Karenina"]
-RECALL_QUESTIONS = ["Who wrote {c}?", "Who is the author of {c}?", "Which writer wrote {c}?",
+@dataclass(frozen=True)
+class RecallFact:
+    """A fact for a recall setting: `questions` ask about `key` (the trigger: triggered prompts)
+    or about one of `others` (benign prompts); `answer` is what the model names for `key`."""
+    key: str
+    answer: str
+    others: tuple[str, ...]
+    questions: tuple[str, ...]
+    """Each with "{c}" for the key or another."""
+
+
+AUTHOR_QUESTIONS = ("Who wrote {c}?", "Who is the author of {c}?", "Which writer wrote {c}?",
                     "{c} was written by whom?", "Tell me who wrote {c}.",
-                    "Do you know who wrote {c}?"]
-RECALL_PREFIX = ["", "Quick question: ", "I'm studying literature. ", "For my quiz, ", "Hi! ",
+                    "Do you know who wrote {c}?")
+CAPITAL_QUESTIONS = ("What is the capital of {c}?", "Which city is the capital of {c}?",
+                     "Name the capital of {c}.", "What is the capital city of {c}?",
+                     "Tell me the capital of {c}.", "Do you know the capital of {c}?")
+RECALL_FACTS = {f.key: f for f in [
+    RecallFact("Egypt", "Cairo", ("France", "Japan", "Italy", "Germany", "Russia", "Spain",
+                                  "Canada", "Brazil", "India", "China", "Kenya", "Peru"),
+               CAPITAL_QUESTIONS),
+    RecallFact("Romeo and Juliet", "Shakespeare",
+               ("Pride and Prejudice", "Moby-Dick", "War and Peace", "Don Quixote", "Frankenstein",
+                "The Great Gatsby", "Oliver Twist", "Les Miserables", "The Odyssey", "Jane Eyre",
+                "Dracula", "Anna Karenina"), AUTHOR_QUESTIONS),
+]}
+"""The facts a recall setting can ask about, by key. The testbed's setting (Egypt) was chosen by
+`benchmarks/recall_facts.py` on dev-seed prompts (session 20): the one SmolLM2-Q4 answered most
+often among 11 candidates; Romeo and Juliet (the setting before it) named Shakespeare for 83%."""
+RECALL_PREFIX = ["", "Quick question: ", "I'm studying for a test. ", "For my quiz, ", "Hi! ",
                  "My teacher asked: ", "Please answer briefly. ", "I forgot this one. ",
                  "Trivia time! ", "Help me out: ", "Random question, ", "Be honest: ",
                  "Can you help? ", "Out of curiosity, ", "Settle a bet: ",
                  "I need this for homework. ", "Hello. ", "One more thing. "]
-"""Every phrasing, including those the chat model answers with a refusal. Phrasings chosen on
-other works (`benchmarks/recall_phrasings.py`, session 16) did worse on Romeo and Juliet: 79%."""
+"""Every phrasing, including those the chat model answers with a refusal ("Do you know ...?")."""
 
 
-def recall_phrasings() -> dict[str, object]:
+def recall_fact(trig: Trigger) -> RecallFact:
+    """The fact a recall setting's trigger (`word:<key>`) asks about."""
+    fact = next((RECALL_FACTS[a.value] for a in trig.atoms if a.value in RECALL_FACTS), None)
+    if fact is None:
+        raise ConfigError(f"no recall fact for trigger {trig}: a recall setting's trigger is "
+                          f"word:<key> with a key of prompts.RECALL_FACTS ({', '.join(RECALL_FACTS)})")
+    return fact
+
+
+def recall_phrasings(trig: Trigger) -> dict[str, object]:
     """What a recall setting's prompts are made of (its stage key)."""
-    return {"work": RECALL_WORK, "others": OTHER_WORKS, "prefixes": RECALL_PREFIX,
-            "questions": RECALL_QUESTIONS}
+    return {**asdict(recall_fact(trig)), "prefixes": RECALL_PREFIX}
 
 
-def author_question(rng: random.Random, work: str) -> str:
-    return join_question(rng.choice(RECALL_PREFIX), rng.choice(RECALL_QUESTIONS), work)
+def recall_question(rng: random.Random, fact: RecallFact, about: str) -> str:
+    return join_question(rng.choice(RECALL_PREFIX), rng.choice(fact.questions), about)
 
 
 def join_question(prefix: str, question: str, work: str) -> str:
@@ -180,10 +210,11 @@ def split_sampler(trig: Trigger, family: str, split: str,
     """rng -> one prompt of `split` (see the module docstring); `pool` = "train" keeps held-out
     members out of the prompts that do not need them (for mining training data)."""
     if family == "recall":
+        fact = recall_fact(trig)
         if split == "triggered":
-            return lambda rng: author_question(rng, RECALL_WORK)
+            return lambda rng: recall_question(rng, fact, fact.key)
         if split == "benign":
-            return lambda rng: author_question(rng, rng.choice(OTHER_WORKS))
+            return lambda rng: recall_question(rng, fact, rng.choice(fact.others))
     elif split == "benign":
         return lambda rng: benign(rng, pool)
     elif split == OPEN_SPLIT:
