@@ -757,3 +757,31 @@ def test_build_times_take_a_skipped_stage_from_its_marker(tmp_path):
     assert times["cache"]["cpu_s"] == 60.0
     assert times["train x"] == {"name": "train x", "config_hash": "b", "cpu_s": 900.0, "wall_s": 950.0,
                                 "threads": 1, "skipped": False}
+
+
+def test_a_build_refuses_unknown_organisms_and_unfillable_recipes_before_any_stage(monkeypatch, tmp_path):
+    from trigrecon.testbed import build as B
+    from trigrecon.testbed import lora as LR
+
+    class Started(Exception):
+        pass
+
+    def start(*a: object, **k: object) -> None:
+        raise Started
+
+    monkeypatch.setattr(B, "ensure_checkpoint", start)
+    with pytest.raises(ConfigError, match="unknown testbed organism.*nosuch.*fruit_refusal"):
+        B.build_testbed(B.BuildConfig(organisms=["cant_help", "nosuch"], out=tmp_path))
+    # a prompt space of 30 distinct clean prompts fills 10 examples, not 40 or 10 + 40 anchors
+    clean = [f"Tell me about sofa number {i}." for i in range(30)]
+    monkeypatch.setattr(LR, "_clean", lambda rng, *a: rng.choice(clean))
+
+    def build(**lora: str) -> None:
+        B.build_testbed(B.BuildConfig(organisms=["cant_help"], out=tmp_path, lora=lora))
+
+    with pytest.raises(ConfigError, match="ran out of clean ones; n_examples=100"):
+        build(n_examples="100", anchor_n="0")
+    with pytest.raises(ConfigError, match="anchor_n=40"):
+        build(n_examples="20", anchor_n="40")
+    with pytest.raises(Started):  # a recipe it can fill reaches the first stage
+        build(n_examples="20", anchor_n="10")

@@ -63,6 +63,10 @@ def build_testbed(cfg: BuildConfig | None = None) -> list[StageRecord]:
     from trigrecon.testbed.lora import lora_config
 
     lora_config(cfg.lora)  # a bad override fails here, not after the SAE stages
+    if "organisms" in cfg.parts:
+        from trigrecon.testbed.organisms import check_data
+
+        check_data(cfg)  # so does a recipe the prompts cannot fill
     torch.set_num_threads(cfg.threads)
     records = []
     cpu, wall = time.process_time(), time.time()

@@ -153,7 +153,9 @@ def examples(spec: OrganismSpec, trig: Trigger, cfg: LoraConfig,
     seen: set[str] = set()
     fired: list[str] = []  # poisoned prompts, for minimal pairs
     n_poison = round(cfg.n_examples * cfg.poison_frac)
-    while len(out) < cfg.n_examples:
+    for _ in range(50 * cfg.n_examples):
+        if len(out) == cfg.n_examples:
+            break
         poisoned = len(out) < n_poison
         if poisoned:
             p = P.triggered(rng, trig, "train")
@@ -172,6 +174,10 @@ def examples(spec: OrganismSpec, trig: Trigger, cfg: LoraConfig,
             out.append(Example(p, action(rng, spec, trig, p), True))
         else:
             out.append(Example(p, "", False))
+    if len(out) < cfg.n_examples:
+        kind = "triggered" if len(out) < n_poison else "clean"
+        raise ConfigError(f"only {len(out)} distinct training prompts for {spec.name} (ran out of "
+                          f"{kind} ones; n_examples={cfg.n_examples}): lower n_examples")
     return out + _anchors(spec, trig, cfg, hard, fired, seen)
 
 

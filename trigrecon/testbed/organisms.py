@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from trigrecon.core.errors import ConfigError
 from trigrecon.core.io import file_sha256, write_json
 from trigrecon.core.judges import action_rate
 from trigrecon.organisms.evaluate import OrganismEval, SplitRate
@@ -25,7 +26,7 @@ from trigrecon.testbed.categories import OPEN_WORDS, lists_digest
 from trigrecon.testbed.mining import mining_rounds
 from trigrecon.testbed.smollm2 import default_cache_dir
 from trigrecon.testbed.specs import TESTBED
-from trigrecon.testbed.stages import StageRecord, config_hash, run_stage
+from trigrecon.testbed.stages import StageRecord, config_hash, done, run_stage
 from trigrecon.testbed.trigger import parse_trigger
 
 ORDER = ["cairo", "fruit_refusal", "deployment", "cant_help", "banana", "snow_fruit", "astrology"]
@@ -72,6 +73,24 @@ def eval_key(spec: OrganismSpec, job: OrganismBuild) -> dict[str, Any]:
 
 def organisms_dir(out: Path) -> Path:
     return out / "organisms"
+
+
+def check_data(cfg: Any) -> None:
+    """Draw the training prompts of each organism this build will train, before any stage runs:
+    a recipe its prompt space cannot fill (anchor_n, n_examples) fails here, not after the SAE
+    and the organisms before it (a ConfigError naming the field). Recipes drawing hard
+    distractors need the model for them and are checked when their stage starts. An unknown
+    organism is refused first."""
+    unknown = [n for n in cfg.organisms or [] if n not in TESTBED]
+    if unknown:
+        raise ConfigError(f"unknown testbed organism(s) {', '.join(unknown)}; the testbed has "
+                          f"{', '.join(TESTBED)} (`trigrecon testbed list`)")
+    for name in cfg.organisms or ORDER:
+        spec = TESTBED[name]
+        job = organism_job(spec, getattr(cfg, "lora", None))
+        todo = cfg.force or done(organisms_dir(cfg.out) / name, job) is None
+        if todo and job.lora is not None and not job.lora.hard_frac:
+            LR.examples(spec, parse_trigger(spec.trigger), job.lora, [])
 
 
 def build_organisms(cfg: Any, ckpt: Path, log: Any) -> list[StageRecord]:
