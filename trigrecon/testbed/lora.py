@@ -65,7 +65,9 @@ class LoraConfig:
     (every mined prompt with 3 neighbours, seed 0) fell from 76% to 59% held-out."""
     mine_pairs: int = 0
     """For a conjunction trigger, minimal pairs (`prompts.minimal_pair`, per trigger category)
-    added as negatives with each mined triggered prompt and its neighbours."""
+    added as negatives with each mined triggered prompt and its neighbours. Off: at 1 (session
+    20, snow_fruit, n=100) the snow half went 9% -> 5% (seed 0) and 2% -> 3% (seed 1), but the
+    held-out rate 81% -> 66% and 67% -> 62%: it trades generalisation for selectivity."""
     hard_frac: float = 0.0
     """Share of the benign training examples (not near misses) whose first word is a hard
     distractor (`testbed.hard`: the train-side distractor members the base model's probe files
