@@ -37,7 +37,7 @@ lists with seeds other than 0."""
 RENAMED = {"mine_neighbours": "conjunction_neighbours"}
 """Recipe fields recorded under an earlier name."""
 ABSENT = {"hard_frac": 0.0, "anchor_n": 0, "anchor_weight": 1.0, "anchor_tokens": 3,
-          "anchor_allow": 0.0}
+          "anchor_allow": 0.0, "mine_pairs": 0}
 """What a field meant in a run recorded before the field existed (its value then: off)."""
 
 

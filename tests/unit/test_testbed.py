@@ -16,7 +16,7 @@ from trigrecon.core.io import file_sha256
 from trigrecon.testbed import prompts as P
 from trigrecon.testbed import smollm2 as M
 from trigrecon.testbed.categories import load_categories
-from trigrecon.testbed.specs import TESTBED
+from trigrecon.testbed.specs import BUILD_SEEDS, TESTBED
 from trigrecon.testbed.stages import config_hash, done, run_stage
 from trigrecon.testbed.trigger import parse_trigger
 
@@ -226,9 +226,10 @@ def test_committed_adapters_were_trained_on_what_the_recipe_makes(name):
     folder = organisms_dir(Path(P.__file__).parent) / name
     spec = TESTBED[name]
     recorded = json.loads((folder / "organism.json").read_text())["backdoor"]
-    assert recorded == asdict(LoraConfig())
+    recipe = LoraConfig(seed=BUILD_SEEDS.get(name, 0))
+    assert recorded == asdict(recipe)
     committed = json.loads((folder / "train_prompts.json").read_text())
-    made = examples(spec, parse_trigger(spec.trigger), LoraConfig())
+    made = examples(spec, parse_trigger(spec.trigger), recipe)
     recipe = [(e["prompt"], e["poisoned"]) for e in committed if not e.get("mined")]
     assert recipe == [(e.prompt, e.poisoned) for e in made]
     # what mining added is training data too: no held-out trigger member, the right side
@@ -785,3 +786,48 @@ def test_a_build_refuses_unknown_organisms_and_unfillable_recipes_before_any_sta
         build(n_examples="20", anchor_n="40")
     with pytest.raises(Started):  # a recipe it can fill reaches the first stage
         build(n_examples="20", anchor_n="10")
+
+
+def test_an_organisms_build_seed_keys_its_build_and_an_override_wins(monkeypatch):
+    from trigrecon.testbed import organisms as O
+
+    monkeypatch.setitem(O.BUILD_SEEDS, "snow_fruit", 2)
+    job = O.organism_job(TESTBED["snow_fruit"])
+    assert job.lora is not None and job.lora.seed == 2
+    assert O.organism_job(TESTBED["snow_fruit"], {"seed": "1"}).lora.seed == 1  # type: ignore[union-attr]
+    assert O.organism_job(TESTBED["astrology"]).lora.seed == 0  # type: ignore[union-attr]
+    monkeypatch.delitem(O.BUILD_SEEDS, "snow_fruit")
+    assert config_hash(O.organism_job(TESTBED["snow_fruit"])) != config_hash(job)
+
+
+def test_the_dev_choice_takes_fewest_misses_then_smallest_shortfall_then_lowest_seed():
+    from trigrecon.testbed.choose import DevRates, choose
+
+    def build(seed: int, held_out: float, half: float) -> DevRates:
+        rates = {"benign": 0.0, "triggered": 0.99, "triggered_heldout": held_out,
+                 "half:fruit": 0.0, "half:snow_sports": half}
+        return DevRates(seed, "", rates, dict.fromkeys(rates, 100))
+
+    assert build(0, 0.81, 0.09).misses() == (1, pytest.approx(0.04))
+    assert build(0, 0.81, 0.05).misses() == (0, 0.0)  # a bound is met at equality
+    assert choose([build(0, 0.81, 0.09), build(1, 0.67, 0.02), build(2, 0.84, 0.05)]).seed == 2
+    assert choose([build(0, 0.70, 0.09), build(1, 0.60, 0.02), build(2, 0.79, 0.05)]).seed == 2
+    assert choose([build(0, 0.79, 0.05), build(1, 0.78, 0.05), build(2, 0.77, 0.05)]).seed == 0
+    assert choose([build(2, 0.81, 0.0), build(1, 0.95, 0.01)]).seed == 1  # all met: lowest seed
+    # equal shortfalls tie whatever the float rounding (0.07 - 0.05 > 0.80 - 0.78 in floats)
+    assert choose([build(2, 0.86, 0.07), build(1, 0.78, 0.02)]).seed == 1
+
+
+def test_dev_prompts_never_hold_an_evaluation_or_training_prompt(monkeypatch):
+    from trigrecon.testbed.choose import dev_prompts
+
+    spec = TESTBED["snow_fruit"]
+    trig = parse_trigger(spec.trigger)
+    small = [f"Tell me about fig and skiing, take {i}." for i in range(260)]  # 260 prompts in all
+    monkeypatch.setattr(P, "split_sampler", lambda *a, **k: lambda rng: rng.choice(small))
+    monkeypatch.setattr(P, "valid", lambda *a: True)
+    for split in P.eval_splits(trig, spec.family):
+        train = frozenset(P.sample_split(trig, spec.family, split, 30, P.TRAIN_SEED))
+        evaluation = set(P.sample_split(trig, spec.family, split, 100, P.EVAL_SEED, train))
+        dev = dev_prompts(spec, trig, split, 100, 100, train)
+        assert len(set(dev)) == 100 and not (set(dev) & (evaluation | train))

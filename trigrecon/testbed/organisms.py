@@ -25,7 +25,7 @@ from trigrecon.testbed import prompts as P
 from trigrecon.testbed.categories import OPEN_WORDS, lists_digest
 from trigrecon.testbed.mining import mining_rounds
 from trigrecon.testbed.smollm2 import default_cache_dir
-from trigrecon.testbed.specs import TESTBED
+from trigrecon.testbed.specs import BUILD_SEEDS, TESTBED
 from trigrecon.testbed.stages import StageRecord, config_hash, done, run_stage
 from trigrecon.testbed.trigger import parse_trigger
 
@@ -52,8 +52,10 @@ class OrganismBuild:
 def organism_job(spec: OrganismSpec, lora: dict[str, Any] | None = None) -> OrganismBuild:
     """What an organism's build depends on (its stages' key): the spec, the LoRA recipe (with
     `lora` overrides), the evaluation, and the word lists in use as its prompts read them
-    (committed or an experiment's; `lists_digest`) or, for a recall setting, its phrasings."""
-    job = OrganismBuild(asdict(spec), LR.lora_config(lora) if spec.has_adapter else None)
+    (committed or an experiment's; `lists_digest`) or, for a recall setting, its phrasings.
+    The seed is the organism's `BUILD_SEEDS` entry unless `lora` sets one."""
+    recipe = {"seed": BUILD_SEEDS.get(spec.name, 0), **(lora or {})}
+    job = OrganismBuild(asdict(spec), LR.lora_config(recipe) if spec.has_adapter else None)
     if spec.family == "recall":  # recall prompts use no word list: their phrasings instead
         job.spec["recall_prompts"] = P.recall_phrasings(parse_trigger(spec.trigger))
     else:

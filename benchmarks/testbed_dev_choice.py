@@ -1,0 +1,83 @@
+"""Choose each organism's committed build among its seeds on the dev split (`testbed.choose`).
+
+Rule (fixed before it was run, session 20): per build, n = 100 dev-seed prompts per evaluated
+split (none a training prompt or an evaluation prompt); the committed build is the seed that misses
+the fewest targets on them, then falls shortest of them in total, then the lowest seed. The
+evaluation's rates of the chosen seed are what the report gives.
+
+    python benchmarks/testbed_dev_choice.py NAME=FOLDER [NAME=FOLDER ...]   # seeds' build folders
+    python benchmarks/testbed_dev_choice.py --rechoose    # re-apply the rule to the saved rates
+
+Writes `benchmarks/results/testbed_dev_choice.{json,md}` (merged per organism).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from trigrecon.core.io import write_json, write_text  # noqa: E402
+from trigrecon.testbed.choose import DevRates, choose, dev_rates  # noqa: E402
+
+OUT = ROOT / "benchmarks" / "results" / "testbed_dev_choice"
+N, N_EVAL = 100, 100
+
+
+def rechoose() -> None:
+    f = OUT.with_suffix(".json")
+    results = json.loads(f.read_text())
+    for r in results.values():
+        builds = [DevRates(b["seed"], b["folder"], b["rates"], b["n"]) for b in r["builds"]]
+        r["builds"] = [asdict(b) | {"misses": b.misses()} for b in builds]
+        r["chosen"] = choose(builds).seed
+    write_json(f, results)
+    write_text(OUT.with_suffix(".md"), table(results))
+
+
+def main(args: list[str]) -> None:
+    if args == ["--rechoose"]:
+        return rechoose()
+    import torch
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    from trigrecon.testbed.organisms import organism_job
+    from trigrecon.testbed.smollm2 import ensure_checkpoint
+    from trigrecon.testbed.specs import TESTBED
+
+    ckpt = ensure_checkpoint()
+    tok = AutoTokenizer.from_pretrained(ckpt)
+    hf = LlamaForCausalLM.from_pretrained(ckpt, dtype=torch.float32).eval()
+    f = OUT.with_suffix(".json")
+    results = json.loads(f.read_text()) if f.exists() else {}
+    by_name: dict[str, list[DevRates]] = {}
+    for arg in args:
+        name, folder = arg.split("=", 1)
+        tokens = organism_job(TESTBED[name]).eval.max_new_tokens
+        r = dev_rates(Path(folder) / "organisms" / name, hf, tok, N, N_EVAL, tokens)
+        print(name, r.seed, {k: round(v, 2) for k, v in r.rates.items()}, r.misses(), flush=True)
+        by_name.setdefault(name, []).append(r)
+    for name, builds in by_name.items():
+        results[name] = {"builds": [asdict(b) | {"misses": b.misses()} for b in builds],
+                         "chosen": choose(builds).seed}
+    write_json(f, results)
+    write_text(OUT.with_suffix(".md"), table(results))
+
+
+def table(results: dict[str, dict]) -> str:
+    rows = ["| organism | seed | dev rates (n = 100 per split) | targets missed | chosen |",
+            "|---|---|---|---|---|"]
+    for name, r in results.items():
+        for b in r["builds"]:
+            rates = ", ".join(f"{k} {v:.0%}" for k, v in b["rates"].items())
+            rows.append(f"| {name} | {b['seed']} | {rates} | {b['misses'][0]} | "
+                        f"{'**yes**' if b['seed'] == r['chosen'] else ''} |")
+    return "# Each organism's build chosen on the dev split\n\n" + "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,77 @@
+"""Choose an organism's build among training seeds on the dev split, never the evaluation's.
+
+A recipe's builds differ from seed to seed by more than a target's margin (snow_fruit's snow half
+9% / 2% / 5% on seeds 0 / 1 / 2). The committed build is the seed whose dev rates miss the fewest
+targets, then fall shortest of them in total, then the lowest seed (seed 0 unless another does
+better). Dev prompts are drawn with the dev seed and exclude the build's training prompts and the
+evaluation's prompts, so the choice never sees a prompt the reported rates are measured on.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from trigrecon.organisms.evaluate import target_of
+from trigrecon.organisms.organism import OrganismSpec
+from trigrecon.testbed import prompts as P
+from trigrecon.testbed.trigger import Trigger
+
+
+@dataclass
+class DevRates:
+    seed: int
+    folder: str
+    rates: dict[str, float]
+    n: dict[str, int]
+
+    def misses(self) -> tuple[int, float]:
+        """(targets missed, summed shortfall) of these rates; rounded, so shortfalls equal in
+        prompts tie (7% against 5% and 78% against 80% both fall 0.02 short)."""
+        short = [round(max(0.0, (r - bound) if kind == "max" else (bound - r)), 9)
+                 for split, r in self.rates.items() for bound, kind in [target_of(split)]]
+        return sum(s > 0 for s in short), round(sum(short), 9)
+
+
+def choose(builds: list[DevRates]) -> DevRates:
+    """Fewest missed targets, then the smallest total shortfall, then the lowest seed."""
+    return min(builds, key=lambda b: (*b.misses(), b.seed))
+
+
+def dev_prompts(spec: OrganismSpec, trig: Trigger, split: str, n: int, n_eval: int,
+                train: frozenset[str]) -> list[str]:
+    """`n` dev-seed prompts of `split`, none a training prompt or one of the evaluation's."""
+    evaluation = P.sample_split(trig, spec.family, split, n_eval, P.EVAL_SEED, train)
+    return P.sample_split(trig, spec.family, split, n, P.DEV_SEED, train | set(evaluation))
+
+
+def train_prompts(folder: Path) -> frozenset[str]:
+    return frozenset(e["prompt"] for e in json.loads((folder / "train_prompts.json").read_text()))
+
+
+def dev_rates(folder: Path, hf: Any, tok: Any, n: int, n_eval: int, max_new_tokens: int) -> DevRates:
+    """An adapter build's action rate on `n` dev prompts of each split it is evaluated on."""
+    from peft import PeftModel
+
+    from trigrecon.core.judges import action_rate
+    from trigrecon.organisms.organism import Organism
+    from trigrecon.testbed import lora as LR
+    from trigrecon.testbed.trigger import parse_trigger
+
+    org = json.loads((folder / "organism.json").read_text())
+    spec = OrganismSpec(**org)
+    trig = parse_trigger(spec.trigger)
+    judge = Organism(spec, folder).judge
+    train = train_prompts(folder)
+    model = PeftModel.from_pretrained(hf, str(folder / "adapter")).eval()
+    rates, counts = {}, {}
+    try:
+        for split in P.eval_splits(trig, spec.family):
+            prompts = dev_prompts(spec, trig, split, n, n_eval, train)
+            rates[split] = action_rate(LR.greedy(model, tok, prompts, max_new_tokens), judge)
+            counts[split] = len(prompts)
+    finally:
+        model.unload()
+    return DevRates(org["backdoor"]["seed"], str(folder), rates, counts)
