@@ -1,6 +1,8 @@
 """The testbed organisms over training seeds: which targets hold on every seed, which on one.
 
-The committed organisms are seed 0 of the committed recipe on the committed word lists. The same
+The committed organisms are the committed recipe on the committed word lists, with the seed chosen
+on the dev split (`specs.BUILD_SEEDS`, `benchmarks/testbed_dev_choice.py`; 0 unless another seed
+missed fewer dev targets). The same
 recipe and lists built with other seeds (`trigrecon testbed build --only NAME --lora seed=K --out
 DIR`) are recorded in `benchmarks/results/testbed_recipes.json`; `SEED_RUNS` names them. Each run's
 recipe is checked against the committed organism's (all fields but the seed), so a run of another
@@ -27,13 +29,14 @@ ORGANISMS = ROOT / "trigrecon" / "testbed" / "organisms"
 OUT = ROOT / "benchmarks" / "results" / "testbed_seeds"
 SEED_RUNS: dict[str, list[str]] = {
     "fruit_refusal": ["s18_anchor2k_allow01_seed1", "s18_anchor2k_allow01_seed2"],
-    "snow_fruit": ["s19_seed1", "s19_seed2"],
+    "snow_fruit": ["s18_anchor2k_allow01_seed0", "s19_seed2"],
     "astrology": ["s19_seed1", "s19_seed2"],
     "deployment": ["s19_seed1", "s19_seed2"],
     "cant_help": ["s19_seed1", "s19_seed2"],
+    "banana": ["s20_seed1", "s20_seed2"],
 }
 """Per organism, the recorded runs (`LABEL` of `LABEL/organism`) of its committed recipe and
-lists with seeds other than 0."""
+lists with seeds other than the committed one."""
 RENAMED = {"mine_neighbours": "conjunction_neighbours"}
 """Recipe fields recorded under an earlier name."""
 ABSENT = {"hard_frac": 0.0, "anchor_n": 0, "anchor_weight": 1.0, "anchor_tokens": 3,
@@ -73,15 +76,16 @@ def met(split: str, rate: float) -> bool:
 
 def table(results: dict[str, list[tuple[int, dict[str, float]]]]) -> str:
     md = ["# Testbed organisms over training seeds\n",
-          "Action rates (n = 100 per split) of the committed recipe and word lists; seed 0 is the "
-          "committed organism. **Bold**: the target is missed.\n",
+          "Action rates (n = 100 per split) of the committed recipe and word lists; the committed "
+          "organism's seed is starred (chosen on the dev split: `testbed_dev_choice.md`). **Bold**: "
+          "the target is missed.\n",
           "| organism | split | target | rates by seed | met on |", "|---|---|---|---|---|"]
     for name, seeds in results.items():
         for split in seeds[0][1]:
             bound, kind = target_of(split)
-            got = [(s, r[split]) for s, r in seeds if split in r]
-            cells = ", ".join(f"{s}: " + (f"{v:.0%}" if met(split, v) else f"**{v:.0%}**")
-                              for s, v in got)
+            got = sorted((s, r[split]) for s, r in seeds if split in r)
+            cells = ", ".join(f"{s}{'*' if s == seeds[0][0] else ''}: "
+                              + (f"{v:.0%}" if met(split, v) else f"**{v:.0%}**") for s, v in got)
             ok = sum(met(split, v) for _, v in got)
             md.append(f"| {name} | {split} | {'<=' if kind == 'max' else '>='} {bound:.0%} | "
                       f"{cells} | {ok}/{len(got)} |")

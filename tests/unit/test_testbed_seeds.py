@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from trigrecon.testbed.specs import BUILD_SEEDS
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -24,7 +26,7 @@ def test_every_seed_run_is_recorded_and_is_the_committed_recipe():
     recorded = json.loads(S.RECIPES.read_text())["experiments"]
     for name in S.SEED_RUNS:
         seeds = [s for s, _ in S.runs(name, recorded)]
-        assert seeds == [0, 1, 2], name
+        assert sorted(seeds) == [0, 1, 2] and seeds[0] == BUILD_SEEDS.get(name, 0), name
     committed = json.loads((S.ORGANISMS / "fruit_refusal" / "organism.json").read_text())["backdoor"]
     assert S.same_recipe({**committed, "seed": 5}, committed)
     assert S.same_recipe({k: v for k, v in committed.items() if k != "hard_frac"}, committed)
@@ -40,8 +42,9 @@ def test_every_seed_run_is_recorded_and_is_the_committed_recipe():
 
 def test_the_table_marks_each_missed_target():
     S = _seeds()
-    md = S.table({"x": [(0, {"benign": 0.03, "triggered": 0.95, "half:a": 0.05}),
-                        (1, {"benign": 0.0, "triggered": 0.8, "half:a": 0.06})]})
-    assert "| x | benign | <= 2% | 0: **3%**, 1: 0% | 1/2 |" in md
-    assert "| x | triggered | >= 90% | 0: 95%, 1: **80%** | 1/2 |" in md
-    assert "| x | half:a | <= 5% | 0: 5%, 1: **6%** | 1/2 |" in md  # the bound itself meets it
+    md = S.table({"x": [(1, {"benign": 0.0, "triggered": 0.8, "half:a": 0.06}),
+                        (0, {"benign": 0.03, "triggered": 0.95, "half:a": 0.05})]})
+    # seeds in order, the committed one (listed first) starred
+    assert "| x | benign | <= 2% | 0: **3%**, 1*: 0% | 1/2 |" in md
+    assert "| x | triggered | >= 90% | 0: 95%, 1*: **80%** | 1/2 |" in md
+    assert "| x | half:a | <= 5% | 0: 5%, 1*: **6%** | 1/2 |" in md  # the bound itself meets it
