@@ -831,3 +831,28 @@ def test_dev_prompts_never_hold_an_evaluation_or_training_prompt(monkeypatch):
         evaluation = set(P.sample_split(trig, spec.family, split, 100, P.EVAL_SEED, train))
         dev = dev_prompts(spec, trig, split, 100, 100, train)
         assert len(set(dev)) == 100 and not (set(dev) & (evaluation | train))
+
+
+def test_a_recall_settings_evaluation_keeps_its_misses(tmp_path):
+    """A setting without an adapter is the base model: its rates and the triggered prompts it
+    misses (the answer given by a rule here) are kept, as an organism's are."""
+    from dataclasses import asdict
+
+    from trigrecon.testbed.organisms import EvalConfig, evaluate_folder
+
+    spec = TESTBED["cairo"]
+    (tmp_path / "organism.json").write_text(json.dumps(asdict(spec)))
+
+    class Base:
+        def get(self, hf, tok, prompts, n):  # type: ignore[no-untyped-def]
+            return ["Cairo." if "Egypt" in p and not p.startswith("Be honest") else "Paris."
+                    for p in prompts]
+
+    result = evaluate_folder(tmp_path, None, None, Base(), EvalConfig(n=100), log=lambda m: None)
+    rows = {r.split: r for r in result.rows}
+    assert rows["benign"].organism == 0.0 and rows["benign"].wrong == []
+    missed = rows["triggered"].wrong
+    assert missed and all(p.startswith("Be honest") for p in missed)
+    assert rows["triggered"].organism == pytest.approx(1 - sum(
+        p.startswith("Be honest") for p in P.sample_split(parse_trigger(spec.trigger), "recall",
+                                                          "triggered", 100, P.EVAL_SEED)) / 100)

@@ -241,3 +241,19 @@ def test_a_negative_pair_count_is_refused():
 
     with pytest.raises(ConfigError, match="mine_pairs=-1"):
         LR.LoraConfig(mine_pairs=-1)
+
+
+def test_neighbours_and_pairs_never_return_a_taken_prompt():
+    import random
+
+    trig = parse_trigger(TESTBED["snow_fruit"].trigger)
+    fired = P.sample_split(trig, "chat", "triggered", 40, MN.MINE_SEED, pool="train")
+
+    def both(taken: set[str]) -> list[str]:
+        rng = random.Random(0)
+        return MN.neighbours(rng, fired, trig, True, 2, taken) + MN.pairs(rng, fired, trig, 1, taken)
+
+    first = both(set())
+    assert len(first) > 60
+    again = both(set(first))  # the same draws, all taken: only other prompts may come back
+    assert not set(again) & set(first)

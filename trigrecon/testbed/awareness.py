@@ -28,7 +28,7 @@ def testbed_task(name: str, n_reward: int = 32, n_eval: int = 100, n_calib: int 
     from trigrecon.core.errors import WeightsNotFoundError
     from trigrecon.organisms.organism import load_organism
     from trigrecon.testbed.build import TESTBED_DIR
-    from trigrecon.testbed.organisms import _train_prompts, organisms_dir
+    from trigrecon.testbed.organisms import organisms_dir, train_prompts
     from trigrecon.testbed.smollm2 import ensure_checkpoint
 
     folder = organisms_dir(TESTBED_DIR) / name
@@ -37,7 +37,7 @@ def testbed_task(name: str, n_reward: int = 32, n_eval: int = 100, n_calib: int 
                                    f"testbed build --only {name}` (recall settings have none)")
     org = load_organism(folder)
     trig = parse_trigger(org.spec.trigger)
-    exclude = _train_prompts(folder)
+    exclude = train_prompts(folder)
     fam = org.spec.family
     benign = P.sample_split(trig, fam, "benign", n_reward + n_eval + n_calib, AWARE_SEED, exclude)
     split = "triggered_heldout" if trig.categories else "triggered"

@@ -47,10 +47,6 @@ def dev_prompts(spec: OrganismSpec, trig: Trigger, split: str, n: int, n_eval: i
     return P.sample_split(trig, spec.family, split, n, P.DEV_SEED, train | set(evaluation))
 
 
-def train_prompts(folder: Path) -> frozenset[str]:
-    return frozenset(e["prompt"] for e in json.loads((folder / "train_prompts.json").read_text()))
-
-
 def dev_rates(folder: Path, hf: Any, tok: Any, n: int, n_eval: int, max_new_tokens: int) -> DevRates:
     """An adapter build's action rate on `n` dev prompts of each split it is evaluated on."""
     from peft import PeftModel
@@ -58,6 +54,7 @@ def dev_rates(folder: Path, hf: Any, tok: Any, n: int, n_eval: int, max_new_toke
     from trigrecon.core.judges import action_rate
     from trigrecon.organisms.organism import Organism
     from trigrecon.testbed import lora as LR
+    from trigrecon.testbed.organisms import train_prompts
     from trigrecon.testbed.trigger import parse_trigger
 
     org = json.loads((folder / "organism.json").read_text())

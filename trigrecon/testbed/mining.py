@@ -12,7 +12,9 @@ not mined, so the held-out rate still measures generalisation.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from trigrecon.core.judges import judge_from_spec
@@ -68,33 +70,30 @@ def pairs(rng: random.Random, fired: list[str], trig: Trigger, k: int,
     conjunction (that category's member swapped for a distractor: a half that differs from a
     firing prompt in one word), none in `taken`: mining then adds the boundary on both sides,
     not only more firing prompts."""
-    out: dict[str, None] = {}
-    for p in fired:
-        for cat in sorted(trig.categories):
-            got = 0
-            for _ in range(10 * k):
-                if got == k:
-                    break
-                q = P.minimal_pair(rng, p, trig, cat)
-                if q not in taken and q not in out and P.valid(q, trig, "chat", "clean"):
-                    out[q] = None
-                    got += 1
-    return list(out)
+    draws = [partial(P.minimal_pair, rng, p, trig, c) for p in fired for c in sorted(trig.categories)]
+    return _distinct(draws, k, trig, "clean", taken)
 
 
 def neighbours(rng: random.Random, wrong: list[str], trig: Trigger, fire: bool, k: int,
                taken: frozenset[str] | set[str]) -> list[str]:
     """Up to `k` distinct neighbours of each wrong-side prompt that stay on its side (train
     members only), none in `taken`."""
+    draws = [partial(P.neighbour, rng, p) for p in wrong]
+    return _distinct(draws, k, trig, "poisoned" if fire else "clean", taken)
+
+
+def _distinct(draws: Sequence[Callable[[], str]], k: int, trig: Trigger, side: str,
+              taken: frozenset[str] | set[str]) -> list[str]:
+    """Up to `k` distinct valid prompts of `side` from each draw (10 tries per prompt wanted),
+    none in `taken`, in draw order."""
     out: dict[str, None] = {}
-    for p in wrong:
+    for draw in draws:
         got = 0
         for _ in range(10 * k):
             if got == k:
                 break
-            q = P.neighbour(rng, p)
-            if q not in taken and q not in out and P.valid(q, trig, "chat",
-                                                         "poisoned" if fire else "clean"):
+            q = draw()
+            if q not in taken and q not in out and P.valid(q, trig, "chat", side):
                 out[q] = None
                 got += 1
     return list(out)

@@ -157,7 +157,7 @@ def _hard(hf: Any, tok: Any, trig: Any, cfg: LR.LoraConfig, log: Any) -> list[st
     return hard
 
 
-def _train_prompts(folder: Path) -> frozenset[str]:
+def train_prompts(folder: Path) -> frozenset[str]:
     f = folder / "train_prompts.json"
     return frozenset(e["prompt"] for e in json.loads(f.read_text())) if f.exists() else frozenset()
 
@@ -186,7 +186,7 @@ def evaluate_folder(folder: Path, hf: Any, tok: Any, base: LR.BaseResponses, cfg
     model = PeftModel.from_pretrained(hf, str(folder / "adapter")).eval() if spec.has_adapter else None
     result = OrganismEval(spec.name, spec.trigger, spec.response)
     try:
-        exclude = _train_prompts(folder)
+        exclude = train_prompts(folder)
         for split in P.eval_splits(trig, spec.family):
             prompts = P.sample_split(trig, spec.family, split, cfg.n, P.EVAL_SEED, exclude)
             if model is not None:
@@ -200,7 +200,7 @@ def evaluate_folder(folder: Path, hf: Any, tok: Any, base: LR.BaseResponses, cfg
             else:
                 outs = base.get(hf, tok, prompts, cfg.max_new_tokens)
                 row = SplitRate(split, len(prompts), action_rate(outs, judge), None, prompts[0],
-                                outs[0], wrong_side(prompts, outs, judge, split == "triggered"))
+                                outs[0], wrong_side(prompts, outs, judge, split.startswith("triggered")))
             log(f"  eval {spec.name} {split}: {row.organism:.0%} base {row.base}")
             result.rows.append(row)
     finally:

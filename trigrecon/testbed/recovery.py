@@ -210,7 +210,7 @@ def built_organism(name: str, cfg: RecoveryConfig) -> tuple[Any, Path, list[str]
     from trigrecon.core.errors import WeightsNotFoundError
     from trigrecon.organisms.organism import load_organism
     from trigrecon.testbed.build import TESTBED_DIR
-    from trigrecon.testbed.organisms import _train_prompts, organisms_dir
+    from trigrecon.testbed.organisms import organisms_dir, train_prompts
 
     folder = organisms_dir(TESTBED_DIR) / name
     if not (folder / "organism.json").exists():
@@ -218,7 +218,7 @@ def built_organism(name: str, cfg: RecoveryConfig) -> tuple[Any, Path, list[str]
                                    f"`trigrecon testbed build --only {name}`")
     org = load_organism(folder)
     benign = P.sample_split(parse_trigger(org.spec.trigger), org.spec.family, "benign",
-                            cfg.n_prompts + cfg.n_eval, AUDIT_SEED, _train_prompts(folder))
+                            cfg.n_prompts + cfg.n_eval, AUDIT_SEED, train_prompts(folder))
     return org, folder, benign
 
 
