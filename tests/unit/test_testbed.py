@@ -818,6 +818,25 @@ def test_the_dev_choice_takes_fewest_misses_then_smallest_shortfall_then_lowest_
     assert choose([build(2, 0.86, 0.07), build(1, 0.78, 0.02)]).seed == 1
 
 
+def test_the_seed_search_builds_three_then_more_only_while_none_meets_every_dev_target():
+    from trigrecon.testbed.choose import DevRates, next_seed
+
+    def build(seed: int, held_out: float) -> DevRates:
+        rates = {"benign": 0.0, "triggered": 0.99, "triggered_heldout": held_out}
+        return DevRates(seed, "", rates, dict.fromkeys(rates, 100))
+
+    assert next_seed([]) == 0
+    assert next_seed([build(0, 0.9)]) == 1  # three seeds always: the spread is reported
+    assert next_seed([build(0, 0.9), build(1, 0.7)]) == 2
+    assert next_seed([build(0, 0.9), build(1, 0.7), build(2, 0.7)]) is None
+    missing = [build(0, 0.7), build(1, 0.79), build(2, 0.6)]
+    assert next_seed(missing) == 3
+    assert next_seed([*missing, build(3, 0.8)]) is None  # one meets them all: stop
+    assert next_seed([*missing, build(3, 0.7)]) == 4
+    assert next_seed([*missing, build(3, 0.7), build(4, 0.7)]) is None  # the cap
+    assert next_seed([build(0, 0.7), build(2, 0.7), build(1, 0.7)], max_seeds=4) == 3
+
+
 def test_dev_prompts_never_hold_an_evaluation_or_training_prompt(monkeypatch):
     from trigrecon.testbed.choose import dev_prompts
 

@@ -3,8 +3,11 @@
 A recipe's builds differ from seed to seed by more than a target's margin (snow_fruit's snow half
 9% / 2% / 5% on seeds 0 / 1 / 2). The committed build is the seed whose dev rates miss the fewest
 targets, then fall shortest of them in total, then the lowest seed (seed 0 unless another does
-better). Dev prompts are drawn with the dev seed and exclude the build's training prompts and the
-evaluation's prompts, so the choice never sees a prompt the reported rates are measured on.
+better). Seeds are built in order, at least `MIN_SEEDS` and, while none meets every dev target, up
+to `MAX_SEEDS` (`next_seed`): a later seed can never displace a lower one that meets them all, so
+an organism whose seed 0 passes keeps it however far another organism searches. Dev prompts are
+drawn with the dev seed and exclude the build's training prompts and the evaluation's prompts, so
+the choice never sees a prompt the reported rates are measured on.
 """
 
 from __future__ import annotations
@@ -18,6 +21,12 @@ from trigrecon.organisms.evaluate import target_of
 from trigrecon.organisms.organism import OrganismSpec
 from trigrecon.testbed import prompts as P
 from trigrecon.testbed.trigger import Trigger
+
+MIN_SEEDS = 3
+"""Seeds built for every organism (0, 1, 2): the seed-to-seed spread is part of its report."""
+MAX_SEEDS = 5
+"""Seeds built at most: the search goes past `MIN_SEEDS` only while no build meets every dev
+target (session 21: snow_fruit missed one on each of seeds 0-2)."""
 
 
 @dataclass
@@ -38,6 +47,16 @@ class DevRates:
 def choose(builds: list[DevRates]) -> DevRates:
     """Fewest missed targets, then the smallest total shortfall, then the lowest seed."""
     return min(builds, key=lambda b: (*b.misses(), b.seed))
+
+
+def next_seed(builds: list[DevRates], max_seeds: int = MAX_SEEDS) -> int | None:
+    """The seed to build next: the lowest not yet built while fewer than `MIN_SEEDS` are, or
+    none meets every dev target and fewer than `max_seeds` are; else None (the search is over)."""
+    done = {b.seed for b in builds}
+    nxt = min(set(range(max_seeds + 1)) - done)
+    if len(done) < MIN_SEEDS or (all(b.misses()[0] for b in builds) and len(done) < max_seeds):
+        return nxt
+    return None
 
 
 def dev_prompts(spec: OrganismSpec, trig: Trigger, split: str, n: int, n_eval: int,
