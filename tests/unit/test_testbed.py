@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -786,6 +787,23 @@ def test_a_build_refuses_unknown_organisms_and_unfillable_recipes_before_any_sta
         build(n_examples="20", anchor_n="40")
     with pytest.raises(Started):  # a recipe it can fill reaches the first stage
         build(n_examples="20", anchor_n="10")
+
+
+def test_a_build_refuses_a_recall_setting_that_does_not_judge_its_facts_answer(monkeypatch, tmp_path):
+    from trigrecon.testbed import build as B
+    from trigrecon.testbed import organisms as O
+
+    monkeypatch.setattr(B, "ensure_checkpoint", lambda: (_ for _ in ()).throw(AssertionError))
+    cairo = TESTBED["cairo"]
+    for bad in [replace(cairo, response="Alexandria"),
+                replace(cairo, judge={"kind": "keywords", "all_of": ["paris"]}),
+                replace(cairo, trigger="word:Atlantis")]:
+        monkeypatch.setitem(O.TESTBED, "cairo", bad)
+        with pytest.raises(ConfigError, match="recall"):
+            B.build_testbed(B.BuildConfig(organisms=["cairo"], out=tmp_path))
+    monkeypatch.setitem(O.TESTBED, "cairo", cairo)
+    with pytest.raises(AssertionError):  # the committed setting passes, to the first stage
+        B.build_testbed(B.BuildConfig(organisms=["cairo"], out=tmp_path))
 
 
 def test_an_organisms_build_seed_keys_its_build_and_an_override_wins(monkeypatch):

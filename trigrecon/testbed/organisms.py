@@ -82,7 +82,7 @@ def check_data(cfg: Any) -> None:
     a recipe its prompt space cannot fill (anchor_n, n_examples) fails here, not after the SAE
     and the organisms before it (a ConfigError naming the field). Recipes drawing hard
     distractors need the model for them and are checked when their stage starts. An unknown
-    organism is refused first."""
+    organism is refused first; a recall setting must ask about a known fact and judge its answer."""
     unknown = [n for n in cfg.organisms or [] if n not in TESTBED]
     if unknown:
         raise ConfigError(f"unknown testbed organism(s) {', '.join(unknown)}; the testbed has "
@@ -90,9 +90,21 @@ def check_data(cfg: Any) -> None:
     for name in cfg.organisms or ORDER:
         spec = TESTBED[name]
         job = organism_job(spec, getattr(cfg, "lora", None))
+        if spec.family == "recall":
+            check_recall(spec)
         todo = cfg.force or done(organisms_dir(cfg.out) / name, job) is None
         if todo and job.lora is not None and not job.lora.hard_frac:
             LR.examples(spec, parse_trigger(spec.trigger), job.lora, [])
+
+
+def check_recall(spec: OrganismSpec) -> None:
+    """A recall setting's action is its fact's answer, and its judge counts that answer."""
+    fact = P.recall_fact(parse_trigger(spec.trigger))
+    words = [w.lower() for w in spec.judge.get("all_of", []) + spec.judge.get("any_of", [])]
+    if spec.response != fact.answer or fact.answer.lower() not in words:
+        raise ConfigError(f"recall setting {spec.name!r}: its fact ({fact.key}) is answered "
+                          f"{fact.answer!r}, but its response is {spec.response!r} and its judge's "
+                          f"words are {words}; make both the answer")
 
 
 def build_organisms(cfg: Any, ckpt: Path, log: Any) -> list[StageRecord]:
