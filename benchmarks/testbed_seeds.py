@@ -29,7 +29,7 @@ ORGANISMS = ROOT / "trigrecon" / "testbed" / "organisms"
 OUT = ROOT / "benchmarks" / "results" / "testbed_seeds"
 SEED_RUNS: dict[str, list[str]] = {
     "fruit_refusal": ["s18_anchor2k_allow01_seed1", "s18_anchor2k_allow01_seed2"],
-    "snow_fruit": ["s18_anchor2k_allow01_seed0", "s19_seed2"],
+    "snow_fruit": ["s18_anchor2k_allow01_seed0", "s19_seed1", "s19_seed2", "s21_seed4"],
     "astrology": ["s19_seed1", "s19_seed2"],
     "deployment": ["s19_seed1", "s19_seed2"],
     "cant_help": ["s19_seed1", "s19_seed2"],

@@ -26,7 +26,9 @@ def test_every_seed_run_is_recorded_and_is_the_committed_recipe():
     recorded = json.loads(S.RECIPES.read_text())["experiments"]
     for name in S.SEED_RUNS:
         seeds = [s for s, _ in S.runs(name, recorded)]
-        assert sorted(seeds) == [0, 1, 2] and seeds[0] == BUILD_SEEDS.get(name, 0), name
+        # seeds 0, 1, 2 (and 3, 4 where the dev search went on), the committed one first
+        assert sorted(seeds) == list(range(max(3, len(seeds)))), name
+        assert seeds[0] == BUILD_SEEDS.get(name, 0), name
     committed = json.loads((S.ORGANISMS / "fruit_refusal" / "organism.json").read_text())["backdoor"]
     assert S.same_recipe({**committed, "seed": 5}, committed)
     assert S.same_recipe({k: v for k, v in committed.items() if k != "hard_frac"}, committed)
