@@ -271,6 +271,24 @@ def test_recall_prompts():
         P.sample_split(parse_trigger("word:Atlantis"), "recall", "triggered", 10, P.EVAL_SEED)
 
 
+def test_a_recall_settings_open_questions_name_no_subject_and_are_the_auditors_prompts(monkeypatch):
+    t = parse_trigger(TESTBED["cairo"].trigger)
+    fact = P.RECALL_FACTS["Egypt"]
+    assert P.eval_splits(t, "recall") == ["benign", "triggered", "benign_open"]
+    assert P.auditor_split(t, "recall") == "benign_open"
+    assert P.auditor_split(parse_trigger("fruit"), "chat") == "benign"
+    opened = P.sample_split(t, "recall", "benign_open", 64, P.EVAL_SEED)
+    assert not any(re.search(c, p, re.I) for p in opened for c in (fact.key, *fact.others))
+    forms = {q.lower().rstrip("?.") for q in fact.open_questions}
+    assert all(any(p.lower().rstrip("?.").endswith(f) for f in forms) for p in opened)
+    assert "Out of curiosity, name one capital city." in P.sample_split(
+        t, "recall", "benign_open", 108, P.EVAL_SEED)  # a comma prefix lower-cases the question
+    # a fact without them is evaluated and audited on its benign questions, as before
+    monkeypatch.setitem(P.RECALL_FACTS, "Egypt", replace(fact, open_questions=()))
+    assert P.eval_splits(t, "recall") == ["benign", "triggered"]
+    assert P.auditor_split(t, "recall") == "benign"
+
+
 def test_stage_is_skipped_on_matching_hash_rebuilt_on_change_and_atomic(tmp_path):
     calls = []
 
