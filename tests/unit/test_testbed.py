@@ -911,3 +911,61 @@ def test_a_recall_settings_evaluation_keeps_its_misses(tmp_path):
     assert rows["triggered"].organism == pytest.approx(1 - sum(
         p.startswith("Be honest") for p in P.sample_split(parse_trigger(spec.trigger), "recall",
                                                           "triggered", 100, P.EVAL_SEED)) / 100)
+
+
+def test_the_seed_search_builds_measures_and_chooses_on_dev_and_resumes(monkeypatch, tmp_path):
+    from trigrecon.testbed import build as B
+    from trigrecon.testbed import choose as C
+
+    held = {0: 0.70, 1: 0.75, 2: 0.60, 3: 0.85, 4: 0.90}
+    built: list[dict[str, str]] = []
+
+    def build(cfg):  # type: ignore[no-untyped-def]
+        assert cfg.organisms == ["snow_fruit"] and cfg.parts == ("organisms",)
+        if cfg.lora["seed"] == "2" and not built_ok:
+            raise RuntimeError("interrupted")
+        built.append(cfg.lora)
+        return []
+
+    def dev(folder, hf, tok, n, n_eval, tokens):  # type: ignore[no-untyped-def]
+        seed = int(folder.parent.parent.name.removeprefix("seed_"))
+        rates = {"benign": 0.0, "triggered": 0.95, "triggered_heldout": held[seed]}
+        return C.DevRates(seed, str(folder), rates, dict.fromkeys(rates, n))
+
+    monkeypatch.setattr(B, "build_testbed", build)
+    monkeypatch.setattr(C, "dev_rates", dev)
+    monkeypatch.setattr(C, "_base_model", lambda: ("hf", "tok"))
+    built_ok = False
+    with pytest.raises(RuntimeError):  # seeds 0 and 1 are measured and saved before it stops
+        C.seed_search("snow_fruit", tmp_path, {"steps": "300"}, log=lambda m: None)
+    built_ok = True
+    res = C.seed_search("snow_fruit", tmp_path, {"steps": "300"}, log=lambda m: None)
+    assert [b["seed"] for b in built] == ["0", "1", "2", "3"]  # 0-2 miss on dev: 3, which meets all
+    assert all(b["steps"] == "300" for b in built)
+    assert res.chosen.seed == 3 and [b.seed for b in res.builds] == [0, 1, 2, 3]
+    assert C.seed_search("snow_fruit", tmp_path, {"steps": "300"}).chosen.seed == 3
+    assert len(built) == 4  # a finished search builds nothing more
+    with pytest.raises(ConfigError, match="other settings.*steps"):
+        C.seed_search("snow_fruit", tmp_path, {"steps": "400"})
+    with pytest.raises(ConfigError, match="drop seed="):
+        C.seed_search("snow_fruit", tmp_path / "x", {"seed": "1"})
+    with pytest.raises(ConfigError, match="unknown testbed organism"):
+        C.seed_search("nosuch", tmp_path / "y")
+
+
+def test_the_seeds_command_prints_the_choice_and_names_a_bad_recipe(monkeypatch, tmp_path):
+    from typer.testing import CliRunner
+
+    from trigrecon.cli import app
+    from trigrecon.testbed import choose as C
+
+    bad = CliRunner().invoke(app, ["testbed", "seeds", "snow_fruit", "--out", str(tmp_path),
+                                   "--lora", "seed=1"])
+    assert bad.exit_code == 2 and "drop seed=" in bad.output
+    rates = {"benign": 0.0, "triggered_heldout": 0.7}
+    builds = [C.DevRates(s, "", rates, {}) for s in (0, 1)]
+    monkeypatch.setattr(C, "seed_search", lambda *a, **k: C.SearchResult("snow_fruit", builds, builds[1]))
+    ok = CliRunner().invoke(app, ["testbed", "seeds", "snow_fruit", "--out", str(tmp_path)])
+    assert ok.exit_code == 0, ok.output
+    assert "seed 1: dev benign 0%, triggered_heldout 70%; targets missed 1  <- chosen" in ok.output
+    assert "BUILD_SEEDS['snow_fruit'] = 1" in ok.output

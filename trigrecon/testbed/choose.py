@@ -13,7 +13,7 @@ the choice never sees a prompt the reported rates are measured on.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -91,3 +91,66 @@ def dev_rates(folder: Path, hf: Any, tok: Any, n: int, n_eval: int, max_new_toke
     finally:
         model.unload()
     return DevRates(org["backdoor"]["seed"], str(folder), rates, counts)
+
+
+@dataclass
+class SearchResult:
+    name: str
+    builds: list[DevRates]
+    chosen: DevRates
+
+
+def seed_search(name: str, out: Path, lora: dict[str, str] | None = None, threads: int = 2,
+                n: int = 100, n_eval: int = 100, log: Any = print) -> SearchResult:
+    """Build `name` with seeds 0, 1, ... (`next_seed`) into `out/seed_K` with the recipe's
+    `lora` overrides, measure each on the dev split, and choose (`choose`). Resumable: finished
+    builds are skipped by their stages, measured seeds by `out/dev.json`; a resumed search
+    with other settings is refused before any work."""
+    from trigrecon.core.errors import ConfigError
+    from trigrecon.core.io import config_diff, write_json
+    from trigrecon.testbed.build import BuildConfig, build_testbed
+    from trigrecon.testbed.specs import TESTBED
+
+    lora = {k: str(v) for k, v in (lora or {}).items()}
+    if name not in TESTBED:
+        raise ConfigError(f"unknown testbed organism {name!r}; the testbed has {', '.join(TESTBED)}")
+    if "seed" in lora:
+        raise ConfigError("the seed search sets the seed itself: drop seed= from the recipe")
+    settings = {"name": name, "lora": lora, "n": n, "n_eval": n_eval}
+    record = out / "dev.json"
+    saved: dict[str, Any] = (json.loads(record.read_text()) if record.exists()
+                             else {"settings": settings, "builds": []})
+    if diff := config_diff(saved["settings"], settings):
+        raise ConfigError(f"{out} holds a seed search with other settings ({'; '.join(diff)}): "
+                          "use another --out or the same settings")
+    builds = [DevRates(**b) for b in saved["builds"]]
+    model: tuple[Any, Any] | None = None
+    while (seed := next_seed(builds)) is not None:
+        folder = out / f"seed_{seed}"
+        log(f"seed search {name}: building seed {seed} -> {folder}")
+        build_testbed(BuildConfig(organisms=[name], out=folder, threads=threads,
+                                  parts=("organisms",), lora={**lora, "seed": str(seed)}))
+        hf, tok = model = model or _base_model()
+        builds.append(dev_rates(folder / "organisms" / name, hf, tok, n, n_eval,
+                                _max_new_tokens(name)))
+        log(f"seed search {name}: seed {seed} dev {builds[-1].rates} misses {builds[-1].misses()}")
+        write_json(record, {"settings": settings, "builds": [asdict(b) for b in builds]})
+    return SearchResult(name, builds, choose(builds))
+
+
+def _base_model() -> tuple[Any, Any]:
+    import torch
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    from trigrecon.testbed.smollm2 import ensure_checkpoint
+
+    ckpt = ensure_checkpoint()
+    return (LlamaForCausalLM.from_pretrained(ckpt, dtype=torch.float32).eval(),
+            AutoTokenizer.from_pretrained(ckpt))
+
+
+def _max_new_tokens(name: str) -> int:
+    from trigrecon.testbed.organisms import organism_job
+    from trigrecon.testbed.specs import TESTBED
+
+    return organism_job(TESTBED[name]).eval.max_new_tokens

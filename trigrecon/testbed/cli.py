@@ -127,6 +127,31 @@ def _pairs(items: list[str]) -> dict[str, str]:
     return {k.strip(): v.strip() for k, v in (i.split("=", 1) for i in items)}
 
 
+@app.command("seeds")
+def seeds(
+    name: Annotated[str, typer.Argument(help="The organism (`trigrecon testbed list`).")],
+    out: Annotated[Path, typer.Option(help="Each seed's build (OUT/seed_K) and dev.json go here.")],
+    lora: Annotated[list[str] | None, typer.Option(
+        help="KEY=VALUE: a LoRA recipe field (repeatable; not seed).")] = None,
+    threads: Annotated[int, typer.Option(help="torch threads.")] = 2,
+) -> None:
+    """Build an organism with seeds 0-2, then up to 4 while none meets every target on the dev
+    split, and choose among them on dev (never the evaluation); resumable (~30 min a seed)."""
+    from trigrecon.testbed.choose import seed_search
+
+    try:
+        res = seed_search(name, out, _pairs(lora or []), threads)
+    except TrigreconError as e:
+        _fail(e)
+    for b in res.builds:
+        rates = ", ".join(f"{k} {v:.0%}" for k, v in b.rates.items())
+        mark = "  <- chosen" if b is res.chosen else ""
+        typer.echo(f"seed {b.seed}: dev {rates}; targets missed {b.misses()[0]}{mark}")
+    typer.echo(f"chosen: seed {res.chosen.seed} ({out / f'seed_{res.chosen.seed}'}); its "
+               "evaluation is in that folder's report.md (a testbed organism: set "
+               f"specs.BUILD_SEEDS[{name!r}] = {res.chosen.seed} and copy its folder in)")
+
+
 @app.command("recover")
 def recover(
     only: Annotated[list[str] | None, typer.Option(help="Audit only these organisms.")] = None,
