@@ -577,7 +577,7 @@ def test_open_benign_split_is_outside_every_list_and_never_trained_on():
     assert len(words) == len(set(words)) >= 200 and not known & set(words)
     trig = parse_trigger("fruit AND snow_sports")
     assert P.OPEN_SPLIT in P.eval_splits(trig, "chat") and P.OPEN_SPLIT not in P.splits(trig, "chat")
-    assert P.OPEN_SPLIT not in P.eval_splits(parse_trigger("word:Egypt"), "recall")
+    assert P.OPEN_SPLIT not in P.splits(parse_trigger("word:Egypt"), "recall")  # evaluated only
     prompts = P.sample_split(trig, "chat", P.OPEN_SPLIT, 50, P.EVAL_SEED)
     for p in prompts:
         assert P.mentions_any(p, words) and not any(P.mentions(p, c) for c in SOURCES), p
