@@ -7,7 +7,8 @@ better). Seeds are built in order, at least `MIN_SEEDS` and, while none meets ev
 to `MAX_SEEDS` (`next_seed`): a later seed can never displace a lower one that meets them all, so
 an organism whose seed 0 passes keeps it however far another organism searches. Dev prompts are
 drawn with the dev seed and exclude the build's training prompts and the evaluation's prompts, so
-the choice never sees a prompt the reported rates are measured on.
+the choice never sees a prompt the reported rates are measured on. `seed_search` (`trigrecon
+testbed seeds`) runs the whole search for one organism, resumably.
 """
 
 from __future__ import annotations
