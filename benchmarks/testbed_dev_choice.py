@@ -25,7 +25,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from trigrecon.core.io import write_json, write_text  # noqa: E402
-from trigrecon.testbed.choose import DevRates, choose, dev_rates, next_seed  # noqa: E402
+from trigrecon.testbed.choose import (  # noqa: E402
+    DevRates,
+    base_model,
+    choose,
+    dev_rates,
+    eval_tokens,
+    next_seed,
+)
 
 OUT = ROOT / "benchmarks" / "results" / "testbed_dev_choice"
 N, N_EVAL = 100, 100
@@ -51,23 +58,13 @@ def rechoose() -> None:
 def main(args: list[str]) -> None:
     if args == ["--rechoose"]:
         return rechoose()
-    import torch
-    from transformers import AutoTokenizer, LlamaForCausalLM
-
-    from trigrecon.testbed.organisms import organism_job
-    from trigrecon.testbed.smollm2 import ensure_checkpoint
-    from trigrecon.testbed.specs import TESTBED
-
-    ckpt = ensure_checkpoint()
-    tok = AutoTokenizer.from_pretrained(ckpt)
-    hf = LlamaForCausalLM.from_pretrained(ckpt, dtype=torch.float32).eval()
+    hf, tok = base_model()
     f = OUT.with_suffix(".json")
     results = json.loads(f.read_text()) if f.exists() else {}
     by_name: dict[str, list[DevRates]] = {}
     for arg in args:
         name, folder = arg.split("=", 1)
-        tokens = organism_job(TESTBED[name]).eval.max_new_tokens
-        r = dev_rates(Path(folder) / "organisms" / name, hf, tok, N, N_EVAL, tokens)
+        r = dev_rates(Path(folder) / "organisms" / name, hf, tok, N, N_EVAL, eval_tokens(name))
         print(name, r.seed, {k: round(v, 2) for k, v in r.rates.items()}, r.misses(), flush=True)
         by_name.setdefault(name, []).append(r)
     for name, builds in by_name.items():

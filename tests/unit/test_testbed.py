@@ -934,7 +934,7 @@ def test_the_seed_search_builds_measures_and_chooses_on_dev_and_resumes(monkeypa
 
     monkeypatch.setattr(B, "build_testbed", build)
     monkeypatch.setattr(C, "dev_rates", dev)
-    monkeypatch.setattr(C, "_base_model", lambda: ("hf", "tok"))
+    monkeypatch.setattr(C, "base_model", lambda: ("hf", "tok"))
     built_ok = False
     with pytest.raises(RuntimeError):  # seeds 0 and 1 are measured and saved before it stops
         C.seed_search("snow_fruit", tmp_path, {"steps": "300"}, log=lambda m: None)

@@ -131,15 +131,16 @@ def seed_search(name: str, out: Path, lora: dict[str, str] | None = None, thread
         log(f"seed search {name}: building seed {seed} -> {folder}")
         build_testbed(BuildConfig(organisms=[name], out=folder, threads=threads,
                                   parts=("organisms",), lora={**lora, "seed": str(seed)}))
-        hf, tok = model = model or _base_model()
+        hf, tok = model = model or base_model()
         builds.append(dev_rates(folder / "organisms" / name, hf, tok, n, n_eval,
-                                _max_new_tokens(name)))
+                                eval_tokens(name)))
         log(f"seed search {name}: seed {seed} dev {builds[-1].rates} misses {builds[-1].misses()}")
         write_json(record, {"settings": settings, "builds": [asdict(b) for b in builds]})
     return SearchResult(name, builds, choose(builds))
 
 
-def _base_model() -> tuple[Any, Any]:
+def base_model() -> tuple[Any, Any]:
+    """(SmolLM2 in transformers, fp32, eval; its tokenizer) from the cached checkpoint."""
     import torch
     from transformers import AutoTokenizer, LlamaForCausalLM
 
@@ -150,7 +151,8 @@ def _base_model() -> tuple[Any, Any]:
             AutoTokenizer.from_pretrained(ckpt))
 
 
-def _max_new_tokens(name: str) -> int:
+def eval_tokens(name: str) -> int:
+    """The tokens a testbed organism's evaluation generates (the dev split's too)."""
     from trigrecon.testbed.organisms import organism_job
     from trigrecon.testbed.specs import TESTBED
 
