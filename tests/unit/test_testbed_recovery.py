@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -328,3 +329,18 @@ def test_a_word_triggers_rank_is_its_first_latent_whose_label_holds_the_word():
     assert row.planted and row.probe_ranks == {}
     assert row.ranks == {"word:Egypt": {"sae_attribution": 2, "supervised_sae_melbo": None}}
     assert "| word:Egypt: 2/None |" in markdown([row])
+
+
+def test_the_recall_auditor_asks_subject_less_questions_and_a_backdoor_auditor_benign_ones():
+    from trigrecon.testbed import prompts as P
+    from trigrecon.testbed.recovery import RecoveryConfig, built_organism
+
+    cfg = RecoveryConfig(n_prompts=16, n_eval=16)
+    org, _, asked = built_organism("cairo", cfg)
+    fact = P.RECALL_FACTS["Egypt"]
+    assert len(set(asked)) == 32 and org.spec.name == "cairo"
+    assert not any(re.search(c, p, re.I) for p in asked for c in (fact.key, *fact.others))
+    assert all(any(p.rstrip(".?").lower().endswith(q.rstrip(".?").lower())
+                   for q in fact.open_questions) for p in asked)
+    _, _, benign = built_organism("fruit_refusal", cfg)
+    assert not any(p in asked for p in benign) and not any("capital" in p for p in benign)
