@@ -25,14 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from trigrecon.core.io import write_json, write_text  # noqa: E402
-from trigrecon.testbed.choose import (  # noqa: E402
-    DevRates,
-    base_model,
-    choose,
-    dev_rates,
-    eval_tokens,
-    next_seed,
-)
+from trigrecon.testbed.choose import DevRates, choose, dev_rates, eval_tokens, next_seed  # noqa: E402
+from trigrecon.testbed.smollm2 import load_hf  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "results" / "testbed_dev_choice"
 N, N_EVAL = 100, 100
@@ -58,7 +52,7 @@ def rechoose() -> None:
 def main(args: list[str]) -> None:
     if args == ["--rechoose"]:
         return rechoose()
-    hf, tok = base_model()
+    hf, tok = load_hf()
     f = OUT.with_suffix(".json")
     results = json.loads(f.read_text()) if f.exists() else {}
     by_name: dict[str, list[DevRates]] = {}

@@ -934,7 +934,7 @@ def test_the_seed_search_builds_measures_and_chooses_on_dev_and_resumes(monkeypa
 
     monkeypatch.setattr(B, "build_testbed", build)
     monkeypatch.setattr(C, "dev_rates", dev)
-    monkeypatch.setattr(C, "base_model", lambda: ("hf", "tok"))
+    monkeypatch.setattr(M, "load_hf", lambda: ("hf", "tok"))
     built_ok = False
     with pytest.raises(RuntimeError):  # seeds 0 and 1 are measured and saved before it stops
         C.seed_search("snow_fruit", tmp_path, {"steps": "300"}, log=lambda m: None)
@@ -947,6 +947,13 @@ def test_the_seed_search_builds_measures_and_chooses_on_dev_and_resumes(monkeypa
     assert len(built) == 4  # a finished search builds nothing more
     with pytest.raises(ConfigError, match="other settings.*steps"):
         C.seed_search("snow_fruit", tmp_path, {"steps": "400"})
+    with pytest.raises(ConfigError, match="unknown LoRA recipe field 'stepz'"):
+        C.seed_search("snow_fruit", tmp_path / "z", {"stepz": "400"})
+    from trigrecon.testbed import organisms as O
+
+    monkeypatch.setattr(O, "lists_digest", lambda cats: "other lists")
+    with pytest.raises(ConfigError, match="other settings.*build"):  # measured seeds are stale
+        C.seed_search("snow_fruit", tmp_path, {"steps": "300"})
     with pytest.raises(ConfigError, match="drop seed="):
         C.seed_search("snow_fruit", tmp_path / "x", {"seed": "1"})
     with pytest.raises(ConfigError, match="unknown testbed organism"):

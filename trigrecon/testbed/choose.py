@@ -110,14 +110,20 @@ def seed_search(name: str, out: Path, lora: dict[str, str] | None = None, thread
     from trigrecon.core.errors import ConfigError
     from trigrecon.core.io import config_diff, write_json
     from trigrecon.testbed.build import BuildConfig, build_testbed
+    from trigrecon.testbed.organisms import organism_job
+    from trigrecon.testbed.smollm2 import load_hf
     from trigrecon.testbed.specs import TESTBED
+    from trigrecon.testbed.stages import config_hash
 
     lora = {k: str(v) for k, v in (lora or {}).items()}
     if name not in TESTBED:
         raise ConfigError(f"unknown testbed organism {name!r}; the testbed has {', '.join(TESTBED)}")
     if "seed" in lora:
         raise ConfigError("the seed search sets the seed itself: drop seed= from the recipe")
-    settings = {"name": name, "lora": lora, "n": n, "n_eval": n_eval}
+    # the build's key but for the seed (spec, recipe, word lists): a measured seed is stale when
+    # it changes; a bad recipe field fails here, before any build
+    build_key = config_hash(organism_job(TESTBED[name], {**lora, "seed": "0"}))
+    settings = {"name": name, "lora": lora, "build": build_key, "n": n, "n_eval": n_eval}
     record = out / "dev.json"
     saved: dict[str, Any] = (json.loads(record.read_text()) if record.exists()
                              else {"settings": settings, "builds": []})
@@ -131,24 +137,12 @@ def seed_search(name: str, out: Path, lora: dict[str, str] | None = None, thread
         log(f"seed search {name}: building seed {seed} -> {folder}")
         build_testbed(BuildConfig(organisms=[name], out=folder, threads=threads,
                                   parts=("organisms",), lora={**lora, "seed": str(seed)}))
-        hf, tok = model = model or base_model()
+        hf, tok = model = model or load_hf()
         builds.append(dev_rates(folder / "organisms" / name, hf, tok, n, n_eval,
                                 eval_tokens(name)))
         log(f"seed search {name}: seed {seed} dev {builds[-1].rates} misses {builds[-1].misses()}")
         write_json(record, {"settings": settings, "builds": [asdict(b) for b in builds]})
     return SearchResult(name, builds, choose(builds))
-
-
-def base_model() -> tuple[Any, Any]:
-    """(SmolLM2 in transformers, fp32, eval; its tokenizer) from the cached checkpoint."""
-    import torch
-    from transformers import AutoTokenizer, LlamaForCausalLM
-
-    from trigrecon.testbed.smollm2 import ensure_checkpoint
-
-    ckpt = ensure_checkpoint()
-    return (LlamaForCausalLM.from_pretrained(ckpt, dtype=torch.float32).eval(),
-            AutoTokenizer.from_pretrained(ckpt))
 
 
 def eval_tokens(name: str) -> int:

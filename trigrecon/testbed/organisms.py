@@ -12,8 +12,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from trigrecon.core.errors import ConfigError
 from trigrecon.core.io import file_sha256, write_json
 from trigrecon.core.judges import action_rate
@@ -24,7 +22,7 @@ from trigrecon.testbed import lora as LR
 from trigrecon.testbed import prompts as P
 from trigrecon.testbed.categories import OPEN_WORDS, lists_digest
 from trigrecon.testbed.mining import mining_rounds
-from trigrecon.testbed.smollm2 import default_cache_dir
+from trigrecon.testbed.smollm2 import default_cache_dir, load_hf
 from trigrecon.testbed.specs import BUILD_SEEDS, TESTBED
 from trigrecon.testbed.stages import StageRecord, config_hash, done, run_stage
 from trigrecon.testbed.trigger import parse_trigger
@@ -108,11 +106,8 @@ def check_recall(spec: OrganismSpec) -> None:
 
 
 def build_organisms(cfg: Any, ckpt: Path, log: Any) -> list[StageRecord]:
-    from transformers import AutoTokenizer, LlamaForCausalLM
-
     names = cfg.organisms or ORDER
-    tok = AutoTokenizer.from_pretrained(ckpt)
-    hf = LlamaForCausalLM.from_pretrained(ckpt, dtype=torch.float32).eval()
+    hf, tok = load_hf(ckpt)
     base = LR.BaseResponses(default_cache_dir().parent / "testbed")
     records = []
     for name in names:

@@ -173,6 +173,17 @@ def _dequantize(gguf_file: Path, out: Path) -> None:
     (out / MARKER).write_text(json.dumps(info.__dict__, indent=2) + "\n")
 
 
+def load_hf(folder: str | Path | None = None) -> tuple[Any, Any]:
+    """(SmolLM2 in transformers, fp32, eval mode; its tokenizer) from `folder`, else the cached
+    checkpoint (built on first use): for generation and training outside TransformerLens."""
+    import torch
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    ckpt = Path(folder) if folder is not None else ensure_checkpoint()
+    return (LlamaForCausalLM.from_pretrained(ckpt, dtype=torch.float32).eval(),
+            AutoTokenizer.from_pretrained(ckpt))
+
+
 def load_smollm2(adapter: str | Path | None = None, *, cache_dir: str | Path | None = None,
                  **kwargs: Any) -> Any:
     """`load_model` on the cached checkpoint (built on first use) plus an optional LoRA adapter.
